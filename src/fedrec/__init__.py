@@ -1,0 +1,3 @@
+"""fedrec: federated adaptation of foundation-model-based recommenders."""
+
+__version__ = "0.1.0"

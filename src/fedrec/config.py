@@ -1,0 +1,277 @@
+"""Typed, validated experiment configs loaded from TOML.
+
+One TOML file per experiment, one section per dataclass below. Unknown keys and
+wrong types are errors that name the key (``train.lr``) and the file. Overrides
+from the command line (``--set train.lr=0.01``) are parsed as TOML values and go
+through the same validation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from fedrec.errors import ConfigError
+
+
+@dataclass
+class RunConfig:
+    """Where a run writes and what seeds it."""
+
+    name: str = "run"
+    seed: int = 0
+    out_dir: str = "runs"
+    checkpoint_every: int = 1
+
+    def __post_init__(self) -> None:
+        _check(self.checkpoint_every >= 1, "run.checkpoint_every must be >= 1")
+
+
+@dataclass
+class DataConfig:
+    """Which loader reads the data, how it is split and who the clients are.
+
+    ``options`` are passed to the loader as keyword arguments (validated against
+    its signature): e.g. ``user_col`` for ``kind = "csv"``.
+    """
+
+    kind: Literal["synthetic", "kuaishou", "recbole", "csv"] = "synthetic"
+    path: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    split: Literal["temporal_ratio", "leave_one_out", "global_temporal"] = (
+        "temporal_ratio"
+    )
+    val_ratio: float = 0.2
+    test_ratio: float = 0.2
+    min_interactions: int = 5
+    clients: Literal["user", "single"] = "user"
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.val_ratio < 1, "data.val_ratio must be in [0, 1)")
+        _check(0 <= self.test_ratio < 1, "data.test_ratio must be in [0, 1)")
+        _check(self.val_ratio + self.test_ratio < 1, "data: val + test must be < 1")
+        _check(self.kind == "synthetic" or bool(self.path), "data.path is required")
+
+
+@dataclass
+class ModelConfig:
+    """The CTR model: field embeddings -> MLP -> logit (fedpa.md §2)."""
+
+    dim: int = 8
+    layers: list[int] = field(default_factory=lambda: [32, 8])
+    init_from: str = ""
+
+    def __post_init__(self) -> None:
+        _check(self.dim >= 1, "model.dim must be >= 1")
+        _check(all(w >= 1 for w in self.layers), "model.layers must be positive")
+
+
+@dataclass
+class TrainConfig:
+    """Rounds, client sampling and each client's local optimisation."""
+
+    rounds: int = 10
+    local_epochs: int = 1
+    batch_size: int = 1024
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 0.01
+    client_fraction: float = 1.0
+    clients_per_round: int = 0
+    engine: Literal["stacked", "loop"] = "stacked"
+    dtype: Literal["float32", "float64"] = "float32"
+    max_rows_per_bucket: int = 65536
+
+    def __post_init__(self) -> None:
+        _check(self.rounds >= 1, "train.rounds must be >= 1")
+        _check(self.local_epochs >= 1, "train.local_epochs must be >= 1")
+        _check(self.batch_size >= 1, "train.batch_size must be >= 1")
+        _check(self.lr > 0, "train.lr must be > 0")
+        _check(0 < self.client_fraction <= 1, "train.client_fraction must be in (0, 1]")
+        _check(self.clients_per_round >= 0, "train.clients_per_round must be >= 0")
+
+
+@dataclass
+class GuardConfig:
+    """Reject a client's update that is non-finite or too large (0 = no bound)."""
+
+    max_update_norm: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.max_update_norm >= 0, "guard.max_update_norm must be >= 0")
+
+
+@dataclass
+class EvalConfig:
+    """Per-round evaluation and model selection."""
+
+    select_metric: Literal["auc", "gauc", "logloss"] = "auc"
+    splits: list[str] = field(default_factory=lambda: ["val", "test"])
+
+
+@dataclass
+class ExperimentConfig:
+    """A whole experiment: one TOML file."""
+
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
+    guard: GuardConfig = field(default_factory=GuardConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (JSON/TOML serialisable)."""
+        return dataclasses.asdict(self)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def from_dict(cls: type, raw: dict[str, Any], where: str = "", source: str = "") -> Any:
+    """Build dataclass ``cls`` from ``raw``, rejecting unknown keys and bad types."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{_loc(source)}{where or 'config'} must be a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise ConfigError(
+            f"{_loc(source)}unknown key '{key}' (valid: {', '.join(sorted(names))})"
+        )
+    kwargs = {
+        k: _coerce(hints[k], v, f"{where}.{k}" if where else k, source)
+        for k, v in raw.items()
+    }
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{_loc(source)}{e}") from None
+
+
+def _loc(source: str) -> str:
+    return f"{source}: " if source else ""
+
+
+def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    bad = ConfigError(
+        f"{_loc(source)}'{key}' = {value!r} has type {type(value).__name__}, "
+        f"expected {getattr(tp, '__name__', tp)}"
+    )
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key, source)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{_loc(source)}'{key}' = {value!r}: choose one of {args}")
+        return value
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(a, value, key, source)
+            except ConfigError:
+                continue
+        raise bad
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        return [_coerce(args[0], v, f"{key}[{i}]", source) for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise bad
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise bad
+        return float(value)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise ConfigError(f"{_loc(source)}'{key}': unsupported type {tp}")
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``a.b=value``; the value is read as TOML, else kept as a string."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE")
+    key, text = item.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of ``raw`` with ``--set`` overrides applied."""
+    out = _deepcopy(raw)
+    for item in overrides:
+        path, value = parse_override(item)
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: '{part}' is not a table")
+        node[path[-1]] = value
+    return out
+
+
+def _deepcopy(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deepcopy(v) if isinstance(v, dict) else v for k, v in d.items()}
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Read, override and validate an experiment TOML file."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    return config_from_raw(apply_overrides(raw, overrides or []), str(path))
+
+
+def config_from_raw(raw: dict[str, Any], source: str = "") -> ExperimentConfig:
+    """Validate a raw nested dict, including the method's own section."""
+    from fedrec.registry import get_method
+
+    cfg: ExperimentConfig = from_dict(ExperimentConfig, raw, "", source)
+    name = cfg.method.get("name")
+    if not isinstance(name, str):
+        raise ConfigError(f"{_loc(source)}'method.name' is required")
+    spec = get_method(name)
+    params = {k: v for k, v in cfg.method.items() if k != "name"}
+    method_cfg = from_dict(spec.config_cls, params, "method", source)
+    cfg.method = {"name": name, **dataclasses.asdict(method_cfg)}
+    return cfg
+
+
+def is_finite_bound(x: float) -> bool:
+    """True if ``x`` is a usable positive bound (0 means off)."""
+    return x > 0 and math.isfinite(x)

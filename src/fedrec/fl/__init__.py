@@ -1,0 +1,1 @@
+"""Federated-learning core: partition, strategy protocol, engines."""

@@ -1,0 +1,174 @@
+"""Which rows each client holds, and each client's mini-batches in a round.
+
+Rows of every split are stored client-major (CSR): ``ptr[s][c]:ptr[s][c+1]``
+indexes ``rows[s]``, so a client's rows are one slice. A client's batches in
+round t depend only on ``(seed, t, client id)``, never on which other clients
+were sampled or on the engine, so the stacked engine, the per-client loop and
+a Flower client draw identical batches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedrec.data.dataset import InteractionData
+from fedrec.data.splits import Split
+from fedrec.errors import DataError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class FedData:
+    """A dataset split into clients.
+
+    Attributes
+    ----------
+    data, split
+        The dataset and its row split.
+    client_of_user
+        ``int64[U]``: the client of each user code (-1: the user is no client).
+    n_clients
+        N.
+    users, items, labels
+        ``(R,)`` tensors over all interaction rows.
+    ptr, rows
+        Per split: ``ptr[s]`` is ``int64[N+1]``, ``rows[s]`` the row ids of client
+        0, then client 1, ... .
+    """
+
+    data: InteractionData
+    split: Split
+    client_of_user: np.ndarray
+    n_clients: int
+    users: torch.Tensor
+    items: torch.Tensor
+    labels: torch.Tensor
+    ptr: dict[str, np.ndarray]
+    rows: dict[str, np.ndarray]
+
+    @classmethod
+    def build(
+        cls,
+        data: InteractionData,
+        split: Split,
+        clients: str = "user",
+        users: np.ndarray | None = None,
+    ) -> FedData:
+        """Assign clients: one per user (``"user"``) or one for all (``"single"``).
+
+        ``users`` restricts the clients to those user codes (e.g. private users).
+        """
+        df = data.interactions
+        user_col = df["user"].to_numpy()
+        members = np.zeros(data.n_users, dtype=bool)
+        for s in SPLITS:
+            members[user_col[getattr(split, s)]] = True
+        if users is not None:
+            keep = np.zeros_like(members)
+            keep[users] = True
+            members &= keep
+        client_of_user = np.full(data.n_users, -1, dtype=np.int64)
+        if clients == "user":
+            client_of_user[members] = np.arange(int(members.sum()))
+        elif clients == "single":
+            client_of_user[members] = 0
+        else:
+            raise DataError(f"unknown client assignment {clients!r}")
+        n = int(client_of_user.max()) + 1 if members.any() else 0
+        ptr, rows = {}, {}
+        for s in SPLITS:
+            idx = np.asarray(getattr(split, s), dtype=np.int64)
+            cl = client_of_user[user_col[idx]]
+            idx, cl = idx[cl >= 0], cl[cl >= 0]
+            order = np.argsort(cl, kind="stable")
+            rows[s] = idx[order]
+            ptr[s] = np.concatenate([[0], np.cumsum(np.bincount(cl, minlength=n))])
+        return cls(
+            data=data,
+            split=split,
+            client_of_user=client_of_user,
+            n_clients=n,
+            users=torch.as_tensor(np.array(user_col), dtype=torch.long),
+            items=torch.as_tensor(np.array(df["item"]), dtype=torch.long),
+            labels=torch.as_tensor(np.array(df["label"]), dtype=torch.float32),
+            ptr=ptr,
+            rows=rows,
+        )
+
+    def client_rows(self, split: str, cid: int) -> np.ndarray:
+        """Row ids of client ``cid`` in ``split``."""
+        return self.rows[split][self.ptr[split][cid] : self.ptr[split][cid + 1]]
+
+    def sizes(self, split: str) -> np.ndarray:
+        """``int64[N]`` rows per client in ``split``."""
+        return np.diff(self.ptr[split])
+
+    def client_users(self) -> list[np.ndarray]:
+        """User codes of each client."""
+        order = np.argsort(self.client_of_user, kind="stable")
+        cl = self.client_of_user[order]
+        return np.split(order[cl >= 0], np.cumsum(np.bincount(cl[cl >= 0]))[:-1])
+
+    def client_attribute(self, attr: str) -> np.ndarray:
+        """``int64[N]`` value of user attribute ``attr`` for one-user clients."""
+        names = self.data.user_feature_names
+        if attr not in names or self.data.user_features is None:
+            raise DataError(f"unknown user attribute {attr!r} (fields: {names})")
+        users = self.client_users()
+        if any(len(u) != 1 for u in users):
+            raise DataError("group attributes need one user per client")
+        col = self.data.user_features[:, names.index(attr)]
+        return np.array([col[u[0]] for u in users], dtype=np.int64)
+
+
+def client_batches(
+    n_rows: int, batch_size: int, epochs: int, seed: int, rnd: int, cid: int
+) -> list[np.ndarray]:
+    """Local positions ``0..n_rows-1`` of each mini-batch, epoch after epoch.
+
+    Each epoch is a fresh permutation from ``default_rng([seed, rnd, cid, epoch])``.
+    """
+    out: list[np.ndarray] = []
+    for e in range(epochs):
+        perm = np.random.default_rng([seed, rnd, cid, e]).permutation(n_rows)
+        out.extend(perm[i : i + batch_size] for i in range(0, n_rows, batch_size))
+    return out
+
+
+def pad_segments(segments: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack ragged 1-D int arrays into ``(n, L_max)`` ids and a float mask."""
+    lengths = np.array([len(s) for s in segments], dtype=np.int64)
+    width = max(int(lengths.max(initial=0)), 1)
+    flat = np.concatenate(segments) if segments else np.zeros(0, dtype=np.int64)
+    row = np.repeat(np.arange(len(segments)), lengths)
+    col = np.arange(len(flat)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    ids = np.zeros((len(segments), width), dtype=np.int64)
+    mask = np.zeros((len(segments), width), dtype=np.float32)
+    ids[row, col] = flat
+    mask[row, col] = 1.0
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def buckets_by_length(lengths: np.ndarray, max_rows: int) -> list[np.ndarray]:
+    """Group positions so that padding stays small and each group fits ``max_rows``.
+
+    Positions are sorted by length (longest first); a bucket closes when its
+    padded size would pass ``max_rows`` or a length falls below half its longest,
+    so at most half of a bucket's cells are padding.
+    """
+    order = np.argsort(-lengths, kind="stable")
+    out: list[np.ndarray] = []
+    start = 0
+    for i in range(1, len(order) + 1):
+        if i == len(order):
+            out.append(order[start:i])
+            break
+        top = max(int(lengths[order[start]]), 1)
+        if (i - start + 1) * top > max_rows or lengths[order[i]] * 2 < top:
+            out.append(order[start:i])
+            start = i
+    return out

@@ -1,0 +1,39 @@
+"""Reject client updates that are non-finite or implausibly large.
+
+A client's update is ``Δ_c = upload_c − received_c`` over all uploaded tensors.
+It is rejected if any entry is NaN/Inf, or if ``||Δ_c||_2 > max_norm`` (when a
+bound is set). Rejected clients are left out of aggregation and keep their old
+private state; the round goes on with the rest.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from fedrec.fl.task import Params
+
+
+def accept_updates(
+    uploads: Params, received: Params, private: Params, max_norm: float = 0.0
+) -> tuple[torch.Tensor, list[str]]:
+    """``bool (C,)`` mask of accepted clients and one reason per rejected client."""
+    tensors = [*uploads.values(), *private.values()]
+    if not tensors:
+        return torch.ones(0, dtype=torch.bool), []
+    C = tensors[0].shape[0]
+    finite = torch.ones(C, dtype=torch.bool)
+    for t in tensors:
+        finite &= torch.isfinite(t.reshape(C, -1)).all(1)
+    sq = torch.zeros(C, dtype=torch.float64)
+    for n, t in uploads.items():
+        sq += ((t - received[n]).reshape(C, -1).double() ** 2).sum(1)
+    norm = sq.sqrt()
+    ok = finite.clone()
+    if max_norm > 0:
+        ok &= norm <= max_norm
+    reasons = [
+        "non-finite values" if not finite[c] else f"update norm {norm[c]:.4g} > {max_norm}"
+        for c in range(C)
+        if not ok[c]
+    ]
+    return ok, reasons

@@ -1,0 +1,220 @@
+"""The embedded engine: an in-process federated simulator.
+
+One round t:
+
+1. sample ``C`` clients with ``default_rng([seed, t, 1])``;
+2. broadcast: each sampled client gets its copy of the shared state
+   (``strategy.broadcast``) and its private state from the client store;
+3. train all C clients at once (:func:`~fedrec.fl.stacked.train_stacked`), or
+   one by one (:func:`~fedrec.fl.loop.train_loop`, ``train.engine = "loop"``);
+4. guard: reject non-finite or too-large updates;
+5. keep private tensors in the store; upload the shared ones;
+6. ``strategy.aggregate`` the uploads into the next server state;
+7. evaluate every client with its own model on validation and test rows.
+
+Everything random in a round is seeded by ``(seed, t, ...)``, so a run resumed
+from the checkpoint of round t continues exactly as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedrec.config import ExperimentConfig
+from fedrec.fl.clients import FedData, client_batches
+from fedrec.fl.guards import accept_updates
+from fedrec.fl.loop import predict_loop, train_loop
+from fedrec.fl.partition import PRIVATE, Partition
+from fedrec.fl.stacked import predict_stacked, train_stacked
+from fedrec.fl.store import ClientStore
+from fedrec.fl.strategy import RoundContext, Strategy
+from fedrec.fl.task import Params
+from fedrec.metrics import ctr_metrics
+
+log = logging.getLogger("fedrec")
+EVAL_CHUNK = 1024
+
+
+def _bytes(params: Params) -> int:
+    return sum(t[0].numel() * t.element_size() for t in params.values())
+
+
+class EmbeddedEngine:
+    """Runs a strategy over a federated dataset, round by round.
+
+    Parameters
+    ----------
+    cfg
+        The validated experiment config.
+    fed
+        Clients and their rows.
+    model
+        The model; its parameters give every client's initial values.
+    task
+        Loss and prediction for one client (e.g. :class:`~fedrec.fl.task.CTRTask`).
+    strategy
+        The algorithm.
+    """
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        fed: FedData,
+        model: torch.nn.Module,
+        task: Any,
+        strategy: Strategy,
+    ) -> None:
+        self.cfg, self.fed, self.model, self.task, self.strategy = (
+            cfg, fed, model, task, strategy,
+        )
+        self.partition = Partition.from_rules(model, strategy.partition_rules())
+        for name, p in model.named_parameters():
+            p.requires_grad_(self.partition.roles[name] != "frozen")
+        init = {n: p.detach() for n, p in model.named_parameters()}
+        attrs = sorted({a for n in self.partition.uploaded if (a := self.partition.group_attr(n))})
+        self.groups = {a: torch.as_tensor(fed.client_attribute(a)) for a in attrs}
+        self.n_groups = {a: self._n_values(a) for a in attrs}
+        self.server = strategy.init_server(init, self.partition, self.n_groups)
+        private = {n: init[n] for n in self.partition.names(PRIVATE)}
+        self.store = ClientStore(private, fed.n_clients)
+        self.history: list[dict[str, Any]] = []
+        self.round = 0
+
+    def _n_values(self, attr: str) -> int:
+        data = self.fed.data
+        col = data.user_features[:, data.user_feature_names.index(attr)]  # type: ignore[index]
+        return int(col.max()) + 1
+
+    # ----------------------------------------------------------------- rounds
+    def sample(self, rnd: int) -> torch.Tensor:
+        """Ids of this round's clients (sorted), seeded by ``(seed, rnd)``."""
+        n, tc = self.fed.n_clients, self.cfg.train
+        c = tc.clients_per_round or max(1, int(n * tc.client_fraction))
+        rng = np.random.default_rng([self.cfg.run.seed, rnd, 1])
+        return torch.as_tensor(np.sort(rng.choice(n, size=min(c, n), replace=False)))
+
+    def client_params(self, clients: torch.Tensor) -> tuple[Params, Params]:
+        """(received shared state, private state) of the given clients, ``(C, ...)``."""
+        groups = {a: g[clients] for a, g in self.groups.items()}
+        received = self.strategy.broadcast(self.server, self.partition, clients, groups)
+        return received, self.store.get(clients)
+
+    def train_round(self, rnd: int, on_clients: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """One round of local training and aggregation; returns its metrics."""
+        tc = self.cfg.train
+        t0 = time.perf_counter()
+        clients = self.sample(rnd)
+        received, private = self.client_params(clients)
+        params = {**{n: t.clone() for n, t in received.items()}, **private}
+        sizes = self.fed.sizes("train")
+        plans = []
+        for c in clients.tolist():
+            rows = self.fed.client_rows("train", c)
+            plans.append([rows[b] for b in client_batches(
+                len(rows), tc.batch_size, tc.local_epochs, self.cfg.run.seed, rnd, c)])
+        penalty = self.strategy.penalty()
+        if tc.engine == "stacked":
+            params, losses = train_stacked(
+                self.task, params, received, plans, tc.lr, tc.optimizer, penalty,
+                tc.max_rows_per_bucket)
+        else:
+            params, losses = train_loop(
+                self.task, params, received, plans, tc.lr, tc.optimizer, penalty)
+        if on_clients:
+            on_clients(len(clients))
+        train_s = time.perf_counter() - t0
+        uploads = {n: params[n] for n in self.partition.uploaded}
+        priv = {n: params[n] for n in self.partition.names(PRIVATE)}
+        ok, reasons = accept_updates(uploads, received, priv, self.cfg.guard.max_update_norm)
+        for c, why in zip(clients[~ok].tolist(), reasons, strict=True):
+            log.warning("round %d: rejected the update of client %d (%s)", rnd, c, why)
+        kept = clients[ok]
+        if priv:
+            self.store.put(kept, {n: t[ok] for n, t in priv.items()})
+        if uploads and ok.any():
+            ctx = RoundContext(
+                round=rnd,
+                clients=kept,
+                weights=torch.as_tensor(sizes[kept.numpy()], dtype=torch.float64),
+                groups={a: g[kept] for a, g in self.groups.items()},
+                n_groups=self.n_groups,
+            )
+            self.server = self.strategy.aggregate(
+                self.server, {n: t[ok] for n, t in uploads.items()}, self.partition, ctx)
+        n_rows = torch.as_tensor(sizes[clients.numpy()], dtype=torch.float64)
+        valid = ~torch.isnan(losses)
+        return {
+            "round": rnd,
+            "clients": len(clients),
+            "rejected": int((~ok).sum()),
+            "train_loss": float((losses[valid] * n_rows[valid]).sum() / n_rows[valid].sum())
+            if valid.any() else math.nan,
+            "upload_bytes_per_client": _bytes(uploads),
+            "download_bytes_per_client": _bytes(received),
+            "train_s": train_s,
+            "clients_per_s": len(clients) / max(train_s, 1e-9),
+        }
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict[str, float]:
+        """Pooled CTR metrics of every client, each under its own model."""
+        n = self.fed.n_clients
+        probs, labels, users = [], [], []
+        for start in range(0, n, EVAL_CHUNK):
+            cids = torch.arange(start, min(n, start + EVAL_CHUNK))
+            received, private = self.client_params(cids)
+            params = {**received, **private}
+            segs = [self.fed.client_rows(split, c) for c in cids.tolist()]
+            if self.cfg.train.engine == "stacked":
+                scores = predict_stacked(self.task, params, segs, self.cfg.train.max_rows_per_bucket)
+            else:
+                scores = predict_loop(self.task, params, segs)
+            probs.extend(s.double() for s in scores)
+            for s in segs:
+                labels.append(self.fed.labels[s])
+                users.append(self.fed.users[s])
+        y = torch.cat(labels).numpy()
+        if len(y) == 0:
+            return {}
+        return ctr_metrics(y, torch.cat(probs).numpy(), torch.cat(users).numpy())
+
+    def run_round(self, rnd: int, on_clients: Callable[[int], None] | None = None) -> dict[str, Any]:
+        """Train, aggregate and evaluate round ``rnd``; append to the history."""
+        t0 = time.perf_counter()
+        m = self.train_round(rnd, on_clients)
+        t1 = time.perf_counter()
+        for split in self.cfg.eval.splits:
+            m.update({f"{split}_{k}": v for k, v in self.evaluate(split).items()})
+        m["eval_s"] = time.perf_counter() - t1
+        m["round_s"] = time.perf_counter() - t0
+        m["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        self.history.append(m)
+        self.round = rnd + 1
+        return m
+
+    # ------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue: model, server, client store, history."""
+        return {
+            "round": self.round,
+            "model": self.model.state_dict(),
+            "server": self.server,
+            "store": self.store.state_dict(),
+            "history": self.history,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""
+        self.model.load_state_dict(state["model"])
+        self.server = {n: t.clone() for n, t in state["server"].items()}
+        self.store.load_state_dict(state["store"])
+        self.history = list(state["history"])
+        self.round = int(state["round"])

@@ -1,0 +1,159 @@
+"""The stacked client update: all of a round's clients train at once.
+
+Every trainable tensor carries a leading client axis ``C`` (per-client copies,
+never views of server state). At local step k each client that still has a
+batch contributes one mini-batch; clients are grouped into buckets of similar
+batch length, padded, masked, and their gradients taken with
+``vmap(grad(task.loss))``, so each client gets exactly its own gradient.
+:class:`StackedAdam` then updates only the clients active at step k, each with
+its own moments and step count (zeroing a gradient is not enough: Adam with
+non-zero moments moves a parameter whose gradient is zero, fedpa.md §10).
+
+Equal to :func:`fedrec.fl.loop.train_loop` (a plain per-client loop with
+``torch.optim.Adam``) to round-off; ``tests/fl/test_stacked_vs_loop.py`` checks it.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch.func import grad_and_value, vmap
+
+from fedrec.fl.clients import buckets_by_length, pad_segments
+from fedrec.fl.task import Params, Penalty
+
+
+class StackedAdam:
+    """Adam (or SGD) over ``(C, ...)`` tensors with a per-client step mask.
+
+    Same arithmetic as ``torch.optim.Adam`` (no weight decay, no amsgrad)::
+
+        m ← β1 m + (1-β1) g;   v ← β2 v + (1-β2) g²;   t ← t + 1
+        θ ← θ − (lr / (1-β1^t)) · m / (sqrt(v) / sqrt(1-β2^t) + ε)
+
+    applied only where ``active[c]``; inactive clients keep θ, m, v and t.
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        lr: float,
+        kind: str = "adam",
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+    ) -> None:
+        self.lr, self.kind, self.betas, self.eps = lr, kind, betas, eps
+        first = next(iter(params.values()))
+        self.t = torch.zeros(first.shape[0], dtype=torch.long)
+        self.m = {n: torch.zeros_like(p) for n, p in params.items()}
+        self.v = {n: torch.zeros_like(p) for n, p in params.items()}
+
+    @torch.no_grad()
+    def step(self, params: Params, grads: Params, active: torch.Tensor) -> None:
+        """Update ``params`` in place for the clients where ``active`` (bool ``(C,)``)."""
+        if self.kind == "sgd":
+            for n, p in params.items():
+                upd = self.lr * grads[n]
+                p.sub_(torch.where(_bcast(active, p), upd, torch.zeros_like(upd)))
+            return
+        b1, b2 = self.betas
+        self.t += active.long()
+        t = self.t.clamp(min=1).to(torch.float64)
+        step_size = (self.lr / (1 - b1**t)).tolist()
+        bc2_sqrt = torch.sqrt(1 - b2**t).tolist()
+        for n, p in params.items():
+            g, a = grads[n], _bcast(active, p)
+            m = torch.where(a, self.m[n].lerp(g, 1 - b1), self.m[n])
+            v = torch.where(a, self.v[n] * b2 + (1 - b2) * g * g, self.v[n])
+            self.m[n], self.v[n] = m, v
+            ss = _per_client(step_size, p)
+            denom = v.sqrt() / _per_client(bc2_sqrt, p) + self.eps
+            p.sub_(torch.where(a, ss * m / denom, torch.zeros_like(p)))
+
+
+def _bcast(active: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
+    return active.view(-1, *([1] * (p.dim() - 1)))
+
+
+def _per_client(values: list[float], p: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(values, dtype=p.dtype).view(-1, *([1] * (p.dim() - 1)))
+
+
+def train_stacked(
+    task: object,
+    params: Params,
+    received: Params,
+    plans: list[list[np.ndarray]],
+    lr: float,
+    optimizer: str = "adam",
+    penalty: Penalty | None = None,
+    max_rows: int = 65536,
+) -> tuple[Params, torch.Tensor]:
+    """Run every client's local steps; return new params and mean data loss ``(C,)``.
+
+    Parameters
+    ----------
+    task
+        A task with ``loss(params, rows, mask)`` for one client.
+    params
+        Trainable tensors ``(C, ...)``; updated in place and returned.
+    received
+        What each client received this round ``(C, ...)`` (for ``penalty``).
+    plans
+        ``plans[c]`` = client c's mini-batches (row ids), in order.
+    penalty
+        Optional client-side regulariser ``penalty(params, received)`` added to the
+        loss (e.g. FedProx's proximal term); not part of the reported loss.
+    """
+
+    def objective(p: Params, r: Params, rows: torch.Tensor, mask: torch.Tensor):
+        data_loss = task.loss(p, rows, mask)  # type: ignore[attr-defined]
+        extra = penalty(p, r) if penalty is not None else 0.0
+        return data_loss + extra, data_loss
+
+    grad_fn = vmap(grad_and_value(objective, has_aux=True))
+    C = len(plans)
+    opt = StackedAdam(params, lr, optimizer)
+    loss_sum = torch.zeros(C, dtype=torch.float64)
+    n_rows = torch.zeros(C, dtype=torch.float64)
+    for k in range(max((len(p) for p in plans), default=0)):
+        active_ids = np.array([c for c in range(C) if len(plans[c]) > k])
+        segs = [plans[c][k] for c in active_ids]
+        grads = {n: torch.zeros_like(p) for n, p in params.items()}
+        for b in buckets_by_length(np.array([len(s) for s in segs]), max_rows):
+            cidx = torch.as_tensor(active_ids[b])
+            rows, mask = pad_segments([segs[i] for i in b])
+            sub = {n: p[cidx] for n, p in params.items()}
+            rec = {n: r[cidx] for n, r in received.items()}
+            g, (_, data_loss) = grad_fn(sub, rec, rows, mask)
+            for n in grads:
+                grads[n][cidx] = g[n]
+            count = mask.sum(1).double()
+            loss_sum[cidx] += data_loss.detach().double() * count
+            n_rows[cidx] += count
+        active = torch.zeros(C, dtype=torch.bool)
+        active[torch.as_tensor(active_ids)] = True
+        opt.step(params, grads, active)
+    mean_loss = torch.where(n_rows > 0, loss_sum / n_rows.clamp(min=1), math.nan)
+    return params, mean_loss
+
+
+@torch.no_grad()
+def predict_stacked(
+    task: object,
+    params: Params,
+    segments: list[np.ndarray],
+    max_rows: int = 65536,
+) -> list[torch.Tensor]:
+    """Scores of each client's rows under its own params ``(C, ...)``."""
+    fn = vmap(task.predict)  # type: ignore[attr-defined]
+    out: list[torch.Tensor] = [torch.empty(0)] * len(segments)
+    for b in buckets_by_length(np.array([len(s) for s in segments]), max_rows):
+        cidx = torch.as_tensor(b)
+        rows, mask = pad_segments([segments[i] for i in b])
+        scores = fn({n: p[cidx] for n, p in params.items()}, rows)
+        for j, i in enumerate(b):
+            out[i] = scores[j, : len(segments[i])]
+    return out

@@ -1,0 +1,53 @@
+"""What a client computes on its rows: the loss it trains and the scores it predicts.
+
+A task is written for ONE client (no client dimension); the stacked engine
+``vmap``s it over clients and the reference loop calls it client by client, so
+the model code exists once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from fedrec.fl.clients import FedData
+
+Params = dict[str, torch.Tensor]
+Penalty = Callable[[Params, Params], torch.Tensor]
+
+
+class CTRTask:
+    """Binary CTR prediction: ``L = mean_n BCE(σ(f(u_n, i_n; θ)), y_n)`` over a batch.
+
+    Parameters
+    ----------
+    model
+        Any module called as ``model(users, items) -> logits``; its parameters
+        not passed in ``params`` (frozen ones) are used as they are.
+    fed
+        The federated dataset whose row ids the batches hold.
+    """
+
+    def __init__(self, model: nn.Module, fed: FedData) -> None:
+        self.model = model
+        self.fed = fed
+
+    def logits(self, params: Params, rows: torch.Tensor) -> torch.Tensor:
+        """Logits ``(b,)`` of rows ``(b,)`` under ``params``."""
+        users, items = self.fed.users[rows], self.fed.items[rows]
+        return functional_call(self.model, params, (users, items))
+
+    def loss(self, params: Params, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Masked mean BCE over rows ``(b,)`` with ``mask`` ``(b,)`` in {0, 1}."""
+        logit = self.logits(params, rows)
+        y = self.fed.labels[rows].to(logit.dtype)
+        bce = F.binary_cross_entropy_with_logits(logit, y, reduction="none")
+        return (bce * mask).sum() / mask.sum().clamp(min=1)
+
+    def predict(self, params: Params, rows: torch.Tensor) -> torch.Tensor:
+        """Click probabilities ``(b,)``."""
+        return torch.sigmoid(self.logits(params, rows))

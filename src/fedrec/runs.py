@@ -1,0 +1,294 @@
+"""Build an experiment from its config, run it, and keep its run directory.
+
+A run directory holds:
+
+- ``config.json``: the resolved, validated config (what ``--resume`` reads);
+- ``env.json``: seed, command, Python/library versions, threads, git commit;
+- ``metrics.jsonl``: one JSON line per round;
+- ``checkpoint.pt``: the state after the last finished round (written
+  atomically: a kill never leaves half a file);
+- ``summary.json``: the best round by validation metric and its test metrics;
+- ``metrics.png``: the metrics per round.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import math
+import os
+import platform
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedrec.config import ExperimentConfig, config_from_raw
+from fedrec.data import load_dataset
+from fedrec.data.dataset import InteractionData
+from fedrec.data.splits import (
+    Split,
+    global_temporal_split,
+    leave_one_out_split,
+    temporal_ratio_split,
+)
+from fedrec.errors import CheckpointError, ConfigError
+from fedrec.fl.clients import FedData
+from fedrec.fl.simulate import EmbeddedEngine
+from fedrec.fl.strategy import Strategy
+from fedrec.fl.task import CTRTask
+from fedrec.models.ctr_mlp import CTRModel
+from fedrec.registry import build_strategy
+
+log = logging.getLogger("fedrec")
+TIMING_KEYS = ("train_s", "eval_s", "round_s", "clients_per_s", "peak_rss_mb")
+LOWER_IS_BETTER = ("logloss",)
+
+
+def load_data(cfg: ExperimentConfig) -> InteractionData:
+    """Call the configured loader, checking ``data.options`` against its signature."""
+    from fedrec import data as data_mod
+
+    loader = data_mod.LOADERS[cfg.data.kind]
+    params = inspect.signature(loader).parameters
+    for key in cfg.data.options:
+        if key not in params or key == "path":
+            valid = ", ".join(p for p in params if p != "path")
+            raise ConfigError(f"unknown key 'data.options.{key}' for {cfg.data.kind} (valid: {valid})")
+    kwargs = dict(cfg.data.options)
+    if cfg.data.kind != "synthetic":
+        kwargs["path"] = cfg.data.path
+    return load_dataset(cfg.data.kind, **kwargs)
+
+
+def make_split(data: InteractionData, cfg: ExperimentConfig) -> Split:
+    """The configured row split."""
+    d = cfg.data
+    if d.split == "temporal_ratio":
+        return temporal_ratio_split(data, d.val_ratio, d.test_ratio, d.min_interactions)
+    if d.split == "leave_one_out":
+        return leave_one_out_split(data, d.min_interactions)
+    return global_temporal_split(data, d.val_ratio, d.test_ratio)
+
+
+def build_engine(
+    cfg: ExperimentConfig,
+    data: InteractionData | None = None,
+    strategy: Strategy | None = None,
+) -> EmbeddedEngine:
+    """Data, split, clients, model, task and strategy (``cfg.method`` unless given)."""
+    data = data if data is not None else load_data(cfg)
+    split = make_split(data, cfg)
+    strategy = strategy or build_strategy(cfg.method)
+    fed = FedData.build(data, split, strategy.clients or cfg.data.clients)
+    torch.manual_seed(cfg.run.seed)
+    model = CTRModel.for_data(data, cfg.model.dim, cfg.model.layers)
+    if cfg.model.init_from:
+        model.load_state_dict(_load_checkpoint(Path(cfg.model.init_from))["model"])
+    model = model.to(getattr(torch, cfg.train.dtype))
+    log.info(
+        "%s: %d rows, %d clients, %d users dropped by the split",
+        data.source, len(data.interactions), fed.n_clients, split.dropped_users,
+    )
+    return EmbeddedEngine(cfg, fed, model, CTRTask(model, fed), strategy)
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means corrupt
+        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+
+
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (NaN written as null)."""
+    text = json.dumps(_jsonable(obj), indent=2, allow_nan=False)
+    _atomic_write(path, lambda p: p.write_text(text + "\n"))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    return obj
+
+
+def environment(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Versions and machine facts recorded with every run."""
+    versions = {}
+    for pkg in ("torch", "numpy", "pandas", "scikit-learn", "flwr", "transformers", "peft"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            cwd=Path(__file__).parent,
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    return {
+        "seed": cfg.run.seed,
+        "command": sys.argv,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "versions": versions,
+        "git_commit": commit,
+        "started": datetime.now().isoformat(timespec="seconds"),
+    }
+
+
+def summarise(history: list[dict[str, Any]], cfg: ExperimentConfig) -> dict[str, Any]:
+    """Best round by validation ``select_metric``; the test metrics at that round."""
+    metric = cfg.eval.select_metric
+    key = f"val_{metric}"
+    scored = [h for h in history if key in h and h[key] is not None and math.isfinite(h[key])]
+    if not scored:
+        return {"rounds": len(history), "select_metric": key}
+    sign = 1 if metric in LOWER_IS_BETTER else -1
+    best = min(scored, key=lambda h: (sign * h[key], h["round"]))
+    out: dict[str, Any] = {
+        "method": cfg.method["name"],
+        "seed": cfg.run.seed,
+        "rounds": len(history),
+        "select_metric": key,
+        "best_round": best["round"],
+    }
+    out.update({f"best_{k}": v for k, v in best.items() if k.startswith(("val_", "test_"))})
+    out.update({k: v for k, v in best.items() if k.startswith("test_")})
+    out["upload_bytes_per_round"] = float(np.mean([h["upload_bytes_per_client"] * h["clients"] for h in history]))
+    out["upload_bytes_per_client"] = history[-1]["upload_bytes_per_client"]
+    out["wall_s"] = float(sum(h["round_s"] for h in history))
+    out["clients_per_s"] = float(np.mean([h["clients_per_s"] for h in history]))
+    out["peak_rss_mb"] = max(h["peak_rss_mb"] for h in history)
+    return out
+
+
+def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> None:
+    """Loss and AUC per round, one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds = [h["round"] for h in history]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
+    a.plot(rounds, [h["train_loss"] for h in history], marker="o")
+    a.set(xlabel="round", ylabel="train loss", title=title)
+    for key in ("val_auc", "test_auc", "val_gauc", "test_gauc"):
+        if any(key in h for h in history):
+            b.plot(rounds, [h.get(key, math.nan) for h in history], marker=".", label=key)
+    b.set(xlabel="round", ylabel="AUC")
+    b.legend()
+    fig.tight_layout()
+    _atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    plt.close(fig)
+
+
+class Run:
+    """An experiment bound to its run directory."""
+
+    def __init__(self, cfg: ExperimentConfig, run_dir: Path, engine: EmbeddedEngine) -> None:
+        self.cfg, self.dir, self.engine = cfg, run_dir, engine
+
+    @classmethod
+    def create(cls, cfg: ExperimentConfig, run_dir: Path | None = None,
+               data: InteractionData | None = None) -> Run:
+        """A new run directory (``run.out_dir/<name>-<time>`` unless given)."""
+        if run_dir is None:
+            stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+            run_dir = Path(cfg.run.out_dir) / f"{cfg.run.name}-{cfg.method['name']}-s{cfg.run.seed}-{stamp}"
+        if (run_dir / "checkpoint.pt").exists():
+            raise CheckpointError(f"{run_dir} already holds a run: use --resume {run_dir}")
+        engine = build_engine(cfg, data)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json(run_dir / "config.json", cfg.to_dict())
+        write_json(run_dir / "env.json", environment(cfg))
+        (run_dir / "metrics.jsonl").write_text("")
+        return cls(cfg, run_dir, engine)
+
+    @classmethod
+    def resume(cls, run_dir: Path) -> Run:
+        """Reopen a run directory and restore its last checkpoint."""
+        cfg_path = run_dir / "config.json"
+        try:
+            raw = json.loads(cfg_path.read_text())
+        except FileNotFoundError:
+            raise CheckpointError(f"{run_dir} is not a run directory (no config.json)") from None
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{cfg_path}: corrupt ({e})") from None
+        cfg = config_from_raw(raw, str(cfg_path))
+        run = cls(cfg, run_dir, build_engine(cfg))
+        ckpt = run_dir / "checkpoint.pt"
+        if ckpt.exists():
+            run.engine.load_state_dict(_load_checkpoint(ckpt))
+        run._rewrite_metrics()
+        return run
+
+    def _rewrite_metrics(self) -> None:
+        lines = "".join(json.dumps(_jsonable(h)) + "\n" for h in self.engine.history)
+        _atomic_write(self.dir / "metrics.jsonl", lambda p: p.write_text(lines))
+
+    def execute(
+        self,
+        progress: bool = True,
+        on_round: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Run the remaining rounds; checkpoint, log and plot after each."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        eng, total = self.engine, self.cfg.train.rounds
+        cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        with Progress(*cols, disable=not progress, transient=False) as bar:
+            rounds = bar.add_task(f"{self.cfg.method['name']} rounds", total=total, completed=eng.round)
+            clients = bar.add_task("clients trained", total=None)
+            for rnd in range(eng.round, total):
+                m = eng.run_round(rnd, on_clients=lambda n: bar.advance(clients, n))
+                if (rnd + 1) % self.cfg.run.checkpoint_every == 0 or rnd + 1 == total:
+                    _atomic_write(self.dir / "checkpoint.pt", lambda p: torch.save(eng.state_dict(), p))
+                with open(self.dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(_jsonable(m)) + "\n")
+                bar.update(rounds, advance=1, description=(
+                    f"{self.cfg.method['name']} round {rnd} val_auc={m.get('val_auc', math.nan):.4f}"))
+                if on_round:
+                    on_round(m)
+        summary = summarise(eng.history, self.cfg)
+        summary["run_dir"] = str(self.dir)
+        summary["n_clients"] = eng.fed.n_clients
+        summary["dropped_users"] = eng.fed.split.dropped_users
+        write_json(self.dir / "summary.json", summary)
+        plot_history(eng.history, self.dir / "metrics.png", self.cfg.run.name)
+        return summary
+
+
+def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, progress: bool = True,
+                   data: InteractionData | None = None) -> dict[str, Any]:
+    """Create a run directory and run ``cfg`` to the end; return its summary."""
+    t0 = time.perf_counter()
+    summary = Run.create(cfg, run_dir, data).execute(progress)
+    log.info("finished in %.1fs", time.perf_counter() - t0)
+    return summary
