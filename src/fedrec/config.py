@@ -173,7 +173,9 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
         return from_dict(tp, value, key, source)
     if origin is Literal:
         if value not in args:
-            raise ConfigError(f"{_loc(source)}'{key}' = {value!r}: choose one of {args}")
+            raise ConfigError(
+                f"{_loc(source)}'{key}' = {value!r}: choose one of {args}"
+            )
         return value
     if origin in (types.UnionType, typing.Union):
         if value is None and type(None) in args:
@@ -245,7 +247,9 @@ def _deepcopy(d: dict[str, Any]) -> dict[str, Any]:
     return {k: _deepcopy(v) if isinstance(v, dict) else v for k, v in d.items()}
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+def load_config(
+    path: str | Path, overrides: list[str] | None = None
+) -> ExperimentConfig:
     """Read, override and validate an experiment TOML file."""
     path = Path(path)
     try:

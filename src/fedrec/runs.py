@@ -62,7 +62,9 @@ def load_data(cfg: ExperimentConfig) -> InteractionData:
     for key in cfg.data.options:
         if key not in params or key == "path":
             valid = ", ".join(p for p in params if p != "path")
-            raise ConfigError(f"unknown key 'data.options.{key}' for {cfg.data.kind} (valid: {valid})")
+            raise ConfigError(
+                f"unknown key 'data.options.{key}' for {cfg.data.kind} (valid: {valid})"
+            )
     kwargs = dict(cfg.data.options)
     if cfg.data.kind != "synthetic":
         kwargs["path"] = cfg.data.path
@@ -96,7 +98,10 @@ def build_engine(
     model = model.to(getattr(torch, cfg.train.dtype))
     log.info(
         "%s: %d rows, %d clients, %d users dropped by the split",
-        data.source, len(data.interactions), fed.n_clients, split.dropped_users,
+        data.source,
+        len(data.interactions),
+        fed.n_clients,
+        split.dropped_users,
     )
     return EmbeddedEngine(cfg, fed, model, CTRTask(model, fed), strategy)
 
@@ -107,7 +112,9 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint not found: {path}") from None
     except Exception as e:  # noqa: BLE001 - any unpickling failure means corrupt
-        raise CheckpointError(f"{path}: cannot read checkpoint ({type(e).__name__}: {e})") from None
+        raise CheckpointError(
+            f"{path}: cannot read checkpoint ({type(e).__name__}: {e})"
+        ) from None
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -137,14 +144,25 @@ def _jsonable(obj: Any) -> Any:
 def environment(cfg: ExperimentConfig) -> dict[str, Any]:
     """Versions and machine facts recorded with every run."""
     versions = {}
-    for pkg in ("torch", "numpy", "pandas", "scikit-learn", "flwr", "transformers", "peft"):
+    for pkg in (
+        "torch",
+        "numpy",
+        "pandas",
+        "scikit-learn",
+        "flwr",
+        "transformers",
+        "peft",
+    ):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
     try:
         commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+            ["git", "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
             cwd=Path(__file__).parent,
         ).stdout.strip()
     except OSError:
@@ -166,7 +184,9 @@ def summarise(history: list[dict[str, Any]], cfg: ExperimentConfig) -> dict[str,
     """Best round by validation ``select_metric``; the test metrics at that round."""
     metric = cfg.eval.select_metric
     key = f"val_{metric}"
-    scored = [h for h in history if key in h and h[key] is not None and math.isfinite(h[key])]
+    scored = [
+        h for h in history if key in h and h[key] is not None and math.isfinite(h[key])
+    ]
     if not scored:
         return {"rounds": len(history), "select_metric": key}
     sign = 1 if metric in LOWER_IS_BETTER else -1
@@ -178,9 +198,13 @@ def summarise(history: list[dict[str, Any]], cfg: ExperimentConfig) -> dict[str,
         "select_metric": key,
         "best_round": best["round"],
     }
-    out.update({f"best_{k}": v for k, v in best.items() if k.startswith(("val_", "test_"))})
+    out.update(
+        {f"best_{k}": v for k, v in best.items() if k.startswith(("val_", "test_"))}
+    )
     out.update({k: v for k, v in best.items() if k.startswith("test_")})
-    out["upload_bytes_per_round"] = float(np.mean([h["upload_bytes_per_client"] * h["clients"] for h in history]))
+    out["upload_bytes_per_round"] = float(
+        np.mean([h["upload_bytes_per_client"] * h["clients"] for h in history])
+    )
     out["upload_bytes_per_client"] = history[-1]["upload_bytes_per_client"]
     out["wall_s"] = float(sum(h["round_s"] for h in history))
     out["clients_per_s"] = float(np.mean([h["clients_per_s"] for h in history]))
@@ -201,7 +225,9 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> None:
     a.set(xlabel="round", ylabel="train loss", title=title)
     for key in ("val_auc", "test_auc", "val_gauc", "test_gauc"):
         if any(key in h for h in history):
-            b.plot(rounds, [h.get(key, math.nan) for h in history], marker=".", label=key)
+            b.plot(
+                rounds, [h.get(key, math.nan) for h in history], marker=".", label=key
+            )
     b.set(xlabel="round", ylabel="AUC")
     b.legend()
     fig.tight_layout()
@@ -212,18 +238,29 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> None:
 class Run:
     """An experiment bound to its run directory."""
 
-    def __init__(self, cfg: ExperimentConfig, run_dir: Path, engine: EmbeddedEngine) -> None:
+    def __init__(
+        self, cfg: ExperimentConfig, run_dir: Path, engine: EmbeddedEngine
+    ) -> None:
         self.cfg, self.dir, self.engine = cfg, run_dir, engine
 
     @classmethod
-    def create(cls, cfg: ExperimentConfig, run_dir: Path | None = None,
-               data: InteractionData | None = None) -> Run:
+    def create(
+        cls,
+        cfg: ExperimentConfig,
+        run_dir: Path | None = None,
+        data: InteractionData | None = None,
+    ) -> Run:
         """A new run directory (``run.out_dir/<name>-<time>`` unless given)."""
         if run_dir is None:
             stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-            run_dir = Path(cfg.run.out_dir) / f"{cfg.run.name}-{cfg.method['name']}-s{cfg.run.seed}-{stamp}"
+            run_dir = (
+                Path(cfg.run.out_dir)
+                / f"{cfg.run.name}-{cfg.method['name']}-s{cfg.run.seed}-{stamp}"
+            )
         if (run_dir / "checkpoint.pt").exists():
-            raise CheckpointError(f"{run_dir} already holds a run: use --resume {run_dir}")
+            raise CheckpointError(
+                f"{run_dir} already holds a run: use --resume {run_dir}"
+            )
         engine = build_engine(cfg, data)
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(run_dir / "config.json", cfg.to_dict())
@@ -238,7 +275,9 @@ class Run:
         try:
             raw = json.loads(cfg_path.read_text())
         except FileNotFoundError:
-            raise CheckpointError(f"{run_dir} is not a run directory (no config.json)") from None
+            raise CheckpointError(
+                f"{run_dir} is not a run directory (no config.json)"
+            ) from None
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{cfg_path}: corrupt ({e})") from None
         cfg = config_from_raw(raw, str(cfg_path))
@@ -259,21 +298,43 @@ class Run:
         on_round: Callable[[dict[str, Any]], None] | None = None,
     ) -> dict[str, Any]:
         """Run the remaining rounds; checkpoint, log and plot after each."""
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
 
         eng, total = self.engine, self.cfg.train.rounds
-        cols = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+        name = self.cfg.method["name"]
+        cols = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        ]
         with Progress(*cols, disable=not progress, transient=False) as bar:
-            rounds = bar.add_task(f"{self.cfg.method['name']} rounds", total=total, completed=eng.round)
+            rounds = bar.add_task(
+                f"{self.cfg.method['name']} rounds", total=total, completed=eng.round
+            )
             clients = bar.add_task("clients trained", total=None)
             for rnd in range(eng.round, total):
                 m = eng.run_round(rnd, on_clients=lambda n: bar.advance(clients, n))
                 if (rnd + 1) % self.cfg.run.checkpoint_every == 0 or rnd + 1 == total:
-                    _atomic_write(self.dir / "checkpoint.pt", lambda p: torch.save(eng.state_dict(), p))
+                    _atomic_write(
+                        self.dir / "checkpoint.pt",
+                        lambda p: torch.save(eng.state_dict(), p),
+                    )
                 with open(self.dir / "metrics.jsonl", "a") as f:
                     f.write(json.dumps(_jsonable(m)) + "\n")
-                bar.update(rounds, advance=1, description=(
-                    f"{self.cfg.method['name']} round {rnd} val_auc={m.get('val_auc', math.nan):.4f}"))
+                bar.update(
+                    rounds,
+                    advance=1,
+                    description=(
+                        f"{name} round {rnd} val_auc={m.get('val_auc', math.nan):.4f}"
+                    ),
+                )
                 if on_round:
                     on_round(m)
         summary = summarise(eng.history, self.cfg)
@@ -285,8 +346,12 @@ class Run:
         return summary
 
 
-def run_experiment(cfg: ExperimentConfig, run_dir: Path | None = None, progress: bool = True,
-                   data: InteractionData | None = None) -> dict[str, Any]:
+def run_experiment(
+    cfg: ExperimentConfig,
+    run_dir: Path | None = None,
+    progress: bool = True,
+    data: InteractionData | None = None,
+) -> dict[str, Any]:
     """Create a run directory and run ``cfg`` to the end; return its summary."""
     t0 = time.perf_counter()
     summary = Run.create(cfg, run_dir, data).execute(progress)

@@ -101,7 +101,9 @@ def test_kuaishou_missing_column(kuai: Path) -> None:
         ("df.csv", DF.replace("11,100", "\n11,100"), r"line 4"),  # blank line 4
     ],
 )
-def test_kuaishou_bad_value_names_line(kuai: Path, name: str, text: str, pattern: str) -> None:
+def test_kuaishou_bad_value_names_line(
+    kuai: Path, name: str, text: str, pattern: str
+) -> None:
     write(kuai / name, text)
     with pytest.raises(DataError, match=pattern) as e:
         load_kuaishou(kuai)
@@ -110,16 +112,23 @@ def test_kuaishou_bad_value_names_line(kuai: Path, name: str, text: str, pattern
 
 def test_kuaishou_missing_feature_row_and_duplicates(kuai: Path) -> None:
     write(kuai / "user_features.csv", USERS.replace("11,0,1,9\n", ""))
-    with pytest.raises(DataError, match=r"user_features\.csv: no feature row for user_id 11"):
+    with pytest.raises(
+        DataError, match=r"user_features\.csv: no feature row for user_id 11"
+    ):
         load_kuaishou(kuai)
     write(kuai / "user_features.csv", USERS + "12,1,1,1\n")
-    with pytest.raises(DataError, match=r"user_features\.csv: line 5: duplicate user_id 12"):
+    with pytest.raises(
+        DataError, match=r"user_features\.csv: line 5: duplicate user_id 12"
+    ):
         load_kuaishou(kuai)
 
 
 # --- RecBole atomic files ----------------------------------------------------
 
-INTER = "user_id:token\titem_id:token\trating:float\ttimestamp:float\nu1\ti1\t5\t100\nu2\ti2\t3\t50\nu1\ti3\t4\t200\n"
+INTER = (
+    "user_id:token\titem_id:token\trating:float\ttimestamp:float\n"
+    "u1\ti1\t5\t100\nu2\ti2\t3\t50\nu1\ti3\t4\t200\n"
+)
 ITEM = (
     "item_id:token\tmovie_title:token_seq\trelease_year:token\tclass:token_seq\n"
     "i2\tHeat\t1995\tAction Crime\n"
@@ -152,7 +161,9 @@ def test_recbole_values(rb: Path) -> None:
     assert df["label"].tolist() == [1.0, 1.0, 1.0]
     assert df["rating"].tolist() == [5.0, 3.0, 4.0]
     assert df["timestamp"].tolist() == [100, 50, 200]
-    assert load_recbole(rb, "toy", label_threshold=4).interactions["label"].tolist() == [1, 0, 1]
+    assert load_recbole(rb, "toy", label_threshold=4).interactions[
+        "label"
+    ].tolist() == [1, 0, 1]
 
 
 def test_recbole_without_side_files_or_timestamp(tmp_path: Path) -> None:
@@ -219,7 +230,10 @@ def test_csv_values(csvs: Path) -> None:
 
 
 def test_csv_defaults_and_titles_from_interactions(tmp_path: Path) -> None:
-    p = write(tmp_path / "i.tsv", "user_id\titem_id\ttitle\n1\t7\tSeven\n2\t8\t\n1\t8\tEight\n")
+    p = write(
+        tmp_path / "i.tsv",
+        "user_id\titem_id\ttitle\n1\t7\tSeven\n2\t8\t\n1\t8\tEight\n",
+    )
     d = load_csv(p, sep="\t", title_col="title")
     assert d.interactions["timestamp"].tolist() == [0, 1, 2]  # file order
     assert d.interactions["label"].tolist() == [1.0, 1.0, 1.0]  # implicit
@@ -235,14 +249,20 @@ def test_csv_errors(csvs: Path) -> None:
         load_csv(csvs / "bad.csv", user_col="uid", item_col="iid", timestamp_col="ts")
     write(csvs / "items.csv", "iid,genre\ny,drama\n")
     with pytest.raises(DataError, match=r"items\.csv: no feature row for iid 'x'"):
-        load_csv(csvs / "inter.csv", user_col="uid", item_col="iid",
-                 item_features=str(csvs / "items.csv"))
+        load_csv(
+            csvs / "inter.csv",
+            user_col="uid",
+            item_col="iid",
+            item_features=str(csvs / "items.csv"),
+        )
 
 
 def test_load_dataset_dispatch(kuai: Path) -> None:
     assert load_dataset("kuaishou", path=kuai).n_users == 3
     assert load_dataset("synthetic", n_users=5, n_items=7).n_users == 5
-    with pytest.raises(DataError, match=r"valid kinds: \['csv', 'kuaishou', 'recbole', 'synthetic'\]"):
+    with pytest.raises(
+        DataError, match=r"valid kinds: \['csv', 'kuaishou', 'recbole', 'synthetic'\]"
+    ):
         load_dataset("movielens")
 
 
@@ -257,7 +277,10 @@ def test_kuaisar_r_real() -> None:
     assert len(d.interactions) == 117_590
     assert (d.n_users, d.n_items) == (1_791, 69_704)
     assert d.user_feature_names == [
-        "onehot_feat1", "onehot_feat2", "search_active_level", "reco_active_level"
+        "onehot_feat1",
+        "onehot_feat2",
+        "search_active_level",
+        "reco_active_level",
     ]
     assert len(d.item_feature_names) == 6
     assert d.user_field_cardinalities() == [8, 3, 7, 4]
@@ -273,9 +296,13 @@ def ml100k() -> Path:
         script = SHARED / "fetch-ml-100k"
         if not script.is_file():
             pytest.skip(f"ML-100K absent from {d} and no fetch script at {script}")
-        r = subprocess.run([str(script), str(d)], capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [str(script), str(d)], capture_output=True, text=True, timeout=300
+        )
         if r.returncode != 0:
-            pytest.skip(f"ML-100K absent from {d}; fetch-ml-100k failed: {r.stderr[-300:]}")
+            pytest.skip(
+                f"ML-100K absent from {d}; fetch-ml-100k failed: {r.stderr[-300:]}"
+            )
     return d
 
 

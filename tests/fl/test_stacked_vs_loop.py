@@ -18,16 +18,35 @@ class PrivateEmbGroupHead(FedAvg):
     """User embeddings private, second MLP layer shared per user group, rest shared."""
 
     def partition_rules(self):
-        return [("user_emb.*", PRIVATE), ("mlp.1.*", group_role("group")), ("*", SHARED)]
+        return [
+            ("user_emb.*", PRIVATE),
+            ("mlp.1.*", group_role("group")),
+            ("*", SHARED),
+        ]
 
 
 def _cfg(engine: str, **train) -> ExperimentConfig:
     raw = {
-        "data": {"kind": "synthetic", "options": {"n_users": 40, "n_items": 60, "seed": 3,
-                 "interactions_per_user": [8, 40]}},
+        "data": {
+            "kind": "synthetic",
+            "options": {
+                "n_users": 40,
+                "n_items": 60,
+                "seed": 3,
+                "interactions_per_user": [8, 40],
+            },
+        },
         "model": {"dim": 4, "layers": [8, 4]},
-        "train": {"rounds": 3, "batch_size": 5, "local_epochs": 2, "lr": 0.05,
-                  "client_fraction": 0.5, "engine": engine, "dtype": "float64", **train},
+        "train": {
+            "rounds": 3,
+            "batch_size": 5,
+            "local_epochs": 2,
+            "lr": 0.05,
+            "client_fraction": 0.5,
+            "engine": engine,
+            "dtype": "float64",
+            **train,
+        },
         "method": {"name": "fedavg"},
     }
     return config_from_raw(raw)
@@ -54,7 +73,9 @@ def test_stacked_equals_loop_after_three_rounds(optimizer):
     for name in a.server:
         torch.testing.assert_close(a.server[name], b.server[name], rtol=0, atol=1e-10)
     for name in a.store.banks:
-        torch.testing.assert_close(a.store.banks[name], b.store.banks[name], rtol=0, atol=1e-10)
+        torch.testing.assert_close(
+            a.store.banks[name], b.store.banks[name], rtol=0, atol=1e-10
+        )
     # private embeddings moved for sampled clients only; the rest keep the init
     init = dict(a.model.named_parameters())["user_emb.weight"].detach()
     never = set(range(a.fed.n_clients)) - a.sampled
@@ -77,8 +98,12 @@ def test_stacked_adam_matches_torch_adam_and_freezes_inactive():
     torch.manual_seed(0)
     p0 = torch.randn(3, 4, dtype=torch.float64)
     grads = [torch.randn(3, 4, dtype=torch.float64) for _ in range(4)]
-    active = [torch.tensor([True, True, False]), torch.tensor([True, False, False]),
-              torch.tensor([True, True, False]), torch.tensor([False, True, False])]
+    active = [
+        torch.tensor([True, True, False]),
+        torch.tensor([True, False, False]),
+        torch.tensor([True, True, False]),
+        torch.tensor([False, True, False]),
+    ]
     params = {"w": p0.clone()}
     opt = StackedAdam(params, lr=0.1)
     for g, a in zip(grads, active, strict=True):

@@ -49,7 +49,9 @@ def load_dataset(kind: str, **kwargs: Any) -> InteractionData:
         On an unknown ``kind`` (the message lists the valid ones).
     """
     if kind not in LOADERS:
-        raise DataError(f"unknown dataset kind {kind!r}; valid kinds: {sorted(LOADERS)}")
+        raise DataError(
+            f"unknown dataset kind {kind!r}; valid kinds: {sorted(LOADERS)}"
+        )
     return LOADERS[kind](**kwargs)
 
 

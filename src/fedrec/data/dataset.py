@@ -63,8 +63,18 @@ class InteractionData:
         if len(df) and (df["item"].min() < 0 or df["item"].max() >= self.n_items):
             raise DataError(f"{self.source}: item codes out of range")
         for name, arr, n, names in (
-            ("user_features", self.user_features, self.n_users, self.user_feature_names),
-            ("item_features", self.item_features, self.n_items, self.item_feature_names),
+            (
+                "user_features",
+                self.user_features,
+                self.n_users,
+                self.user_feature_names,
+            ),
+            (
+                "item_features",
+                self.item_features,
+                self.n_items,
+                self.item_feature_names,
+            ),
         ):
             if arr is None:
                 continue
@@ -91,7 +101,7 @@ class InteractionData:
         return len(self.item_ids)
 
     def user_field_cardinalities(self) -> list[int]:
-        """Embedding-table size per user field (max code + 1; codes need not be dense)."""
+        """Embedding rows per user field (max code + 1; codes may have gaps)."""
         return _cardinalities(self.user_features)
 
     def item_field_cardinalities(self) -> list[int]:

@@ -48,8 +48,9 @@ def _fail_first(
 ) -> None:
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
-        got = _show(df[col].iloc[i])
-        raise DataError(f"{path}: column {col!r}, line {i + 2}: {what}, got {got}")
+        got = df[col].iloc[i]
+        what = "missing value" if pd.isna(got) else f"{what}, got {_show(got)}"
+        raise DataError(f"{path}: column {col!r}, line {i + 2}: {what}")
 
 
 def column(df: pd.DataFrame, col: str, path: Path, kind: str) -> np.ndarray:
@@ -91,13 +92,9 @@ def encode_ids(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Codes in order of first appearance; ``extra`` ids not in ``raw`` come after."""
     codes, uniques = pd.factorize(raw)
-    ids = np.asarray(uniques)
-    if extra is not None:
-        new = pd.unique(np.asarray(extra))
-        ids = np.concatenate(
-            [ids, np.asarray(new[~pd.Index(new).isin(ids)], ids.dtype)]
-        )
-    return codes.astype(np.int64), ids
+    if extra is not None:  # pd.unique keeps the order of first appearance
+        uniques = pd.unique(np.concatenate([np.asarray(uniques), np.asarray(extra)]))
+    return codes.astype(np.int64), np.asarray(uniques)
 
 
 def align_rows(
@@ -115,7 +112,9 @@ def align_rows(
     dup = pd.Series(table_ids).duplicated().to_numpy()
     if dup.any():
         i = int(np.flatnonzero(dup)[0])
-        raise DataError(f"{path}: line {i + 2}: duplicate {id_col} {_show(table_ids[i])}")
+        raise DataError(
+            f"{path}: line {i + 2}: duplicate {id_col} {_show(table_ids[i])}"
+        )
     rows = pd.Index(table_ids).get_indexer(ids)
     if not fill and (rows < 0).any():
         first = _show(ids[int(np.flatnonzero(rows < 0)[0])])

@@ -16,23 +16,30 @@ from fedrec.fl.task import Params
 def accept_updates(
     uploads: Params, received: Params, private: Params, max_norm: float = 0.0
 ) -> tuple[torch.Tensor, list[str]]:
-    """``bool (C,)`` mask of accepted clients and one reason per rejected client."""
+    """``bool (C,)`` mask of accepted clients and one reason per rejected client.
+
+    One pass per tensor: ``||Δ_c||`` is NaN or Inf whenever an uploaded entry is,
+    and a private tensor's per-client sum is non-finite whenever an entry is.
+    """
     tensors = [*uploads.values(), *private.values()]
     if not tensors:
         return torch.ones(0, dtype=torch.bool), []
     C = tensors[0].shape[0]
-    finite = torch.ones(C, dtype=torch.bool)
-    for t in tensors:
-        finite &= torch.isfinite(t.reshape(C, -1)).all(1)
     sq = torch.zeros(C, dtype=torch.float64)
     for n, t in uploads.items():
-        sq += ((t - received[n]).reshape(C, -1).double() ** 2).sum(1)
+        d = (t - received[n]).reshape(C, -1)
+        sq += torch.linalg.vector_norm(d, dim=1, dtype=torch.float64) ** 2
+    finite = torch.isfinite(sq)
+    for t in private.values():
+        finite &= torch.isfinite(t.reshape(C, -1).sum(1, dtype=torch.float64))
     norm = sq.sqrt()
     ok = finite.clone()
     if max_norm > 0:
         ok &= norm <= max_norm
     reasons = [
-        "non-finite values" if not finite[c] else f"update norm {norm[c]:.4g} > {max_norm}"
+        "non-finite values"
+        if not finite[c]
+        else f"update norm {norm[c]:.4g} > {max_norm}"
         for c in range(C)
         if not ok[c]
     ]

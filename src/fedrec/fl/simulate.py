@@ -73,13 +73,19 @@ class EmbeddedEngine:
         strategy: Strategy,
     ) -> None:
         self.cfg, self.fed, self.model, self.task, self.strategy = (
-            cfg, fed, model, task, strategy,
+            cfg,
+            fed,
+            model,
+            task,
+            strategy,
         )
         self.partition = Partition.from_rules(model, strategy.partition_rules())
         for name, p in model.named_parameters():
             p.requires_grad_(self.partition.roles[name] != "frozen")
         init = {n: p.detach() for n, p in model.named_parameters()}
-        attrs = sorted({a for n in self.partition.uploaded if (a := self.partition.group_attr(n))})
+        attrs = sorted(
+            {a for n in self.partition.uploaded if (a := self.partition.group_attr(n))}
+        )
         self.groups = {a: torch.as_tensor(fed.client_attribute(a)) for a in attrs}
         self.n_groups = {a: self._n_values(a) for a in attrs}
         self.server = strategy.init_server(init, self.partition, self.n_groups)
@@ -107,7 +113,9 @@ class EmbeddedEngine:
         received = self.strategy.broadcast(self.server, self.partition, clients, groups)
         return received, self.store.get(clients)
 
-    def train_round(self, rnd: int, on_clients: Callable[[int], None] | None = None) -> dict[str, Any]:
+    def train_round(
+        self, rnd: int, on_clients: Callable[[int], None] | None = None
+    ) -> dict[str, Any]:
         """One round of local training and aggregation; returns its metrics."""
         tc = self.cfg.train
         t0 = time.perf_counter()
@@ -118,22 +126,43 @@ class EmbeddedEngine:
         plans = []
         for c in clients.tolist():
             rows = self.fed.client_rows("train", c)
-            plans.append([rows[b] for b in client_batches(
-                len(rows), tc.batch_size, tc.local_epochs, self.cfg.run.seed, rnd, c)])
+            plans.append(
+                [
+                    rows[b]
+                    for b in client_batches(
+                        len(rows),
+                        tc.batch_size,
+                        tc.local_epochs,
+                        self.cfg.run.seed,
+                        rnd,
+                        c,
+                    )
+                ]
+            )
         penalty = self.strategy.penalty()
         if tc.engine == "stacked":
             params, losses = train_stacked(
-                self.task, params, received, plans, tc.lr, tc.optimizer, penalty,
-                tc.max_rows_per_bucket)
+                self.task,
+                params,
+                received,
+                plans,
+                tc.lr,
+                tc.optimizer,
+                penalty,
+                tc.max_rows_per_bucket,
+            )
         else:
             params, losses = train_loop(
-                self.task, params, received, plans, tc.lr, tc.optimizer, penalty)
+                self.task, params, received, plans, tc.lr, tc.optimizer, penalty
+            )
         if on_clients:
             on_clients(len(clients))
         train_s = time.perf_counter() - t0
         uploads = {n: params[n] for n in self.partition.uploaded}
         priv = {n: params[n] for n in self.partition.names(PRIVATE)}
-        ok, reasons = accept_updates(uploads, received, priv, self.cfg.guard.max_update_norm)
+        ok, reasons = accept_updates(
+            uploads, received, priv, self.cfg.guard.max_update_norm
+        )
         for c, why in zip(clients[~ok].tolist(), reasons, strict=True):
             log.warning("round %d: rejected the update of client %d (%s)", rnd, c, why)
         kept = clients[ok]
@@ -148,15 +177,19 @@ class EmbeddedEngine:
                 n_groups=self.n_groups,
             )
             self.server = self.strategy.aggregate(
-                self.server, {n: t[ok] for n, t in uploads.items()}, self.partition, ctx)
+                self.server, {n: t[ok] for n, t in uploads.items()}, self.partition, ctx
+            )
         n_rows = torch.as_tensor(sizes[clients.numpy()], dtype=torch.float64)
         valid = ~torch.isnan(losses)
         return {
             "round": rnd,
             "clients": len(clients),
             "rejected": int((~ok).sum()),
-            "train_loss": float((losses[valid] * n_rows[valid]).sum() / n_rows[valid].sum())
-            if valid.any() else math.nan,
+            "train_loss": float(
+                (losses[valid] * n_rows[valid]).sum() / n_rows[valid].sum()
+            )
+            if valid.any()
+            else math.nan,
             "upload_bytes_per_client": _bytes(uploads),
             "download_bytes_per_client": _bytes(received),
             "train_s": train_s,
@@ -174,7 +207,9 @@ class EmbeddedEngine:
             params = {**received, **private}
             segs = [self.fed.client_rows(split, c) for c in cids.tolist()]
             if self.cfg.train.engine == "stacked":
-                scores = predict_stacked(self.task, params, segs, self.cfg.train.max_rows_per_bucket)
+                scores = predict_stacked(
+                    self.task, params, segs, self.cfg.train.max_rows_per_bucket
+                )
             else:
                 scores = predict_loop(self.task, params, segs)
             probs.extend(s.double() for s in scores)
@@ -186,7 +221,9 @@ class EmbeddedEngine:
             return {}
         return ctr_metrics(y, torch.cat(probs).numpy(), torch.cat(users).numpy())
 
-    def run_round(self, rnd: int, on_clients: Callable[[int], None] | None = None) -> dict[str, Any]:
+    def run_round(
+        self, rnd: int, on_clients: Callable[[int], None] | None = None
+    ) -> dict[str, Any]:
         """Train, aggregate and evaluate round ``rnd``; append to the history."""
         t0 = time.perf_counter()
         m = self.train_round(rnd, on_clients)

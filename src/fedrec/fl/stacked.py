@@ -52,25 +52,51 @@ class StackedAdam:
 
     @torch.no_grad()
     def step(self, params: Params, grads: Params, active: torch.Tensor) -> None:
-        """Update ``params`` in place for the clients where ``active`` (bool ``(C,)``)."""
+        """Update ``params`` in place where ``active`` (bool ``(C,)``) holds."""
+        if bool(active.all()):
+            self._update(params, grads, self.m, self.v, active)
+            return
+        idx = active.nonzero().squeeze(1)
+        sub = {n: p[idx] for n, p in params.items()}
+        m = {n: t[idx] for n, t in self.m.items()}
+        v = {n: t[idx] for n, t in self.v.items()}
+        self._update(sub, {n: g[idx] for n, g in grads.items()}, m, v, active, idx)
+        for n, p in params.items():
+            p[idx] = sub[n]
+            self.m[n][idx] = m[n]
+            self.v[n][idx] = v[n]
+
+    def _update(
+        self,
+        params: Params,
+        grads: Params,
+        m: Params,
+        v: Params,
+        active: torch.Tensor,
+        idx: torch.Tensor | None = None,
+    ) -> None:
+        """In-place update of clients that are all active (a subset if ``idx``)."""
         if self.kind == "sgd":
             for n, p in params.items():
-                upd = self.lr * grads[n]
-                p.sub_(torch.where(_bcast(active, p), upd, torch.zeros_like(upd)))
+                p.sub_(grads[n], alpha=self.lr)
             return
         b1, b2 = self.betas
         self.t += active.long()
-        t = self.t.clamp(min=1).to(torch.float64)
-        step_size = (self.lr / (1 - b1**t)).tolist()
-        bc2_sqrt = torch.sqrt(1 - b2**t).tolist()
+        t = self.t if idx is None else self.t[idx]
+        uniform = bool((t == t[0]).all())
         for n, p in params.items():
-            g, a = grads[n], _bcast(active, p)
-            m = torch.where(a, self.m[n].lerp(g, 1 - b1), self.m[n])
-            v = torch.where(a, self.v[n] * b2 + (1 - b2) * g * g, self.v[n])
-            self.m[n], self.v[n] = m, v
-            ss = _per_client(step_size, p)
-            denom = v.sqrt() / _per_client(bc2_sqrt, p) + self.eps
-            p.sub_(torch.where(a, ss * m / denom, torch.zeros_like(p)))
+            g = grads[n]
+            m[n].lerp_(g, 1 - b1)
+            v[n].mul_(b2).addcmul_(g, g, value=1 - b2)
+            if uniform:  # the usual case: one scalar step size, as torch.optim.Adam
+                tt = int(t[0])
+                denom = (v[n].sqrt() / math.sqrt(1 - b2**tt)).add_(self.eps)
+                p.addcdiv_(m[n], denom, value=-self.lr / (1 - b1**tt))
+            else:
+                td = t.to(torch.float64)
+                ss = _per_client((self.lr / (1 - b1**td)).tolist(), p)
+                bc2 = _per_client(torch.sqrt(1 - b2**td).tolist(), p)
+                p.sub_(ss * m[n] / ((v[n].sqrt() / bc2).add_(self.eps)))
 
 
 def _bcast(active: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
@@ -121,7 +147,11 @@ def train_stacked(
     for k in range(max((len(p) for p in plans), default=0)):
         active_ids = np.array([c for c in range(C) if len(plans[c]) > k])
         segs = [plans[c][k] for c in active_ids]
-        grads = {n: torch.zeros_like(p) for n, p in params.items()}
+        full = len(active_ids) == C  # every row of grads is written below
+        grads = {
+            n: (torch.empty_like if full else torch.zeros_like)(p)
+            for n, p in params.items()
+        }
         for b in buckets_by_length(np.array([len(s) for s in segs]), max_rows):
             cidx = torch.as_tensor(active_ids[b])
             rows, mask = pad_segments([segs[i] for i in b])

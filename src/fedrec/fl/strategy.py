@@ -1,5 +1,6 @@
-"""The algorithm layer: what a client receives, trains, keeps and uploads, and how
-the server aggregates (in the spirit of Flower's ``Strategy``).
+"""The algorithm layer, in the spirit of Flower's ``Strategy``.
+
+What a client receives, trains, keeps and uploads, and how the server aggregates.
 
 Both engines drive the same strategy object:
 
@@ -66,28 +67,39 @@ class Strategy:
         """Ordered ``(glob, role)`` rules; default: everything shared."""
         return [("*", SHARED)]
 
-    def init_server(self, init: Params, partition: Partition, n_groups: dict[str, int]) -> Params:
+    def init_server(
+        self, init: Params, partition: Partition, n_groups: dict[str, int]
+    ) -> Params:
         """Server state from initial values: shared as is, one copy per group value."""
         state: Params = {}
         for name in partition.uploaded:
             attr = partition.group_attr(name)
             t = init[name].detach().clone()
-            state[name] = t if attr is None else t.expand(n_groups[attr], *t.shape).clone()
+            state[name] = (
+                t if attr is None else t.expand(n_groups[attr], *t.shape).clone()
+            )
         return state
 
     def broadcast(
-        self, server: Params, partition: Partition, clients: torch.Tensor,
+        self,
+        server: Params,
+        partition: Partition,
+        clients: torch.Tensor,
         groups: dict[str, torch.Tensor],
     ) -> Params:
-        """Per-client copies ``(C, ...)`` of what the server sends."""
+        """What each client receives, ``(C, ...)`` per tensor.
+
+        Read-only: shared tensors come as expanded views of the server state;
+        the engine copies them before a client trains.
+        """
         out: Params = {}
         for name in partition.uploaded:
             attr = partition.group_attr(name)
             t = server[name]
             if attr is None:
-                out[name] = t.expand(len(clients), *t.shape).clone()
+                out[name] = t.expand(len(clients), *t.shape)
             else:
-                out[name] = t[groups[attr]].clone()
+                out[name] = t[groups[attr]]
         return out
 
     def penalty(self) -> Penalty | None:
@@ -98,7 +110,9 @@ class Strategy:
         """Aggregation weight of each uploading client (default: uniform)."""
         return torch.ones_like(ctx.weights)
 
-    def aggregate(self, server: Params, uploads: Params, partition: Partition, ctx: RoundContext) -> Params:
+    def aggregate(
+        self, server: Params, uploads: Params, partition: Partition, ctx: RoundContext
+    ) -> Params:
         """Weighted mean of shared tensors; per-group weighted mean of group tensors.
 
         ``θ ← Σ_c w_c θ_c / Σ_c w_c``; a group with no uploading member keeps
@@ -114,10 +128,14 @@ class Strategy:
             else:
                 g = ctx.groups[attr]
                 num = torch.zeros_like(server[name]).index_add_(0, g, wc * up)
-                den = torch.zeros(len(server[name]), dtype=up.dtype).index_add_(0, g, wc.flatten())
+                den = torch.zeros(len(server[name]), dtype=up.dtype).index_add_(
+                    0, g, wc.flatten()
+                )
                 seen = den > 0
                 num[seen] /= den[seen].view(-1, *([1] * (up.dim() - 1)))
-                new[name] = torch.where(seen.view(-1, *([1] * (up.dim() - 1))), num, server[name])
+                new[name] = torch.where(
+                    seen.view(-1, *([1] * (up.dim() - 1))), num, server[name]
+                )
         return new
 
 

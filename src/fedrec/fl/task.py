@@ -41,7 +41,9 @@ class CTRTask:
         users, items = self.fed.users[rows], self.fed.items[rows]
         return functional_call(self.model, params, (users, items))
 
-    def loss(self, params: Params, rows: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def loss(
+        self, params: Params, rows: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         """Masked mean BCE over rows ``(b,)`` with ``mask`` ``(b,)`` in {0, 1}."""
         logit = self.logits(params, rows)
         y = self.fed.labels[rows].to(logit.dtype)

@@ -37,7 +37,9 @@ class FedProx(FedAvg):
         mu = self.config.mu
 
         def prox(params: Params, received: Params) -> torch.Tensor:
-            return 0.5 * mu * sum(((params[n] - received[n]) ** 2).sum() for n in received)
+            return (
+                0.5 * mu * sum(((params[n] - received[n]) ** 2).sum() for n in received)
+            )
 
         return prox
 
