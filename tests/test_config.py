@@ -194,4 +194,4 @@ def test_demo_config_loads():
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root / "configs" / "demo.toml")
     assert cfg.method["name"] == "fedavg"
-    assert cfg.train.rounds == 10
+    assert cfg.train.rounds >= 1

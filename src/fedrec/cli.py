@@ -130,7 +130,9 @@ def table_rows(
     for method in methods:
         for seed in range(seeds):
             raw = cfg.to_dict()
-            raw["method"] = {"name": method}
+            raw["method"] = (
+                cfg.method if method == cfg.method["name"] else {"name": method}
+            )
             raw["run"]["seed"] = seed
             c = config_from_raw(raw)
             s = run_experiment(c, out / "runs" / f"{method}-s{seed}", progress, data)

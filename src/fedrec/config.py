@@ -111,7 +111,12 @@ class EvalConfig:
     """Per-round evaluation and model selection."""
 
     select_metric: Literal["auc", "gauc", "logloss"] = "auc"
-    splits: list[str] = field(default_factory=lambda: ["val", "test"])
+    splits: list[Literal["train", "val", "test"]] = field(
+        default_factory=lambda: ["val", "test"]
+    )
+
+    def __post_init__(self) -> None:
+        _check("val" in self.splits, "eval.splits must include 'val' (model selection)")
 
 
 @dataclass
@@ -269,7 +274,10 @@ def config_from_raw(raw: dict[str, Any], source: str = "") -> ExperimentConfig:
     name = cfg.method.get("name")
     if not isinstance(name, str):
         raise ConfigError(f"{_loc(source)}'method.name' is required")
-    spec = get_method(name)
+    try:
+        spec = get_method(name)
+    except ConfigError as e:
+        raise ConfigError(f"{_loc(source)}{e}") from None
     params = {k: v for k, v in cfg.method.items() if k != "name"}
     method_cfg = from_dict(spec.config_cls, params, "method", source)
     cfg.method = {"name": name, **dataclasses.asdict(method_cfg)}
