@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from fedrec.config import load_config
@@ -195,3 +196,32 @@ def test_demo_config_loads():
     cfg = load_config(root / "configs" / "demo.toml")
     assert cfg.method["name"] == "fedavg"
     assert cfg.train.rounds >= 1
+
+
+def test_users_division_selects_private_clients():
+    from fedrec.config import config_from_raw
+    from fedrec.runs import build_engine
+
+    base = {"data": {"options": {"n_users": 40, "n_items": 30}}}
+    all_ = build_engine(config_from_raw(base))
+    raw = {
+        "data": {
+            "options": {"n_users": 40, "n_items": 30},
+            "users": {"clients": "private", "open_ratio": 0.25},
+        }
+    }
+    priv = build_engine(config_from_raw(raw))
+    raw["data"]["users"]["clients"] = "open"
+    opn = build_engine(config_from_raw(raw))
+    assert all_.fed.n_clients == 40
+    assert (priv.fed.n_clients, opn.fed.n_clients) == (30, 10)  # round(0.25·40) open
+    p = set(np.flatnonzero(priv.fed.client_of_user >= 0))
+    o = set(np.flatnonzero(opn.fed.client_of_user >= 0))
+    assert not p & o and len(p | o) == 40
+
+
+def test_attribute_division_needs_values():
+    from fedrec.config import config_from_raw
+
+    with pytest.raises(ConfigError, match="attribute"):
+        config_from_raw({"data": {"users": {"style": "attribute"}}})

@@ -34,6 +34,33 @@ class RunConfig:
 
 
 @dataclass
+class UsersConfig:
+    """Which users become clients: all, or one side of the open/private division.
+
+    The division (fedpa.md §1.2) is always explicit: ``style = "random"`` draws
+    ``round(open_ratio·U)`` open users; ``style = "attribute"`` takes a random
+    ``in_set_ratio`` of the users whose ``attribute`` is in ``values`` plus a
+    random ``out_set_ratio`` of the others. Seeded by ``seed``.
+    """
+
+    clients: Literal["all", "open", "private"] = "all"
+    style: Literal["random", "attribute"] = "random"
+    open_ratio: float = 0.25
+    attribute: str = ""
+    values: list[int] = field(default_factory=list)
+    in_set_ratio: float = 0.8
+    out_set_ratio: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check(0 <= self.open_ratio <= 1, "data.users.open_ratio must be in [0, 1]")
+        _check(
+            self.style == "random" or bool(self.attribute and self.values),
+            "data.users: style 'attribute' needs attribute and values",
+        )
+
+
+@dataclass
 class DataConfig:
     """Which loader reads the data, how it is split and who the clients are.
 
@@ -51,6 +78,7 @@ class DataConfig:
     test_ratio: float = 0.2
     min_interactions: int = 5
     clients: Literal["user", "single"] = "user"
+    users: UsersConfig = field(default_factory=UsersConfig)
 
     def __post_init__(self) -> None:
         _check(0 <= self.val_ratio < 1, "data.val_ratio must be in [0, 1)")

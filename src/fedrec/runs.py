@@ -36,6 +36,7 @@ from fedrec.data import load_dataset
 from fedrec.data.dataset import InteractionData
 from fedrec.data.splits import (
     Split,
+    divide_open_private,
     global_temporal_split,
     leave_one_out_split,
     temporal_ratio_split,
@@ -81,6 +82,24 @@ def make_split(data: InteractionData, cfg: ExperimentConfig) -> Split:
     return global_temporal_split(data, d.val_ratio, d.test_ratio)
 
 
+def client_users(data: InteractionData, cfg: ExperimentConfig) -> np.ndarray | None:
+    """User codes that may be clients (``None``: all), per ``data.users``."""
+    u = cfg.data.users
+    if u.clients == "all":
+        return None
+    open_, private = divide_open_private(
+        data,
+        style=u.style,
+        open_ratio=u.open_ratio,
+        attribute=u.attribute or None,
+        values=u.values or None,
+        in_set_ratio=u.in_set_ratio,
+        out_set_ratio=u.out_set_ratio,
+        seed=u.seed,
+    )
+    return open_ if u.clients == "open" else private
+
+
 def build_engine(
     cfg: ExperimentConfig,
     data: InteractionData | None = None,
@@ -90,7 +109,9 @@ def build_engine(
     data = data if data is not None else load_data(cfg)
     split = make_split(data, cfg)
     strategy = strategy or build_strategy(cfg.method)
-    fed = FedData.build(data, split, strategy.clients or cfg.data.clients)
+    fed = FedData.build(
+        data, split, strategy.clients or cfg.data.clients, client_users(data, cfg)
+    )
     torch.manual_seed(cfg.run.seed)
     model = CTRModel.for_data(data, cfg.model.dim, cfg.model.layers)
     if cfg.model.init_from:
