@@ -130,8 +130,12 @@ def client_batches(
 ) -> list[np.ndarray]:
     """Local positions ``0..n_rows-1`` of each mini-batch, epoch after epoch.
 
-    Each epoch is a fresh permutation from ``default_rng([seed, rnd, cid, epoch])``.
+    Each epoch is a fresh permutation from ``default_rng([seed, rnd, cid, epoch])``;
+    when one batch holds every row, the order cannot change the mean loss and
+    no permutation is drawn.
     """
+    if n_rows <= batch_size:
+        return [np.arange(n_rows)] * epochs if n_rows else []
     out: list[np.ndarray] = []
     for e in range(epochs):
         perm = np.random.default_rng([seed, rnd, cid, e]).permutation(n_rows)

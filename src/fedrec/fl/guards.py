@@ -28,7 +28,7 @@ def accept_updates(
     sq = torch.zeros(C, dtype=torch.float64)
     for n, t in uploads.items():
         d = (t - received[n]).reshape(C, -1)
-        sq += torch.linalg.vector_norm(d, dim=1, dtype=torch.float64) ** 2
+        sq += torch.linalg.vector_norm(d, dim=1).double() ** 2
     finite = torch.isfinite(sq)
     for t in private.values():
         finite &= torch.isfinite(t.reshape(C, -1).sum(1, dtype=torch.float64))
