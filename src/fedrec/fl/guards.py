@@ -28,7 +28,11 @@ def accept_updates(
     sq = torch.zeros(C, dtype=torch.float64)
     for n, t in uploads.items():
         d = (t - received[n]).reshape(C, -1)
-        sq += torch.linalg.vector_norm(d, dim=1).double() ** 2
+        n2 = torch.linalg.vector_norm(d, dim=1).double() ** 2
+        over = ~torch.isfinite(n2)  # float32 overflow: redo those in float64
+        if over.any():
+            n2[over] = torch.linalg.vector_norm(d[over].double(), dim=1) ** 2
+        sq += n2
     finite = torch.isfinite(sq)
     for t in private.values():
         finite &= torch.isfinite(t.reshape(C, -1).sum(1, dtype=torch.float64))
