@@ -46,7 +46,6 @@ from fedrec.fl.clients import FedData
 from fedrec.fl.simulate import EmbeddedEngine
 from fedrec.fl.strategy import Strategy
 from fedrec.fl.task import CTRTask
-from fedrec.models.ctr_mlp import CTRModel
 from fedrec.registry import build_strategy
 
 log = logging.getLogger("fedrec")
@@ -113,9 +112,9 @@ def build_engine(
         data, split, strategy.clients or cfg.data.clients, client_users(data, cfg)
     )
     torch.manual_seed(cfg.run.seed)
-    model = CTRModel.for_data(data, cfg.model.dim, cfg.model.layers)
+    model = strategy.build_model(data, cfg.model)
     if cfg.model.init_from:
-        model.load_state_dict(_load_checkpoint(Path(cfg.model.init_from))["model"])
+        load_pretrained(model, Path(cfg.model.init_from))
     model = model.to(getattr(torch, cfg.train.dtype))
     log.info(
         "%s: %d rows, %d clients, %d users dropped by the split",
@@ -125,6 +124,30 @@ def build_engine(
         split.dropped_users,
     )
     return EmbeddedEngine(cfg, fed, model, CTRTask(model, fed), strategy)
+
+
+def load_pretrained(model: torch.nn.Module, path: Path) -> None:
+    """Load a pre-trained CTR state into ``model``.
+
+    Adapters and gates keep their initial values. A missing base tensor or a
+    shape mismatch is an error naming the file and the tensor.
+    """
+    state = _load_checkpoint(path)
+    state = state.get("model", state) if isinstance(state, dict) else state
+    own = model.state_dict()
+    for name, t in state.items():
+        if name not in own:
+            raise CheckpointError(f"{path}: tensor {name!r} is not in the model")
+        if own[name].shape != t.shape:
+            raise CheckpointError(
+                f"{path}: {name!r} has shape {tuple(t.shape)}, "
+                f"the model expects {tuple(own[name].shape)} (same data and sizes?)"
+            )
+    base = {n for n in own if not n.startswith(("lora.", "gates."))}
+    missing = sorted(base - set(state))
+    if missing:
+        raise CheckpointError(f"{path}: no tensor for {missing[:3]}")
+    model.load_state_dict(state, strict=False)
 
 
 def _load_checkpoint(path: Path) -> dict[str, Any]:

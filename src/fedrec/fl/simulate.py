@@ -123,24 +123,16 @@ class EmbeddedEngine:
         received, private = self.client_params(clients)
         params = {**{n: t.clone() for n, t in received.items()}, **private}
         sizes = self.fed.sizes("train")
+        seed, epochs, bs = self.cfg.run.seed, tc.local_epochs, tc.batch_size
         plans = []
         for c in clients.tolist():
             rows = self.fed.client_rows("train", c)
-            plans.append(
-                [
-                    rows[b]
-                    for b in client_batches(
-                        len(rows),
-                        tc.batch_size,
-                        tc.local_epochs,
-                        self.cfg.run.seed,
-                        rnd,
-                        c,
-                    )
-                ]
-            )
+            batches = client_batches(len(rows), bs, epochs, seed, rnd, c)
+            plans.append([rows[b] for b in batches])
         penalty = self.strategy.penalty()
-        if tc.engine == "stacked":
+        if not params:  # nothing trainable (e.g. the pre-trained model as is)
+            losses = torch.full((len(clients),), math.nan, dtype=torch.float64)
+        elif tc.engine == "stacked":
             params, losses = train_stacked(
                 self.task,
                 params,
@@ -160,9 +152,10 @@ class EmbeddedEngine:
         train_s = time.perf_counter() - t0
         uploads = {n: params[n] for n in self.partition.uploaded}
         priv = {n: params[n] for n in self.partition.names(PRIVATE)}
-        ok, reasons = accept_updates(
-            uploads, received, priv, self.cfg.guard.max_update_norm
-        )
+        ok, reasons = torch.ones(len(clients), dtype=torch.bool), []
+        if uploads or priv:
+            bound = self.cfg.guard.max_update_norm
+            ok, reasons = accept_updates(uploads, received, priv, bound)
         for c, why in zip(clients[~ok].tolist(), reasons, strict=True):
             log.warning("round %d: rejected the update of client %d (%s)", rnd, c, why)
         kept = clients[ok]

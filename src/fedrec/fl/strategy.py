@@ -21,9 +21,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
+from fedrec.config import ModelConfig
+from fedrec.data.dataset import InteractionData
 from fedrec.fl.partition import PRIVATE, SHARED, Partition
 from fedrec.fl.task import Params, Penalty
+from fedrec.models.ctr_mlp import CTRModel
 
 
 @dataclass
@@ -62,6 +66,10 @@ class Strategy:
 
     def __init__(self, config: object) -> None:
         self.config = config
+
+    def build_model(self, data: InteractionData, cfg: ModelConfig) -> nn.Module:
+        """The model every client starts from (default: the plain CTR model)."""
+        return CTRModel.for_data(data, cfg.dim, cfg.layers)
 
     def partition_rules(self) -> list[tuple[str, str]]:
         """Ordered ``(glob, role)`` rules; default: everything shared."""

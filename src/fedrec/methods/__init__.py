@@ -1,3 +1,10 @@
 """Built-in methods; importing this package registers them."""
 
-from fedrec.methods import centralised, fedavg, fedprox, local  # noqa: F401
+from fedrec.methods import (  # noqa: F401
+    baselines,
+    centralised,
+    fedavg,
+    fedpa,
+    fedprox,
+    local,
+)

@@ -64,9 +64,16 @@ class CTRModel(nn.Module):
 
     @classmethod
     def for_data(
-        cls, data: InteractionData, dim: int = 8, layers: list[int] | None = None
+        cls,
+        data: InteractionData,
+        dim: int = 8,
+        layers: list[int] | None = None,
+        **kwargs: object,
     ) -> CTRModel:
-        """Build from a dataset; without feature tables the ids are the only field."""
+        """Build from a dataset; without feature tables the ids are the only field.
+
+        ``kwargs`` go to the constructor of ``cls`` (a subclass's own options).
+        """
         ux = data.user_features
         ix = data.item_features
         if ux is None or ux.shape[1] == 0:
@@ -75,7 +82,7 @@ class CTRModel(nn.Module):
             ix = np.arange(data.n_items)[:, None]
         ucards = [int(v) + 1 for v in ux.max(axis=0)]
         icards = [int(v) + 1 for v in ix.max(axis=0)]
-        return cls(ux, ix, ucards, icards, dim, layers or [32, 8])
+        return cls(ux, ix, ucards, icards, dim, layers or [32, 8], **kwargs)
 
     def embed(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """``h^0`` for a batch of (user, item) codes: ``(B,) (B,) -> (B, D_0)``."""
