@@ -148,6 +148,74 @@ class EvalConfig:
 
 
 @dataclass
+class KDConfig:
+    """Distil the foundation model from a larger teacher (fedpa.md §7.1).
+
+    Student loss ``BCE(σ(s), y) + lam·BCE(σ(s/T), σ(t/T))`` (``loss = "bce"``) or
+    ``BCE(σ(s), y) + lam·(s − t)²`` (``loss = "mse"``), t the teacher's logit.
+    """
+
+    teacher_dim: int = 16
+    teacher_layers: list[int] = field(default_factory=lambda: [64, 16])
+    lam: float = 0.5
+    temperature: float = 1.0
+    loss: Literal["bce", "mse"] = "bce"
+
+    def __post_init__(self) -> None:
+        _check(self.lam >= 0, "pretrain.kd.lam must be >= 0")
+        _check(self.temperature > 0, "pretrain.kd.temperature must be > 0")
+
+
+@dataclass
+class PretrainConfig:
+    """Pre-training the foundation model on open users (``model.init_from``).
+
+    ``model.init_from = "pretrain"`` trains a CTR model of ``[model]``'s size on
+    the open users' rows (``data.users`` defines the division; the clients are
+    then the private users) and ``"pretrain-kd"`` distils it from a teacher of
+    ``[pretrain.kd]``'s size. The checkpoint is the epoch with the best AUC on
+    each open user's latest ``holdout`` rows: no private row shapes it. Results
+    are cached under ``cache_dir`` by a hash of everything they depend on.
+    """
+
+    epochs: int = 20
+    lr: float = 1e-3
+    batch_size: int = 1024
+    holdout: float = 0.2
+    seed: int = 0
+    cache_dir: str = ".cache/pretrain"
+    kd: KDConfig = field(default_factory=KDConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "pretrain.epochs must be >= 1")
+        _check(0 < self.holdout < 1, "pretrain.holdout must be in (0, 1)")
+
+
+@dataclass
+class PrivacyConfig:
+    """Local differential privacy on every upload (fedpa.md §7.2).
+
+    ``ldp_epsilon > 0``: clip each uploaded tensor to L1 norm ``ldp_clip`` and
+    add Laplace(0, 2·clip/ε) noise per entry (ε-LDP per round). ``ldp_scale > 0``
+    without ε: Laplace(0, ldp_scale) noise, no clipping, no ε claimed (the
+    δ-only mode of the reference line of work).
+    """
+
+    ldp_epsilon: float = 0.0
+    ldp_clip: float = 1.0
+    ldp_scale: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.ldp_epsilon >= 0, "privacy.ldp_epsilon must be >= 0")
+        _check(self.ldp_clip > 0, "privacy.ldp_clip must be > 0")
+        _check(self.ldp_scale >= 0, "privacy.ldp_scale must be >= 0")
+        _check(
+            not (self.ldp_epsilon and self.ldp_scale),
+            "privacy: set ldp_epsilon or ldp_scale, not both",
+        )
+
+
+@dataclass
 class ExperimentConfig:
     """A whole experiment: one TOML file."""
 
@@ -158,6 +226,9 @@ class ExperimentConfig:
     method: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
     guard: GuardConfig = field(default_factory=GuardConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    variants: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON/TOML serialisable)."""

@@ -46,6 +46,7 @@ from fedrec.fl.clients import FedData
 from fedrec.fl.simulate import EmbeddedEngine
 from fedrec.fl.strategy import Strategy
 from fedrec.fl.task import CTRTask
+from fedrec.pretrain import MODES, foundation
 from fedrec.registry import build_strategy
 
 log = logging.getLogger("fedrec")
@@ -113,7 +114,9 @@ def build_engine(
     )
     torch.manual_seed(cfg.run.seed)
     model = strategy.build_model(data, cfg.model)
-    if cfg.model.init_from:
+    if cfg.model.init_from in MODES:
+        load_pretrained(model, foundation(cfg, data))
+    elif cfg.model.init_from:
         load_pretrained(model, Path(cfg.model.init_from))
     model = model.to(getattr(torch, cfg.train.dtype))
     log.info(

@@ -32,6 +32,7 @@ from fedrec.config import ExperimentConfig
 from fedrec.fl.clients import FedData, client_batches
 from fedrec.fl.guards import accept_updates
 from fedrec.fl.loop import predict_loop, train_loop
+from fedrec.fl.mods import ModContext, build_mods
 from fedrec.fl.partition import PRIVATE, Partition
 from fedrec.fl.stacked import predict_stacked, train_stacked
 from fedrec.fl.store import ClientStore
@@ -91,6 +92,8 @@ class EmbeddedEngine:
         self.server = strategy.init_server(init, self.partition, self.n_groups)
         private = {n: init[n] for n in self.partition.names(PRIVATE)}
         self.store = ClientStore(private, fed.n_clients)
+        self.mods = build_mods(cfg.privacy)
+        self.participation = torch.zeros(fed.n_clients, dtype=torch.long)
         self.history: list[dict[str, Any]] = []
         self.round = 0
 
@@ -151,6 +154,11 @@ class EmbeddedEngine:
             on_clients(len(clients))
         train_s = time.perf_counter() - t0
         uploads = {n: params[n] for n in self.partition.uploaded}
+        if uploads and self.mods:
+            ctx = ModContext(self.cfg.run.seed, rnd, clients.tolist())
+            for mod in self.mods:
+                uploads = mod(uploads, received, ctx)
+            self.participation[clients] += 1
         priv = {n: params[n] for n in self.partition.names(PRIVATE)}
         ok, reasons = torch.ones(len(clients), dtype=torch.bool), []
         if uploads or priv:
@@ -184,6 +192,7 @@ class EmbeddedEngine:
             if valid.any()
             else math.nan,
             "upload_bytes_per_client": _bytes(uploads),
+            "ldp_epsilon_total": self.epsilon_spent(),
             "download_bytes_per_client": _bytes(received),
             "train_s": train_s,
             "clients_per_s": len(clients) / max(train_s, 1e-9),
@@ -230,6 +239,15 @@ class EmbeddedEngine:
         self.round = rnd + 1
         return m
 
+    def epsilon_spent(self) -> float:
+        """Worst client's ε so far, by basic composition (0 without LDP)."""
+        eps = [
+            m.epsilon_per_round for m in self.mods if hasattr(m, "epsilon_per_round")
+        ]
+        if not eps:
+            return 0.0
+        return float(self.participation.max()) * sum(eps)
+
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue: model, server, client store, history."""
@@ -239,6 +257,7 @@ class EmbeddedEngine:
             "server": self.server,
             "store": self.store.state_dict(),
             "history": self.history,
+            "participation": self.participation,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -248,3 +267,4 @@ class EmbeddedEngine:
         self.store.load_state_dict(state["store"])
         self.history = list(state["history"])
         self.round = int(state["round"])
+        self.participation = state["participation"].clone()
