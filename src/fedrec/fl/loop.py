@@ -20,7 +20,7 @@ def train_loop(
     params: Params,
     received: Params,
     plans: list[list[np.ndarray]],
-    lr: float,
+    lr: float | dict[str, float],
     optimizer: str = "adam",
     penalty: Penalty | None = None,
 ) -> tuple[Params, torch.Tensor]:
@@ -32,7 +32,8 @@ def train_loop(
         p = {n: t[c].clone().requires_grad_(True) for n, t in params.items()}
         r = {n: t[c] for n, t in received.items()}
         opt_cls = torch.optim.Adam if optimizer == "adam" else torch.optim.SGD
-        opt = opt_cls(list(p.values()), lr=lr)
+        lrs = {n: lr[n] if isinstance(lr, dict) else lr for n in p}
+        opt = opt_cls([{"params": [t], "lr": lrs[n]} for n, t in p.items()])
         total, count = 0.0, 0
         for batch in plans[c]:
             rows = torch.as_tensor(batch)

@@ -133,6 +133,7 @@ class EmbeddedEngine:
             batches = client_batches(len(rows), bs, epochs, seed, rnd, c)
             plans.append([rows[b] for b in batches])
         penalty = self.strategy.penalty()
+        lrs = {n: self.strategy.learning_rate(n, tc.lr) for n in params}
         if not params:  # nothing trainable (e.g. the pre-trained model as is)
             losses = torch.full((len(clients),), math.nan, dtype=torch.float64)
         elif tc.engine == "stacked":
@@ -141,14 +142,14 @@ class EmbeddedEngine:
                 params,
                 received,
                 plans,
-                tc.lr,
+                lrs,
                 tc.optimizer,
                 penalty,
                 tc.max_rows_per_bucket,
             )
         else:
             params, losses = train_loop(
-                self.task, params, received, plans, tc.lr, tc.optimizer, penalty
+                self.task, params, received, plans, lrs, tc.optimizer, penalty
             )
         if on_clients:
             on_clients(len(clients))

@@ -39,12 +39,13 @@ class StackedAdam:
     def __init__(
         self,
         params: Params,
-        lr: float,
+        lr: float | dict[str, float],
         kind: str = "adam",
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
     ) -> None:
-        self.lr, self.kind, self.betas, self.eps = lr, kind, betas, eps
+        self.lr = {n: lr[n] if isinstance(lr, dict) else lr for n in params}
+        self.kind, self.betas, self.eps = kind, betas, eps
         first = next(iter(params.values()))
         self.t = torch.zeros(first.shape[0], dtype=torch.long)
         self.m = {n: torch.zeros_like(p) for n, p in params.items()}
@@ -78,7 +79,7 @@ class StackedAdam:
         """In-place update of clients that are all active (a subset if ``idx``)."""
         if self.kind == "sgd":
             for n, p in params.items():
-                p.sub_(grads[n], alpha=self.lr)
+                p.sub_(grads[n], alpha=self.lr[n])
             return
         b1, b2 = self.betas
         self.t += active.long()
@@ -91,10 +92,10 @@ class StackedAdam:
             if uniform:  # the usual case: one scalar step size, as torch.optim.Adam
                 tt = int(t[0])
                 denom = (v[n].sqrt() / math.sqrt(1 - b2**tt)).add_(self.eps)
-                p.addcdiv_(m[n], denom, value=-self.lr / (1 - b1**tt))
+                p.addcdiv_(m[n], denom, value=-self.lr[n] / (1 - b1**tt))
             else:
                 td = t.to(torch.float64)
-                ss = _per_client((self.lr / (1 - b1**td)).tolist(), p)
+                ss = _per_client((self.lr[n] / (1 - b1**td)).tolist(), p)
                 bc2 = _per_client(torch.sqrt(1 - b2**td).tolist(), p)
                 p.sub_(ss * m[n] / ((v[n].sqrt() / bc2).add_(self.eps)))
 
@@ -112,7 +113,7 @@ def train_stacked(
     params: Params,
     received: Params,
     plans: list[list[np.ndarray]],
-    lr: float,
+    lr: float | dict[str, float],
     optimizer: str = "adam",
     penalty: Penalty | None = None,
     max_rows: int = 65536,
@@ -127,6 +128,8 @@ def train_stacked(
         Trainable tensors ``(C, ...)``; updated in place and returned.
     received
         What each client received this round ``(C, ...)`` (for ``penalty``).
+    lr
+        One learning rate, or one per parameter name.
     plans
         ``plans[c]`` = client c's mini-batches (row ids), in order.
     penalty

@@ -110,6 +110,10 @@ class Strategy:
                 out[name] = t[groups[attr]]
         return out
 
+    def learning_rate(self, name: str, lr: float) -> float:
+        """Learning rate of parameter ``name`` given ``train.lr`` (default: ``lr``)."""
+        return lr
+
     def penalty(self) -> Penalty | None:
         """Client-side regulariser ``(params, received) -> scalar``, or ``None``."""
         return None

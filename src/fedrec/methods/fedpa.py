@@ -46,8 +46,11 @@ class FedPAConfig:
     gate: bool = True
     gate_dim: list[int] = field(default_factory=lambda: [8, 4])
     weighted: bool = False
+    adapter_lr: float = 0.0
 
     def __post_init__(self) -> None:
+        if self.adapter_lr < 0:
+            raise ConfigError("method.adapter_lr must be >= 0 (0: train.lr)")
         if self.rank < 1:
             raise ConfigError("method.rank must be >= 1")
         if self.group_adapter and not self.group_attrs:
@@ -97,6 +100,14 @@ class FedPA(Strategy):
             ("head.*", SHARED),
             ("*", FROZEN),
         ]
+
+    def learning_rate(self, name: str, lr: float) -> float:
+        """``adapter_lr`` for LoRA factors when set (> 0), else ``train.lr``."""
+        return (
+            self.config.adapter_lr
+            if name.startswith("lora.") and self.config.adapter_lr > 0
+            else lr
+        )
 
     def client_weights(self, ctx: RoundContext) -> torch.Tensor:
         """Unweighted mean (the reference), or by train rows if ``weighted``."""
