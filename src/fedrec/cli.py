@@ -1,40 +1,27 @@
-"""Command line: ``fedrec run``, ``fedrec table``, ``fedrec methods``.
+"""Command line: ``fedrec run | table | sweep | methods``.
 
 Examples
 --------
     fedrec run configs/demo.toml --set train.rounds=5
     fedrec run --resume runs/demo-fedavg-s0-20261123-101500
-    fedrec table configs/demo.toml --methods fedavg local centralised --seeds 2
+    fedrec table configs/demo.toml --seeds 2
+    fedrec table configs/demo.toml --methods fedavg local centralised
+    fedrec sweep configs/demo.toml --key privacy.ldp_epsilon --values 0 1 10
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import logging
 import sys
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from fedrec.config import ExperimentConfig, config_from_raw, load_config
+from fedrec import tables
+from fedrec.config import ExperimentConfig, load_config
 from fedrec.errors import FedrecError
 from fedrec.registry import method_names
-from fedrec.runs import Run, load_data, run_experiment
-
-TABLE_COLUMNS = [
-    "method",
-    "seed",
-    "best_round",
-    "val_auc",
-    "test_auc",
-    "test_gauc",
-    "test_logloss",
-    "test_f1",
-    "upload_bytes_per_round",
-    "wall_s",
-]
+from fedrec.runs import Run, run_experiment
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -58,11 +45,25 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     table = sub.add_parser("table", help="run several methods and seeds; write a table")
     table.add_argument("config")
-    table.add_argument("--methods", nargs="+", required=True, choices=method_names())
+    table.add_argument(
+        "--methods",
+        nargs="+",
+        choices=method_names(),
+        help="plain methods (default: the config's [variants])",
+    )
+    table.add_argument("--variants", nargs="+", help="only these variants")
     table.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
     table.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     table.add_argument("--out", type=Path, default=Path("results/table"))
     table.add_argument("--quiet", action="store_true")
+    sw = sub.add_parser("sweep", help="vary one config value; write a table and plot")
+    sw.add_argument("config")
+    sw.add_argument("--key", required=True, help="e.g. privacy.ldp_epsilon")
+    sw.add_argument("--values", nargs="+", required=True, help="TOML literals")
+    sw.add_argument("--seeds", type=int, default=1)
+    sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    sw.add_argument("--out", type=Path, default=Path("results/sweep"))
+    sw.add_argument("--quiet", action="store_true")
     sub.add_parser("methods", help="list registered methods")
     return p
 
@@ -76,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
             print("\n".join(method_names()))
         elif args.cmd == "run":
             _run(args)
+        elif args.cmd == "sweep":
+            _sweep(args)
         else:
             _table(args)
     except FedrecError as e:
@@ -117,91 +120,36 @@ def _print_summary(s: dict[str, Any]) -> None:
     print(f"results: {s['run_dir']}")
 
 
-def table_rows(
-    cfg: ExperimentConfig,
-    methods: list[str],
-    seeds: int,
-    out: Path,
-    progress: bool = True,
-) -> list[dict[str, Any]]:
-    """Run every method for seeds ``0..seeds-1`` on the same data; one row each."""
-    data = load_data(cfg)
-    rows = []
-    for method in methods:
-        for seed in range(seeds):
-            raw = cfg.to_dict()
-            raw["method"] = (
-                cfg.method if method == cfg.method["name"] else {"name": method}
-            )
-            raw["run"]["seed"] = seed
-            c = config_from_raw(raw)
-            s = run_experiment(c, out / "runs" / f"{method}-s{seed}", progress, data)
-            rows.append(
-                {
-                    "method": method,
-                    "seed": seed,
-                    "best_round": s.get("best_round"),
-                    "val_auc": s.get("best_val_auc"),
-                    **{k: s.get(k) for k in TABLE_COLUMNS[4:]},
-                }
-            )
-    return rows
-
-
-def write_table(rows: list[dict[str, Any]], out: Path, header: str) -> str:
-    """``table.csv`` (one row per run) and ``table.md`` (mean ± std over seeds)."""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "table.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    metrics = [
-        "val_auc",
-        "test_auc",
-        "test_gauc",
-        "test_logloss",
-        "test_f1",
-        "upload_bytes_per_round",
-        "wall_s",
-    ]
-    lines = [
-        header,
-        "",
-        "| method | seeds | " + " | ".join(metrics) + " |",
-        "|---" * (len(metrics) + 2) + "|",
-    ]
-    for method in dict.fromkeys(r["method"] for r in rows):
-        rs = [r for r in rows if r["method"] == method]
-        cells = []
-        for m in metrics:
-            v = np.array([np.nan if r[m] is None else r[m] for r in rs], dtype=float)
-            fmt = (
-                "{:.0f}"
-                if m in ("upload_bytes_per_round",)
-                else "{:.4f}"
-                if m != "wall_s"
-                else "{:.1f}"
-            )
-            cells.append(
-                fmt.format(np.mean(v))
-                + (f" ± {fmt.format(np.std(v))}" if len(v) > 1 else "")
-            )
-        lines.append(f"| {method} | {len(rs)} | " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n"
-    (out / "table.md").write_text(text)
-    return text
-
-
 def _table(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.set)
-    rows = table_rows(cfg, args.methods, args.seeds, args.out, not args.quiet)
-    header = (
-        f"Config `{args.config}`; data `{cfg.data.kind}` {cfg.data.path}; split "
-        f"{cfg.data.split}; {cfg.train.rounds} rounds; selection by best "
-        f"val_{cfg.eval.select_metric}; mean ± std over {args.seeds} seed(s)."
-    )
-    print(write_table(rows, args.out, header))
+    runs = tables.variants(cfg, args.methods, args.variants, args.config)
+    rows = tables.run_all(runs, args.seeds, args.out, not args.quiet)
+    header = _header(args.config, cfg, args.seeds)
+    print(tables.write_table(rows, args.out, header))
+    tables.plot_curves(rows, args.out)
     print(f"results: {args.out}")
+
+
+def _sweep(args: argparse.Namespace) -> None:
+    cfg = load_config(args.config, args.set)
+    rows = tables.sweep(
+        cfg, args.key, args.values, args.seeds, args.out, not args.quiet, args.config
+    )
+    header = _header(args.config, cfg, args.seeds) + f" Sweep of `{args.key}`."
+    print(tables.write_table(rows, args.out, header, by="value", name="sweep"))
+    tables.plot_sweep(rows, args.out, args.key)
+    print(f"results: {args.out}")
+
+
+def _header(path: str, cfg: ExperimentConfig, seeds: int) -> str:
+    d, t = cfg.data, cfg.train
+    where = f"`{d.kind}` {d.path}".strip()
+    return (
+        f"Config `{path}`; data {where}; split {d.split}; clients: {d.users.clients} "
+        f"users; {t.rounds} rounds, {t.local_epochs} local epoch(s), batch "
+        f"{t.batch_size}, client fraction {t.client_fraction}; selection by best "
+        f"val_{cfg.eval.select_metric}; mean ± std over {seeds} seed(s)."
+    )
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from fedrec.config import ExperimentConfig, PretrainConfig
 from fedrec.data.dataset import InteractionData
 from fedrec.data.splits import divide_open_private, temporal_ratio_split
+from fedrec.errors import DataError
 from fedrec.metrics import auc
 from fedrec.models.ctr_mlp import CTRModel
 
@@ -97,11 +98,16 @@ def fit(
         with torch.no_grad():
             score = torch.sigmoid(model(users[val_t], items[val_t]))
         a = auc(labels[val_t].numpy(), score.numpy())
+        if not np.isfinite(a):
+            raise DataError(
+                f"{data.source}: the open users' hold-out has {len(val)} rows and "
+                "not both labels, so no checkpoint can be selected (more open users?)"
+            )
         curve.append(a)
         log.info("pre-train epoch %d: open hold-out AUC %.4f", epoch, a)
         if a > best_auc:
             best, best_auc = copy.deepcopy(model.state_dict()), a
-    assert best is not None
+    assert best is not None  # pc.epochs >= 1 and every AUC is finite
     return best, curve
 
 
@@ -122,7 +128,9 @@ def kd_loss(teacher_logits: torch.Tensor, pc: PretrainConfig) -> LossFn:
 
 def _key(cfg: ExperimentConfig, mode: str) -> str:
     d = cfg.data
+    files = sorted(Path(d.path).glob("*")) if d.path and Path(d.path).is_dir() else []
     deps = {
+        "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files],
         "mode": mode,
         "kind": d.kind,
         "path": str(Path(d.path).resolve()) if d.path else "",

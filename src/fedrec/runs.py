@@ -387,6 +387,10 @@ class Run:
         summary = summarise(eng.history, self.cfg)
         summary["run_dir"] = str(self.dir)
         summary["n_clients"] = eng.fed.n_clients
+        params = list(eng.model.parameters())
+        summary["model_params"] = sum(p.numel() for p in params)
+        summary["device_bytes"] = sum(p.numel() * p.element_size() for p in params)
+        summary["ldp_epsilon_total"] = eng.epsilon_spent()
         summary["dropped_users"] = eng.fed.split.dropped_users
         write_json(self.dir / "summary.json", summary)
         plot_history(eng.history, self.dir / "metrics.png", self.cfg.run.name)
