@@ -191,11 +191,16 @@ def test_invalid_toml_names_file(tmp_path):
     assert "invalid TOML" in msg
 
 
-def test_demo_config_loads():
-    root = Path(__file__).resolve().parents[1]
-    cfg = load_config(root / "configs" / "demo.toml")
-    assert cfg.method["name"] == "fedavg"
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
+)
+def test_every_shipped_config_and_variant_validates(path):
+    from fedrec.tables import variants
+
+    cfg = load_config(path)
     assert cfg.train.rounds >= 1
+    for label, v in variants(cfg, source=str(path)) if cfg.variants else []:
+        assert v.run.name == label
 
 
 def test_users_division_selects_private_clients():
