@@ -45,6 +45,7 @@ class FedPAConfig:
     group_adapter: bool = True
     gate: bool = True
     gate_dim: list[int] = field(default_factory=lambda: [8, 4])
+    gate_frozen_bias: float = 0.0
     weighted: bool = False
     adapter_lr: float = 0.0
 
@@ -87,6 +88,7 @@ class FedPA(Strategy):
             lora_init=c.lora_init,
             fusion="gate" if c.gate else "equal",
             gate_dim=c.gate_dim,
+            gate_frozen_bias=c.gate_frozen_bias,
         )
 
     def partition_rules(self) -> list[tuple[str, str]]:

@@ -64,6 +64,10 @@ class AdaptedCTRModel(CTRModel):
         ``"gate"``, ``"equal"`` or ``"lora"`` (see the module docstring).
     gate_dim
         Hidden width of each layer's gate network (one per hidden layer).
+    gate_frozen_bias
+        Added to the initial bias of the frozen branch's gate logit; 0 is the
+        reference (z ≈ 1/K at start), a few units start the model close to
+        the pre-trained function (z_0 ≈ 1).
     **base
         Arguments of :class:`CTRModel`.
     """
@@ -77,6 +81,7 @@ class AdaptedCTRModel(CTRModel):
         lora_init: str = "lora",
         fusion: str = "gate",
         gate_dim: list[int] | None = None,
+        gate_frozen_bias: float = 0.0,
         **base: object,
     ) -> None:
         super().__init__(*args, **base)  # type: ignore[arg-type]
@@ -98,6 +103,9 @@ class AdaptedCTRModel(CTRModel):
             if fusion == "gate"
             else nn.ModuleList()
         )
+        with torch.no_grad():
+            for gate in self.gates:
+                gate[2].bias[0] += gate_frozen_bias
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Logits ``(B,)`` for user and item codes ``(B,)``."""
