@@ -14,8 +14,14 @@ FEDPA = {"name": "fedpa", "group_attrs": ["group", "user_f1"]}
 
 def _engine(method=None, **train):
     raw = {
-        "data": {"options": {"n_users": 30, "n_items": 40, "seed": 2,
-                             "interactions_per_user": [8, 30]}},
+        "data": {
+            "options": {
+                "n_users": 30,
+                "n_items": 40,
+                "seed": 2,
+                "interactions_per_user": [8, 30],
+            }
+        },
         "model": {"dim": 4, "layers": [8, 4]},
         "train": {"rounds": 2, "lr": 0.05, **train},
         "method": method or FEDPA,
@@ -26,25 +32,33 @@ def _engine(method=None, **train):
 def _loss(model, eng):
     rows = torch.as_tensor(eng.fed.rows["train"][:64])
     logit = model(eng.fed.users[rows], eng.fed.items[rows])
-    return torch.nn.functional.binary_cross_entropy_with_logits(logit, eng.fed.labels[rows])
+    return torch.nn.functional.binary_cross_entropy_with_logits(
+        logit, eng.fed.labels[rows]
+    )
 
 
 def test_gradients_reach_both_factors_with_lora_init():
     eng = _engine()
     model = eng.model
     _loss(model, eng).backward()
-    for l in range(2):
+    for i in range(2):
         for a in ("user", "group", "user_f1"):
-            lora = model.lora[l][a]
+            lora = model.lora[i][a]
             assert lora.B.grad.abs().sum() > 0  # B learns at step 1
-            assert torch.count_nonzero(lora.A.grad) == 0  # ∂L/∂A = s·hᵀ(δBᵀ) = 0 while B = 0
+            assert (
+                torch.count_nonzero(lora.A.grad) == 0
+            )  # ∂L/∂A = s·hᵀ(δBᵀ) = 0 while B = 0
     with torch.no_grad():  # after one step on B, A gets a gradient too
         for p in model.parameters():
             if p.grad is not None:
                 p -= 0.1 * p.grad
     model.zero_grad()
     _loss(model, eng).backward()
-    assert all(model.lora[l][a].A.grad.abs().sum() > 0 for l in range(2) for a in ("user", "group"))
+    assert all(
+        model.lora[i][a].A.grad.abs().sum() > 0
+        for i in range(2)
+        for a in ("user", "group")
+    )
 
 
 def test_zeros_init_adapters_never_move():
@@ -69,7 +83,10 @@ def test_gate_width_is_derived_and_groups_exist_from_round_zero():
     assert eng.model.gates[1][2].weight.shape == (K, 4)
     card = int(eng.fed.data.user_features[:, 0].max()) + 1
     assert eng.server["lora.0.group.A"].shape[0] == card
-    assert eng.server["lora.0.user_f1.B"].shape[0] == int(eng.fed.data.user_features[:, 1].max()) + 1
+    assert (
+        eng.server["lora.0.user_f1.B"].shape[0]
+        == int(eng.fed.data.user_features[:, 1].max()) + 1
+    )
 
 
 def test_ablation_switches_change_the_partition():
@@ -87,8 +104,8 @@ def test_upload_size_matches_the_spec_formula():
     eng = _engine()
     D0 = (3 + 3) * 4  # 3 user + 3 item fields × d = 4
     D, g, G, r, K = [D0, 8, 4], [8, 4], 2, 4, 4
-    floats = sum(g[l] * (D[l] + 1) + K * (g[l] + 1) for l in range(2)) + (D[2] + 1)
-    floats += G * r * sum(D[l] + D[l + 1] for l in range(2))
+    floats = sum(g[i] * (D[i] + 1) + K * (g[i] + 1) for i in range(2)) + (D[2] + 1)
+    floats += G * r * sum(D[i] + D[i + 1] for i in range(2))
     m = eng.train_round(0)
     assert m["upload_bytes_per_client"] == 4 * floats
     assert m["download_bytes_per_client"] == 4 * floats
@@ -119,9 +136,14 @@ def test_no_private_tensor_is_ever_uploaded():
 @pytest.mark.parametrize("lora_init", ["lora", "zeros"])
 def test_fedpa_stacked_equals_loop(lora_init):
     def run(engine):
-        eng = _engine({**FEDPA, "lora_init": lora_init, "adapter_lr": 0.01},
-                      engine=engine, dtype="float64", batch_size=6, client_fraction=0.6,
-                      local_epochs=2)
+        eng = _engine(
+            {**FEDPA, "lora_init": lora_init, "adapter_lr": 0.01},
+            engine=engine,
+            dtype="float64",
+            batch_size=6,
+            client_fraction=0.6,
+            local_epochs=2,
+        )
         for r in range(2):
             eng.run_round(r)
         return eng
@@ -130,5 +152,9 @@ def test_fedpa_stacked_equals_loop(lora_init):
     for name in a.server:
         torch.testing.assert_close(a.server[name], b.server[name], rtol=0, atol=1e-10)
     for name in a.store.banks:
-        torch.testing.assert_close(a.store.banks[name], b.store.banks[name], rtol=0, atol=1e-10)
-    assert a.history[-1]["val_auc"] == pytest.approx(b.history[-1]["val_auc"], abs=1e-10)
+        torch.testing.assert_close(
+            a.store.banks[name], b.store.banks[name], rtol=0, atol=1e-10
+        )
+    assert a.history[-1]["val_auc"] == pytest.approx(
+        b.history[-1]["val_auc"], abs=1e-10
+    )

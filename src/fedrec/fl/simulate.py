@@ -193,6 +193,7 @@ class EmbeddedEngine:
             if valid.any()
             else math.nan,
             "upload_bytes_per_client": _bytes(uploads),
+            "ldp_epsilon_round": self.epsilon_spent(per_round=True),
             "ldp_epsilon_total": self.epsilon_spent(),
             "download_bytes_per_client": _bytes(received),
             "train_s": train_s,
@@ -240,14 +241,17 @@ class EmbeddedEngine:
         self.round = rnd + 1
         return m
 
-    def epsilon_spent(self) -> float:
-        """Worst client's ε so far, by basic composition (0 without LDP)."""
+    def epsilon_spent(self, per_round: bool = False) -> float:
+        """Worst client's ε so far, by basic composition (0 without LDP).
+
+        ``per_round``: the ε of one upload instead.
+        """
         eps = [
             m.epsilon_per_round for m in self.mods if hasattr(m, "epsilon_per_round")
         ]
         if not eps:
             return 0.0
-        return float(self.participation.max()) * sum(eps)
+        return sum(eps) * (1.0 if per_round else float(self.participation.max()))
 
     # ------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict[str, Any]:
