@@ -89,7 +89,9 @@ class EmbeddedEngine:
         )
         self.groups = {a: torch.as_tensor(fed.client_attribute(a)) for a in attrs}
         self.n_groups = {a: self._n_values(a) for a in attrs}
-        self.server = strategy.init_server(init, self.partition, self.n_groups)
+        self.server = strategy.init_server(
+            init, self.partition, self.n_groups, fed.n_clients
+        )
         private = {n: init[n] for n in self.partition.names(PRIVATE)}
         self.store = ClientStore(private, fed.n_clients)
         self.mods = build_mods(cfg.privacy)
@@ -177,6 +179,7 @@ class EmbeddedEngine:
                 weights=torch.as_tensor(sizes[kept.numpy()], dtype=torch.float64),
                 groups={a: g[kept] for a, g in self.groups.items()},
                 n_groups=self.n_groups,
+                losses=losses[ok],
             )
             self.server = self.strategy.aggregate(
                 self.server, {n: t[ok] for n, t in uploads.items()}, self.partition, ctx

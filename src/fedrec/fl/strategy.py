@@ -46,6 +46,9 @@ class RoundContext:
         ``attr -> int64[C]`` group value of each client, for group parameters.
     n_groups
         ``attr -> number of values``.
+    losses
+        ``float64[C]`` each client's mean training loss of the round (clients
+        report it with their upload; FELLRec's heating uses it).
     """
 
     round: int
@@ -53,6 +56,7 @@ class RoundContext:
     weights: torch.Tensor
     groups: dict[str, torch.Tensor]
     n_groups: dict[str, int]
+    losses: torch.Tensor | None = None
 
 
 class Strategy:
@@ -76,7 +80,11 @@ class Strategy:
         return [("*", SHARED)]
 
     def init_server(
-        self, init: Params, partition: Partition, n_groups: dict[str, int]
+        self,
+        init: Params,
+        partition: Partition,
+        n_groups: dict[str, int],
+        n_clients: int = 0,
     ) -> Params:
         """Server state from initial values: shared as is, one copy per group value."""
         state: Params = {}
