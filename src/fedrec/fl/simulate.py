@@ -22,7 +22,7 @@ import logging
 import math
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -31,14 +31,13 @@ import torch
 from fedrec.config import ExperimentConfig
 from fedrec.fl.clients import FedData, client_batches
 from fedrec.fl.guards import accept_updates
-from fedrec.fl.loop import predict_loop, train_loop
+from fedrec.fl.loop import train_loop
 from fedrec.fl.mods import ModContext, build_mods
 from fedrec.fl.partition import PRIVATE, Partition
-from fedrec.fl.stacked import predict_stacked, train_stacked
+from fedrec.fl.stacked import train_stacked
 from fedrec.fl.store import ClientStore
 from fedrec.fl.strategy import RoundContext, Strategy
 from fedrec.fl.task import Params
-from fedrec.metrics import ctr_metrics
 
 log = logging.getLogger("fedrec")
 EVAL_CHUNK = 1024
@@ -204,29 +203,17 @@ class EmbeddedEngine:
         }
 
     @torch.no_grad()
-    def evaluate(self, split: str) -> dict[str, float]:
-        """Pooled CTR metrics of every client, each under its own model."""
+    def evaluate(self, split: str) -> dict[str, Any]:
+        """The task's metrics of every client, each under its own model."""
         n = self.fed.n_clients
-        probs, labels, users = [], [], []
-        for start in range(0, n, EVAL_CHUNK):
-            cids = torch.arange(start, min(n, start + EVAL_CHUNK))
-            received, private = self.client_params(cids)
-            params = {**received, **private}
-            segs = [self.fed.client_rows(split, c) for c in cids.tolist()]
-            if self.cfg.train.engine == "stacked":
-                scores = predict_stacked(
-                    self.task, params, segs, self.cfg.train.max_rows_per_bucket
-                )
-            else:
-                scores = predict_loop(self.task, params, segs)
-            probs.extend(s.double() for s in scores)
-            for s in segs:
-                labels.append(self.fed.labels[s])
-                users.append(self.fed.users[s])
-        y = torch.cat(labels).numpy()
-        if len(y) == 0:
-            return {}
-        return ctr_metrics(y, torch.cat(probs).numpy(), torch.cat(users).numpy())
+
+        def chunks() -> Iterator[tuple[torch.Tensor, Params]]:
+            for start in range(0, n, EVAL_CHUNK):
+                cids = torch.arange(start, min(n, start + EVAL_CHUNK))
+                received, private = self.client_params(cids)
+                yield cids, {**received, **private}
+
+        return self.task.evaluate(split, chunks(), self.cfg.train)
 
     def run_round(
         self, rnd: int, on_clients: Callable[[int], None] | None = None

@@ -7,7 +7,8 @@ the model code exists once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -53,3 +54,31 @@ class CTRTask:
     def predict(self, params: Params, rows: torch.Tensor) -> torch.Tensor:
         """Click probabilities ``(b,)``."""
         return torch.sigmoid(self.logits(params, rows))
+
+    @torch.no_grad()
+    def evaluate(
+        self, split: str, chunks: Iterable[tuple[torch.Tensor, Params]], train: Any
+    ) -> dict[str, float]:
+        """Pooled CTR metrics over every client's rows, each under its own params.
+
+        ``chunks`` yields ``(client ids (C,), params (C, ...))``; the stacked
+        engine predicts a chunk at once, the loop engine client by client.
+        """
+        from fedrec.fl.loop import predict_loop
+        from fedrec.fl.stacked import predict_stacked
+        from fedrec.metrics import ctr_metrics
+
+        probs, labels, users = [], [], []
+        for cids, params in chunks:
+            segs = [self.fed.client_rows(split, c) for c in cids.tolist()]
+            if train.engine == "stacked":
+                scores = predict_stacked(self, params, segs, train.max_rows_per_bucket)
+            else:
+                scores = predict_loop(self, params, segs)
+            probs.extend(s.double() for s in scores)
+            labels.extend(self.fed.labels[s] for s in segs)
+            users.extend(self.fed.users[s] for s in segs)
+        if not labels or sum(len(y) for y in labels) == 0:
+            return {}
+        y = torch.cat(labels).numpy()
+        return ctr_metrics(y, torch.cat(probs).numpy(), torch.cat(users).numpy())
