@@ -77,7 +77,8 @@ class DataConfig:
     val_ratio: float = 0.2
     test_ratio: float = 0.2
     min_interactions: int = 5
-    clients: Literal["user", "single"] = "user"
+    clients: Literal["user", "single", "kmeans", "random"] = "user"
+    n_clients: int = 5
     users: UsersConfig = field(default_factory=UsersConfig)
 
     def __post_init__(self) -> None:
@@ -85,6 +86,32 @@ class DataConfig:
         _check(0 <= self.test_ratio < 1, "data.test_ratio must be in [0, 1)")
         _check(self.val_ratio + self.test_ratio < 1, "data: val + test must be < 1")
         _check(self.kind == "synthetic" or bool(self.path), "data.path is required")
+
+
+@dataclass
+class BackboneConfig:
+    """The recommender a client trains.
+
+    ``kind = "ctr"``: the CTR model of ``[model]`` (FedPA and its baselines).
+    ``kind = "text-encoder"``: a RecFormer-style sequential recommender over a
+    HF text encoder (``path``: ``"minilm"``, ``"tiny"`` or a local model dir),
+    LoRA on query/value (``finetune = "lora"``) or every weight (``"full"``).
+    """
+
+    kind: Literal["ctr", "text-encoder"] = "ctr"
+    path: str = "minilm"
+    finetune: Literal["lora", "full"] = "lora"
+    lora_rank: int = 8
+    lora_alpha: int = 16
+    max_len: int = 512
+    item_max_tokens: int = 32
+    temperature: float = 0.05
+    window: int = 10
+
+    def __post_init__(self) -> None:
+        _check(self.lora_rank >= 1, "backbone.lora_rank must be >= 1")
+        _check(self.temperature > 0, "backbone.temperature must be > 0")
+        _check(self.window >= 1, "backbone.window must be >= 1")
 
 
 @dataclass
@@ -114,6 +141,7 @@ class TrainConfig:
     engine: Literal["stacked", "loop"] = "stacked"
     dtype: Literal["float32", "float64"] = "float32"
     max_rows_per_bucket: int = 65536
+    max_rows_per_client: int = 0
 
     def __post_init__(self) -> None:
         _check(self.rounds >= 1, "train.rounds must be >= 1")
@@ -138,7 +166,10 @@ class GuardConfig:
 class EvalConfig:
     """Per-round evaluation and model selection."""
 
-    select_metric: Literal["auc", "gauc", "logloss"] = "auc"
+    select_metric: Literal[
+        "auc", "gauc", "logloss", "recall@5", "recall@10", "ndcg@5", "ndcg@10"
+    ] = "auc"
+    max_samples: int = 0
     splits: list[Literal["train", "val", "test"]] = field(
         default_factory=lambda: ["val", "test"]
     )
@@ -222,6 +253,7 @@ class ExperimentConfig:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     method: dict[str, Any] = field(default_factory=lambda: {"name": "fedavg"})
     guard: GuardConfig = field(default_factory=GuardConfig)

@@ -109,6 +109,8 @@ def build_engine(
     data = data if data is not None else load_data(cfg)
     split = make_split(data, cfg)
     strategy = strategy or build_strategy(cfg.method)
+    if cfg.backbone.kind == "text-encoder":
+        return build_seq_engine(cfg, data, split, strategy)
     fed = FedData.build(
         data, split, strategy.clients or cfg.data.clients, client_users(data, cfg)
     )
@@ -127,6 +129,53 @@ def build_engine(
         split.dropped_users,
     )
     return EmbeddedEngine(cfg, fed, model, CTRTask(model, fed), strategy)
+
+
+def build_seq_engine(
+    cfg: ExperimentConfig, data: InteractionData, split: Split, strategy: Strategy
+) -> EmbeddedEngine:
+    """FELLRec's setting: user-group clients, a text-encoder recommender."""
+    from fedrec.data.partition import partition_users
+    from fedrec.data.sequences import build_samples
+    from fedrec.fl.seq import SeqFedData, SeqRecTask
+    from fedrec.models.text_encoder import TextSeqRecommender, add_lora, load_encoder
+
+    if cfg.train.engine != "loop":
+        raise ConfigError(
+            "backbone.kind = 'text-encoder' runs with train.engine = 'loop'"
+        )
+    if data.item_text is None:
+        raise ConfigError(f"{data.source}: the text encoder needs item titles")
+    b, d = cfg.backbone, cfg.data
+    samples = build_samples(data, split, b.window)
+    clients = strategy.clients or d.clients
+    if clients == "single":
+        client_of_user = np.zeros(data.n_users, dtype=np.int64)
+    elif clients == "user":
+        client_of_user = np.arange(data.n_users, dtype=np.int64)
+    else:
+        client_of_user = partition_users(
+            data, split.train, d.n_clients, clients, cfg.run.seed
+        )
+    fed = SeqFedData.build(data, split, samples, client_of_user)
+    texts = [t or "unknown" for t in data.item_text]
+    encoder, tok = load_encoder(b.path, texts, cfg.run.seed)
+    model = TextSeqRecommender(
+        encoder, tok, texts, b.max_len, b.item_max_tokens, b.temperature
+    )
+    if b.finetune == "lora":
+        torch.manual_seed(cfg.run.seed)  # one LoRA init, shared by every client
+        model = add_lora(model, b.lora_rank, b.lora_alpha)
+    log.info(
+        "%s: %s samples, %d clients (%s), client train sizes %s",
+        data.source,
+        {k: len(v) for k, v in samples.items()},
+        fed.n_clients,
+        clients,
+        fed.sizes("train").tolist(),
+    )
+    task = SeqRecTask(model, fed, cfg.eval.max_samples, cfg.run.seed)
+    return EmbeddedEngine(cfg, fed, model, task, strategy)
 
 
 def load_pretrained(model: torch.nn.Module, path: Path) -> None:

@@ -82,11 +82,7 @@ class FedData:
         ptr, rows = {}, {}
         for s in SPLITS:
             idx = np.asarray(getattr(split, s), dtype=np.int64)
-            cl = client_of_user[user_col[idx]]
-            idx, cl = idx[cl >= 0], cl[cl >= 0]
-            order = np.argsort(cl, kind="stable")
-            rows[s] = idx[order]
-            ptr[s] = np.concatenate([[0], np.cumsum(np.bincount(cl, minlength=n))])
+            ptr[s], rows[s] = client_csr(idx, client_of_user[user_col[idx]], n)
         return cls(
             data=data,
             split=split,
@@ -123,6 +119,17 @@ class FedData:
             raise DataError("group attributes need one user per client")
         col = self.data.user_features[:, names.index(attr)]
         return np.array([col[u[0]] for u in users], dtype=np.int64)
+
+
+def client_csr(
+    ids: np.ndarray, client: np.ndarray, n: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(ptr int64[n+1], ids grouped by client)``; ids of client -1 are dropped."""
+    ids, client = ids[client >= 0], client[client >= 0]
+    order = np.argsort(client, kind="stable")
+    return np.concatenate([[0], np.cumsum(np.bincount(client, minlength=n))]), ids[
+        order
+    ]
 
 
 def client_batches(

@@ -35,11 +35,14 @@ def train_loop(
         lrs = {n: lr[n] if isinstance(lr, dict) else lr for n in p}
         opt = opt_cls([{"params": [t], "lr": lrs[n]} for n, t in p.items()])
         total, count = 0.0, 0
+        begin = getattr(task, "begin_local", None)
+        state = begin(p) if begin is not None and plans[c] else None
         for batch in plans[c]:
             rows = torch.as_tensor(batch)
             mask = torch.ones(len(batch))
             opt.zero_grad()
-            data_loss = task.loss(p, rows, mask)  # type: ignore[attr-defined]
+            args = (p, rows, mask) if state is None else (p, rows, mask, state)
+            data_loss = task.loss(*args)  # type: ignore[attr-defined]
             obj = data_loss + (penalty(p, r) if penalty is not None else 0.0)
             obj.backward()
             opt.step()

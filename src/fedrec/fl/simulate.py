@@ -33,7 +33,7 @@ from fedrec.fl.clients import FedData, client_batches
 from fedrec.fl.guards import accept_updates
 from fedrec.fl.loop import train_loop
 from fedrec.fl.mods import ModContext, build_mods
-from fedrec.fl.partition import PRIVATE, Partition
+from fedrec.fl.partition import FROZEN, PRIVATE, Partition
 from fedrec.fl.stacked import train_stacked
 from fedrec.fl.store import ClientStore
 from fedrec.fl.strategy import RoundContext, Strategy
@@ -79,7 +79,12 @@ class EmbeddedEngine:
             task,
             strategy,
         )
-        self.partition = Partition.from_rules(model, strategy.partition_rules())
+        part = Partition.from_rules(model, strategy.partition_rules())
+        # what the backbone itself freezes (e.g. the base under LoRA) stays frozen
+        frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+        self.partition = Partition(
+            {n: FROZEN if n in frozen else r for n, r in part.roles.items()}
+        )
         for name, p in model.named_parameters():
             p.requires_grad_(self.partition.roles[name] != "frozen")
         init = {n: p.detach() for n, p in model.named_parameters()}
@@ -131,6 +136,9 @@ class EmbeddedEngine:
         plans = []
         for c in clients.tolist():
             rows = self.fed.client_rows("train", c)
+            if 0 < tc.max_rows_per_client < len(rows):  # a seeded per-round sample
+                pick = np.random.default_rng([seed, rnd, c, 3])
+                rows = np.sort(pick.choice(rows, tc.max_rows_per_client, replace=False))
             batches = client_batches(len(rows), bs, epochs, seed, rnd, c)
             plans.append([rows[b] for b in batches])
         penalty = self.strategy.penalty()

@@ -1,0 +1,192 @@
+"""Sequential recommendation as a federated task (FELLRec, discriminative).
+
+:class:`SeqFedData` holds each client's samples (a client is a group of users,
+fellrec.md §2.3); :class:`SeqRecTask` is what a client computes: the softmax
+cross-entropy of ``cos(e_seq, e_item)/τ`` over all items with the true next
+item (RecFormer stage 1: the item table is re-encoded with the client's
+current model at the start of its local phase and frozen within it), and
+full-ranking top-K metrics per client with its seen items masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from fedrec.data.dataset import InteractionData
+from fedrec.data.sequences import Samples
+from fedrec.data.splits import Split
+from fedrec.errors import DataError
+from fedrec.fl.clients import SPLITS, client_csr
+from fedrec.fl.task import Params
+from fedrec.metrics import client_stats, topk_metrics
+from fedrec.models.text_encoder import TextSeqRecommender
+
+KS = (5, 10, 20)
+
+
+@dataclass
+class SeqFedData:
+    """Samples of every split grouped by client (same interface as ``FedData``)."""
+
+    data: InteractionData
+    split: Split
+    samples: dict[str, Samples]
+    client_of_user: np.ndarray
+    n_clients: int
+    ptr: dict[str, np.ndarray]
+    rows: dict[str, np.ndarray]
+
+    @classmethod
+    def build(
+        cls,
+        data: InteractionData,
+        split: Split,
+        samples: dict[str, Samples],
+        client_of_user: np.ndarray,
+    ) -> SeqFedData:
+        """Group sample ids by the client of their user."""
+        n = int(client_of_user.max()) + 1
+        ptr, rows = {}, {}
+        for s in SPLITS:
+            ids = np.arange(len(samples[s]), dtype=np.int64)
+            ptr[s], rows[s] = client_csr(ids, client_of_user[samples[s].user], n)
+        return cls(data, split, samples, client_of_user, n, ptr, rows)
+
+    def client_rows(self, split: str, cid: int) -> np.ndarray:
+        """Sample ids of client ``cid`` in ``split``."""
+        return self.rows[split][self.ptr[split][cid] : self.ptr[split][cid + 1]]
+
+    def sizes(self, split: str) -> np.ndarray:
+        """``int64[N]`` samples per client."""
+        return np.diff(self.ptr[split])
+
+    def client_attribute(self, attr: str) -> np.ndarray:
+        """Group attributes need one-user clients; these clients are user groups."""
+        raise DataError(f"group attribute {attr!r}: FELLRec clients are user groups")
+
+
+class SeqRecTask:
+    """Next-item prediction over a :class:`TextSeqRecommender`.
+
+    Parameters
+    ----------
+    model
+        The one recommender of the process; clients' tensors are swapped in.
+    fed
+        Clients' samples.
+    max_eval_samples
+        Evaluate at most this many samples per client and split (a seeded
+        sample; 0 = all), to bound CPU time.
+    seed
+        Seed of that sample.
+    """
+
+    def __init__(
+        self,
+        model: TextSeqRecommender,
+        fed: SeqFedData,
+        max_eval_samples: int = 0,
+        seed: int = 0,
+        batch: int = 32,
+    ) -> None:
+        self.model, self.fed = model, fed
+        self.max_eval_samples, self.seed, self.batch = max_eval_samples, seed, batch
+
+    @torch.no_grad()
+    def item_table(self, params: Params) -> torch.Tensor:
+        """``(I, d)`` item embeddings under ``params``."""
+        return torch.cat(
+            [functional_call(self.model, params, b) for b in self.model.item_batches()]
+        )
+
+    def begin_local(self, params: Params) -> torch.Tensor:
+        """Stage 1: the item table is re-encoded once per local phase."""
+        return self.item_table({n: p.detach() for n, p in params.items()})
+
+    def loss(
+        self,
+        params: Params,
+        rows: torch.Tensor,
+        mask: torch.Tensor,
+        state: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mean cross-entropy of ``cos/τ`` logits over all items, ``(b,)`` samples."""
+        s = self.fed.samples["train"]
+        idx = rows.tolist()
+        ids, am = self.model.sequence_tokens([s.history[r] for r in idx])
+        e = functional_call(self.model, params, (ids, am))  # (b, d)
+        table = state if state is not None else self.begin_local(params)
+        logits = e @ table.T / self.model.temperature  # (b, I)
+        target = torch.as_tensor([int(s.targets[r][0]) for r in idx])
+        ce = F.cross_entropy(logits, target, reduction="none")
+        return (ce * mask).sum() / mask.sum().clamp(min=1)
+
+    def _eval_rows(self, split: str, cid: int) -> np.ndarray:
+        rows = self.fed.client_rows(split, cid)
+        k = self.max_eval_samples
+        if k and len(rows) > k:
+            rng = np.random.default_rng([self.seed, cid, 11])
+            rows = np.sort(rng.choice(rows, size=k, replace=False))
+        return rows
+
+    @torch.no_grad()
+    def evaluate(
+        self, split: str, chunks: Iterable[tuple[torch.Tensor, Params]], train: Any
+    ) -> dict[str, Any]:
+        """Overall (mean over evaluated users) and per-client top-K metrics.
+
+        Adds, for recall@10 and ndcg@10, the imbalance across clients:
+        ``<m>_client_std`` (ddof 0), ``<m>_client_gap`` (max − min),
+        ``<m>_client_worst``, and the per-client values ``<m>_clients``.
+        """
+        s = self.fed.samples[split]
+        per_user: dict[str, list[np.ndarray]] = {}
+        client_of: list[np.ndarray] = []
+        for cids, params in chunks:
+            for j, cid in enumerate(cids.tolist()):
+                rows = self._eval_rows(split, cid)
+                if not len(rows):
+                    continue
+                p = {n: t[j] for n, t in params.items()}
+                table = self.item_table(p)
+                for b in range(0, len(rows), self.batch):
+                    r = rows[b : b + self.batch]
+                    ids, am = self.model.sequence_tokens([s.history[i] for i in r])
+                    scores = functional_call(self.model, p, (ids, am)) @ table.T
+                    m = topk_metrics(
+                        scores,
+                        [s.targets[i] for i in r],
+                        KS,
+                        history=[s.seen[i] for i in r],
+                    )
+                    for k, v in m.items():
+                        per_user.setdefault(k, []).append(v)
+                    client_of.append(np.full(len(r), cid))
+        if not client_of:
+            return {}
+        cl = np.concatenate(client_of)
+        out: dict[str, Any] = {"users": int(len(cl))}
+        for k, chunks_ in per_user.items():
+            v = np.concatenate(chunks_)
+            out[k] = float(np.nanmean(v))
+            if k in ("recall@10", "ndcg@10"):
+                means = {int(c): float(np.nanmean(v[cl == c])) for c in np.unique(cl)}
+                st = client_stats(means)
+                out.update(
+                    {
+                        f"{k}_client_std": st["std"],
+                        f"{k}_client_gap": st["gap"],
+                        f"{k}_client_worst": st["worst"],
+                        f"{k}_clients": [
+                            means.get(c) for c in range(self.fed.n_clients)
+                        ],
+                    }
+                )
+        return out

