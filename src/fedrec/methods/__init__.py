@@ -5,7 +5,7 @@ from fedrec.methods import (  # noqa: F401
     centralised,
     fedavg,
     fedpa,
-    fellrec,
     fedprox,
+    fellrec,
     local,
 )

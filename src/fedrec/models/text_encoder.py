@@ -11,6 +11,10 @@ local HF encoder path (``AutoModel``), the packaged all-MiniLM-L6-v2
 WordPiece vocabulary is trained on the item texts. Exactly one encoder lives in
 a process; clients differ only in the trainable tensors swapped in with
 ``functional_call`` (LoRA on ``query``/``value`` by default, or every weight).
+
+Dropout is off (the encoder stays in eval mode): a client's update is then a
+function of (seed, round, data) alone, which keeps resumed runs exact and makes
+an adapter swapped out and back in give identical outputs.
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ def load_encoder(
             num_attention_heads=2,
             intermediate_size=64,
             max_position_embeddings=256,
+            hidden_dropout_prob=0.0,
+            attention_probs_dropout_prob=0.0,
         )
         return BertModel(cfg, add_pooling_layer=False), tok
     if path == MINILM:
@@ -50,7 +56,8 @@ def load_encoder(
     if not Path(path).exists():
         raise FileNotFoundError(f"no encoder at {path!r} (a local HF model directory)")
     tok = AutoTokenizer.from_pretrained(path)
-    return AutoModel.from_pretrained(path, add_pooling_layer=False), tok
+    model = AutoModel.from_pretrained(path, add_pooling_layer=False)
+    return model.eval(), tok  # dropout off (see TextSeqRecommender)
 
 
 def tiny_tokenizer(texts: list[str], vocab_size: int = 1000) -> object:
@@ -102,7 +109,7 @@ class TextSeqRecommender(nn.Module):
         temperature: float = 0.05,
     ) -> None:
         super().__init__()
-        self.encoder = encoder
+        self.encoder = encoder.eval()
         self.max_len, self.temperature = max_len, temperature
         self.cls_id = tokenizer.cls_token_id  # type: ignore[attr-defined]
         self.sep_id = tokenizer.sep_token_id  # type: ignore[attr-defined]
@@ -147,6 +154,12 @@ class TextSeqRecommender(nn.Module):
         ]
         return [self._pad(toks[i : i + chunk]) for i in range(0, len(toks), chunk)]
 
+    def train(self, mode: bool = True) -> TextSeqRecommender:
+        """Keep the encoder in eval mode (no dropout) whatever ``mode`` says."""
+        super().train(mode)
+        self.encoder.eval()
+        return self
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """L2-normalised mean-pooled embeddings ``(B, d)``."""
         h = self.encoder(
@@ -173,5 +186,5 @@ def add_lora(
         bias="none",
         target_modules=list(targets),
     )
-    model.encoder = get_peft_model(model.encoder, cfg)
+    model.encoder = get_peft_model(model.encoder, cfg).eval()
     return model
