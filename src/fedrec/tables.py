@@ -164,8 +164,9 @@ def plot_curves(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
-    for label in dict.fromkeys(r["method"] for r in rows):
+    fig, ax = plt.subplots(figsize=(9, 5))
+    colours = plt.get_cmap("tab20").colors
+    for k, label in enumerate(dict.fromkeys(r["method"] for r in rows)):
         curves = []
         for r in rows:
             if r["method"] == label:
@@ -176,7 +177,14 @@ def plot_curves(
         arr = np.array(
             [[np.nan if v is None else v for v in c] for c in curves], dtype=float
         )
-        ax.plot(np.arange(arr.shape[1]), np.nanmean(arr, 0), marker=".", label=label)
+        ax.plot(
+            np.arange(arr.shape[1]),
+            np.nanmean(arr, 0),
+            marker=".",
+            label=label,
+            color=colours[(2 * k) % 20 + (k // 10) % 2],
+            ls=("-", "--", ":")[k // 10 % 3],
+        )
     ax.set(xlabel="round", ylabel=f"{metric} (mean over seeds)")
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
