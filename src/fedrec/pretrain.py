@@ -30,7 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fedrec.config import ExperimentConfig, PretrainConfig
+from fedrec.config import ExperimentConfig, PretrainConfig, UsersConfig
 from fedrec.data.dataset import InteractionData
 from fedrec.data.splits import divide_open_private, temporal_ratio_split
 from fedrec.errors import DataError
@@ -42,12 +42,11 @@ MODES = ("pretrain", "pretrain-kd")
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def open_rows(
-    cfg: ExperimentConfig, data: InteractionData
+def divide_users(
+    data: InteractionData, u: UsersConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Row ids of open users: (train rows, latest-``holdout`` rows per user)."""
-    u = cfg.data.users
-    open_users, _ = divide_open_private(
+    """(open, private) user codes under the configured division."""
+    return divide_open_private(
         data,
         style=u.style,
         open_ratio=u.open_ratio,
@@ -57,6 +56,13 @@ def open_rows(
         out_set_ratio=u.out_set_ratio,
         seed=u.seed,
     )
+
+
+def open_rows(
+    cfg: ExperimentConfig, data: InteractionData
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row ids of open users: (train rows, latest-``holdout`` rows per user)."""
+    open_users, _ = divide_users(data, cfg.data.users)
     split = temporal_ratio_split(
         data, cfg.pretrain.holdout, 0.0, cfg.data.min_interactions
     )

@@ -36,7 +36,6 @@ from fedrec.data import load_dataset
 from fedrec.data.dataset import InteractionData
 from fedrec.data.splits import (
     Split,
-    divide_open_private,
     global_temporal_split,
     leave_one_out_split,
     temporal_ratio_split,
@@ -46,7 +45,7 @@ from fedrec.fl.clients import FedData
 from fedrec.fl.simulate import EmbeddedEngine
 from fedrec.fl.strategy import Strategy
 from fedrec.fl.task import CTRTask
-from fedrec.pretrain import MODES, foundation
+from fedrec.pretrain import MODES, divide_users, foundation
 from fedrec.registry import build_strategy
 
 log = logging.getLogger("fedrec")
@@ -87,16 +86,7 @@ def client_users(data: InteractionData, cfg: ExperimentConfig) -> np.ndarray | N
     u = cfg.data.users
     if u.clients == "all":
         return None
-    open_, private = divide_open_private(
-        data,
-        style=u.style,
-        open_ratio=u.open_ratio,
-        attribute=u.attribute or None,
-        values=u.values or None,
-        in_set_ratio=u.in_set_ratio,
-        out_set_ratio=u.out_set_ratio,
-        seed=u.seed,
-    )
+    open_, private = divide_users(data, u)
     return open_ if u.clients == "open" else private
 
 

@@ -21,8 +21,23 @@ from fedrec.errors import DataError
 SPLITS = ("train", "val", "test")
 
 
+class ClientIndex:
+    """Client-major ids per split: ``ptr[s][c]:ptr[s][c+1]`` slices ``rows[s]``."""
+
+    ptr: dict[str, np.ndarray]
+    rows: dict[str, np.ndarray]
+
+    def client_rows(self, split: str, cid: int) -> np.ndarray:
+        """Ids (rows or samples) of client ``cid`` in ``split``."""
+        return self.rows[split][self.ptr[split][cid] : self.ptr[split][cid + 1]]
+
+    def sizes(self, split: str) -> np.ndarray:
+        """``int64[N]`` ids per client in ``split``."""
+        return np.diff(self.ptr[split])
+
+
 @dataclass
-class FedData:
+class FedData(ClientIndex):
     """A dataset split into clients.
 
     Attributes
@@ -94,14 +109,6 @@ class FedData:
             ptr=ptr,
             rows=rows,
         )
-
-    def client_rows(self, split: str, cid: int) -> np.ndarray:
-        """Row ids of client ``cid`` in ``split``."""
-        return self.rows[split][self.ptr[split][cid] : self.ptr[split][cid + 1]]
-
-    def sizes(self, split: str) -> np.ndarray:
-        """``int64[N]`` rows per client in ``split``."""
-        return np.diff(self.ptr[split])
 
     def client_users(self) -> list[np.ndarray]:
         """User codes of each client."""

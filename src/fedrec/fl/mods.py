@@ -85,14 +85,16 @@ class LaplaceLDP:
         out = {}
         for n in names:
             out[n] = received[n] + delta[n]
-        for i, cid in enumerate(ctx.clients):
+        sizes = [out[n][0].numel() for n in names]
+        noise = torch.empty(C, sum(sizes), dtype=torch.float64)
+        for i, cid in enumerate(ctx.clients):  # one draw per client, in name order
             key = np.random.SeedSequence([ctx.seed, ctx.round, cid, 7])
             gen = torch.Generator().manual_seed(
                 int(key.generate_state(1, np.uint64)[0] >> 1)
             )
-            for n in names:
-                t = out[n]
-                t[i] += laplace(tuple(t.shape[1:]), self.scale, gen, t.dtype)
+            noise[i] = laplace((sum(sizes),), self.scale, gen, torch.float64)
+        for n, chunk in zip(names, noise.split(sizes, dim=1), strict=True):
+            out[n] = out[n] + chunk.reshape(out[n].shape).to(out[n].dtype)
         return out
 
     @property

@@ -23,7 +23,7 @@ from fedrec.data.dataset import InteractionData
 from fedrec.data.sequences import Samples
 from fedrec.data.splits import Split
 from fedrec.errors import DataError
-from fedrec.fl.clients import SPLITS, client_csr
+from fedrec.fl.clients import SPLITS, ClientIndex, client_csr
 from fedrec.fl.task import Params
 from fedrec.metrics import client_stats, topk_metrics
 from fedrec.models.text_encoder import TextSeqRecommender
@@ -32,7 +32,7 @@ KS = (5, 10, 20)
 
 
 @dataclass
-class SeqFedData:
+class SeqFedData(ClientIndex):
     """Samples of every split grouped by client (same interface as ``FedData``)."""
 
     data: InteractionData
@@ -58,14 +58,6 @@ class SeqFedData:
             ids = np.arange(len(samples[s]), dtype=np.int64)
             ptr[s], rows[s] = client_csr(ids, client_of_user[samples[s].user], n)
         return cls(data, split, samples, client_of_user, n, ptr, rows)
-
-    def client_rows(self, split: str, cid: int) -> np.ndarray:
-        """Sample ids of client ``cid`` in ``split``."""
-        return self.rows[split][self.ptr[split][cid] : self.ptr[split][cid + 1]]
-
-    def sizes(self, split: str) -> np.ndarray:
-        """``int64[N]`` samples per client."""
-        return np.diff(self.ptr[split])
 
     def client_attribute(self, attr: str) -> np.ndarray:
         """Group attributes need one-user clients; these clients are user groups."""
