@@ -309,13 +309,16 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> None:
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
     a.plot(rounds, [h["train_loss"] for h in history], marker="o")
     a.set(xlabel="round", ylabel="train loss", title=title)
-    for key in ("val_auc", "test_auc", "val_gauc", "test_gauc"):
-        if any(key in h for h in history):
-            b.plot(
-                rounds, [h.get(key, math.nan) for h in history], marker=".", label=key
-            )
-    b.set(xlabel="round", ylabel="AUC")
-    b.legend()
+    keys = [
+        f"{s}_{m}"
+        for m in ("auc", "gauc", "recall@10", "ndcg@10")
+        for s in ("val", "test")
+    ]
+    for key in [k for k in keys if any(k in h for h in history)]:
+        b.plot(rounds, [h.get(key, math.nan) for h in history], marker=".", label=key)
+    b.set(xlabel="round", ylabel="metric")
+    if b.lines:
+        b.legend()
     fig.tight_layout()
     _atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)

@@ -10,6 +10,7 @@ full-ranking top-K metrics per client with its seen items masked.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -90,13 +91,29 @@ class SeqRecTask:
     ) -> None:
         self.model, self.fed = model, fed
         self.max_eval_samples, self.seed, self.batch = max_eval_samples, seed, batch
+        self._tables: dict[bytes, torch.Tensor] = {}
 
     @torch.no_grad()
     def item_table(self, params: Params) -> torch.Tensor:
-        """``(I, d)`` item embeddings under ``params``."""
-        return torch.cat(
-            [functional_call(self.model, params, b) for b in self.model.item_batches()]
-        )
+        """``(I, d)`` item embeddings under ``params``.
+
+        Encoding every item is the costliest step on a CPU, and the same client
+        state is encoded for validation, test and the next round's local phase,
+        so the tables of the last few states are kept, keyed by a hash of the
+        tensors' bytes.
+        """
+        h = hashlib.sha1()
+        for n in sorted(params):
+            h.update(params[n].detach().contiguous().numpy().tobytes())
+        key = h.digest()
+        if key not in self._tables:
+            if len(self._tables) >= 16:
+                self._tables.pop(next(iter(self._tables)))
+            batches = self.model.item_batches()
+            self._tables[key] = torch.cat(
+                [functional_call(self.model, params, b) for b in batches]
+            )
+        return self._tables[key]
 
     def begin_local(self, params: Params) -> torch.Tensor:
         """Stage 1: the item table is re-encoded once per local phase."""
