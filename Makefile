@@ -18,7 +18,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/fedrec table configs/demo.toml --methods fedavg local centralised --out runs/demo
+	rm -rf runs/demo
+	$(VENV)/bin/fedrec table configs/demo.toml --out runs/demo
 
 # ML-100K is fetched (never committed) for the tests that use it; skipped if absent.
 data:

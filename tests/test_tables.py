@@ -80,3 +80,16 @@ def test_sweep_runs_each_value_and_seed(tmp_path):
         ("5", 1),
     ]
     assert [r["ldp_epsilon_total"] for r in rows] == [0.0, 0.0, 5.0, 5.0]
+
+
+def test_table_reuses_finished_runs_and_refuses_another_config(tmp_path, monkeypatch):
+    from fedrec import tables
+
+    cfg = config_from_raw({**BASE, "variants": {"a": {}}})
+    first = tables.run_all(variants(cfg), 1, tmp_path, progress=False)
+    monkeypatch.setattr(tables, "run_experiment", lambda *a, **k: pytest.fail("re-ran"))
+    again = tables.run_all(variants(cfg), 1, tmp_path, progress=False)
+    assert again == first
+    other = config_from_raw({**BASE, "train": {"rounds": 2}, "variants": {"a": {}}})
+    with pytest.raises(ConfigError, match="another config"):
+        tables.run_all(variants(other), 1, tmp_path, progress=False)

@@ -24,7 +24,7 @@ import numpy as np
 from fedrec.config import ExperimentConfig, apply_overrides, config_from_raw
 from fedrec.data.dataset import InteractionData
 from fedrec.errors import ConfigError
-from fedrec.runs import load_data, run_experiment
+from fedrec.runs import Run, load_data, run_experiment
 
 COLUMNS = [
     "method",
@@ -97,24 +97,46 @@ def run_all(
     out: Path,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Run every ``(label, config)`` for each seed; data loaded once per data config."""
+    """Run every ``(label, config)`` for each seed; data loaded once per data config.
+
+    Resumable: a run directory that already finished with the same config is
+    reused, one with a checkpoint is resumed; one made with another config is an
+    error (nothing is overwritten).
+    """
     cache: dict[str, InteractionData] = {}
     rows = []
     for label, cfg in runs:
         key = json.dumps(cfg.to_dict()["data"], sort_keys=True)
-        if key not in cache:
-            cache[key] = load_data(cfg)
         for seed in range(seeds):
             raw = cfg.to_dict()
             raw["run"]["seed"] = seed
             c = config_from_raw(raw)
-            s = run_experiment(
-                c, out / "runs" / f"{label}-s{seed}", progress, cache[key]
-            )
+            run_dir = out / "runs" / f"{label}-s{seed}"
+            s = _finished(run_dir, c)
+            if s is None:
+                if (run_dir / "checkpoint.pt").exists():
+                    s = Run.resume(run_dir).execute(progress)
+                else:
+                    if key not in cache:
+                        cache[key] = load_data(cfg)
+                    s = run_experiment(c, run_dir, progress, cache[key])
             row = {k: s.get(k) for k in COLUMNS}
             row.update(method=label, seed=seed, val_auc=s.get("best_val_auc"))
             rows.append(row)
     return rows
+
+
+def _finished(run_dir: Path, cfg: ExperimentConfig) -> dict[str, Any] | None:
+    """The summary of a finished run of ``cfg`` in ``run_dir``, else ``None``."""
+    cfg_path = run_dir / "config.json"
+    if not cfg_path.exists():
+        return None
+    if json.loads(cfg_path.read_text()) != json.loads(json.dumps(cfg.to_dict())):
+        raise ConfigError(
+            f"{run_dir} holds a run of another config; remove it or use another --out"
+        )
+    summary = run_dir / "summary.json"
+    return json.loads(summary.read_text()) if summary.exists() else None
 
 
 def _cell(values: list[Any], metric: str) -> str:
