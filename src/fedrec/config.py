@@ -94,12 +94,15 @@ class BackboneConfig:
 
     ``kind = "ctr"``: the CTR model of ``[model]`` (FedPA and its baselines).
     ``kind = "text-encoder"``: a RecFormer-style sequential recommender over a
-    HF text encoder (``path``: ``"minilm"``, ``"tiny"`` or a local model dir),
-    LoRA on query/value (``finetune = "lora"``) or every weight (``"full"``).
+    HF text encoder (``path``: ``"minilm"`` (default), ``"tiny"`` or a local
+    model dir), LoRA on query/value (``finetune = "lora"``) or every weight
+    (``"full"``). ``kind = "causal-lm"``: BIGRec-style generation over a HF
+    causal LM (``path``: ``"smollm2"`` (default), ``"tiny"`` or a local dir),
+    LoRA on q_proj/v_proj.
     """
 
-    kind: Literal["ctr", "text-encoder"] = "ctr"
-    path: str = "minilm"
+    kind: Literal["ctr", "text-encoder", "causal-lm"] = "ctr"
+    path: str = ""
     finetune: Literal["lora", "full"] = "lora"
     lora_rank: int = 8
     lora_alpha: int = 16
@@ -107,6 +110,8 @@ class BackboneConfig:
     item_max_tokens: int = 32
     temperature: float = 0.05
     window: int = 10
+    max_new_tokens: int = 32
+    num_beams: int = 1
 
     def __post_init__(self) -> None:
         _check(self.lora_rank >= 1, "backbone.lora_rank must be >= 1")

@@ -99,7 +99,7 @@ def build_engine(
     data = data if data is not None else load_data(cfg)
     split = make_split(data, cfg)
     strategy = strategy or build_strategy(cfg.method)
-    if cfg.backbone.kind == "text-encoder":
+    if cfg.backbone.kind != "ctr":
         return build_seq_engine(cfg, data, split, strategy)
     fed = FedData.build(
         data, split, strategy.clients or cfg.data.clients, client_users(data, cfg)
@@ -124,15 +124,17 @@ def build_engine(
 def build_seq_engine(
     cfg: ExperimentConfig, data: InteractionData, split: Split, strategy: Strategy
 ) -> EmbeddedEngine:
-    """FELLRec's setting: user-group clients, a text-encoder recommender."""
+    """FELLRec's setting: user-group clients, an LLM-based recommender."""
     from fedrec.data.partition import partition_users
     from fedrec.data.sequences import build_samples
-    from fedrec.fl.seq import SeqFedData, SeqRecTask
+    from fedrec.fl.seq import GenRecTask, SeqFedData, SeqRecTask
+    from fedrec.models.causal_lm import GenerativeRecommender, load_causal_lm
+    from fedrec.models.causal_lm import add_lora as add_causal_lora
     from fedrec.models.text_encoder import TextSeqRecommender, add_lora, load_encoder
 
     if cfg.train.engine != "loop":
         raise ConfigError(
-            "backbone.kind = 'text-encoder' runs with train.engine = 'loop'"
+            f"backbone.kind = '{cfg.backbone.kind}' runs with train.engine = 'loop'"
         )
     if data.item_text is None:
         raise ConfigError(f"{data.source}: the text encoder needs item titles")
@@ -149,13 +151,24 @@ def build_seq_engine(
         )
     fed = SeqFedData.build(data, split, samples, client_of_user)
     texts = [t or "unknown" for t in data.item_text]
-    encoder, tok = load_encoder(b.path, texts, cfg.run.seed)
-    model = TextSeqRecommender(
-        encoder, tok, texts, b.max_len, b.item_max_tokens, b.temperature
-    )
-    if b.finetune == "lora":
+    model: torch.nn.Module
+    if b.kind == "causal-lm":
+        lm, tok = load_causal_lm(b.path or "smollm2", texts, cfg.run.seed)
+        model = GenerativeRecommender(
+            lm, tok, texts, b.max_len, b.max_new_tokens, b.num_beams
+        )
         torch.manual_seed(cfg.run.seed)  # one LoRA init, shared by every client
-        model = add_lora(model, b.lora_rank, b.lora_alpha)
+        model = add_causal_lora(model, b.lora_rank, b.lora_alpha)
+        task_cls = GenRecTask
+    else:
+        encoder, tok = load_encoder(b.path or "minilm", texts, cfg.run.seed)
+        model = TextSeqRecommender(
+            encoder, tok, texts, b.max_len, b.item_max_tokens, b.temperature
+        )
+        if b.finetune == "lora":
+            torch.manual_seed(cfg.run.seed)  # one LoRA init, shared by every client
+            model = add_lora(model, b.lora_rank, b.lora_alpha)
+        task_cls = SeqRecTask
     log.info(
         "%s: %s samples, %d clients (%s), client train sizes %s",
         data.source,
@@ -164,7 +177,7 @@ def build_seq_engine(
         clients,
         fed.sizes("train").tolist(),
     )
-    task = SeqRecTask(model, fed, cfg.eval.max_samples, cfg.run.seed)
+    task = task_cls(model, fed, cfg.eval.max_samples, cfg.run.seed)
     return EmbeddedEngine(cfg, fed, model, task, strategy)
 
 

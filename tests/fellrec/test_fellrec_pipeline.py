@@ -99,3 +99,40 @@ def test_fellrec_personalises_and_fedavg_broadcasts_one_model():
     assert torch.equal(received[lora_b][0], received[lora_b][2])
     m = eng.history[0]
     assert {"val_ndcg@10", "test_recall@10_client_std", "val_ndcg@10_clients"} <= set(m)
+
+
+GEN = {
+    **RAW,
+    "backbone": {
+        "kind": "causal-lm",
+        "path": "tiny",
+        "max_len": 256,
+        "max_new_tokens": 8,
+    },
+}
+
+
+def test_generative_prompt_swap_and_grounding():
+    from fedrec.models.causal_lm import prompt, swapped_in
+
+    text = prompt(["A", "B"], "C")
+    assert 'watched the following movies before: "A", "B"' in text
+    assert text.endswith('### Response:\n"C"')
+    eng = build_engine(config_from_raw(GEN))
+    assert {r for n, r in eng.partition.roles.items() if "lora_" in n} == {"shared"}
+    eng.run_round(0)
+    received, _ = eng.client_params(torch.arange(3))
+    p0 = {n: t[0] for n, t in received.items()}
+    model = eng.model
+    before = {n: t.detach().clone() for n, t in model.named_parameters()}
+    with swapped_in(model, p0):
+        inside = dict(model.named_parameters())
+        assert all(torch.equal(inside[n], p0[n]) for n in p0)
+    after = dict(model.named_parameters())
+    assert all(torch.equal(after[n], before[n]) for n in before)  # restored exactly
+    # grounding: a generated text equal to item 3's title is nearest to item 3
+    model.generate_titles = lambda hs: [model.titles[3]] * len(hs)
+    scores = model.scores([np.array([1, 2])])
+    assert int(scores.argmax()) == 3 and float(scores[0, 3]) == pytest.approx(
+        0, abs=1e-4
+    )

@@ -27,6 +27,7 @@ from fedrec.errors import DataError
 from fedrec.fl.clients import SPLITS, ClientIndex, client_csr
 from fedrec.fl.task import Params
 from fedrec.metrics import client_stats, topk_metrics
+from fedrec.models.causal_lm import GenerativeRecommender, prompt, swapped_in
 from fedrec.models.text_encoder import TextSeqRecommender
 
 KS = (5, 10, 20)
@@ -137,6 +138,14 @@ class SeqRecTask:
         ce = F.cross_entropy(logits, target, reduction="none")
         return (ce * mask).sum() / mask.sum().clamp(min=1)
 
+    @torch.no_grad()
+    def scores(self, params: Params, histories: list[np.ndarray]) -> torch.Tensor:
+        """``(b, I)`` scores of every item after each history (higher is better)."""
+        ids, am = self.model.sequence_tokens(histories)
+        return (
+            functional_call(self.model, params, (ids, am)) @ self.item_table(params).T
+        )
+
     def _eval_rows(self, split: str, cid: int) -> np.ndarray:
         rows = self.fed.client_rows(split, cid)
         k = self.max_eval_samples
@@ -164,11 +173,9 @@ class SeqRecTask:
                 if not len(rows):
                     continue
                 p = {n: t[j] for n, t in params.items()}
-                table = self.item_table(p)
                 for b in range(0, len(rows), self.batch):
                     r = rows[b : b + self.batch]
-                    ids, am = self.model.sequence_tokens([s.history[i] for i in r])
-                    scores = functional_call(self.model, p, (ids, am)) @ table.T
+                    scores = self.scores(p, [s.history[i] for i in r])
                     m = topk_metrics(
                         scores,
                         [s.targets[i] for i in r],
@@ -199,3 +206,35 @@ class SeqRecTask:
                     }
                 )
         return out
+
+
+class GenRecTask(SeqRecTask):
+    """BIGRec-style: causal-LM loss on prompts; recommend by generate + ground."""
+
+    model: GenerativeRecommender  # type: ignore[assignment]
+
+    def begin_local(self, params: Params) -> None:
+        """Nothing to prepare: the loss needs no item table."""
+        return None
+
+    def loss(
+        self,
+        params: Params,
+        rows: torch.Tensor,
+        mask: torch.Tensor,
+        state: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mean token cross-entropy of the prompts with their answers, (b,) samples."""
+        s, titles = self.fed.samples["train"], self.model.titles
+        texts = [
+            prompt([titles[i] for i in s.history[r]], titles[int(s.targets[r][0])])
+            for r in rows.tolist()
+        ]
+        ids, am = self.model.encode(texts)
+        return functional_call(self.model, params, (ids, am))
+
+    @torch.no_grad()
+    def scores(self, params: Params, histories: list[np.ndarray]) -> torch.Tensor:
+        """−L2 distance of each generated title to every item (client's adapter in)."""
+        with swapped_in(self.model, params):
+            return self.model.scores(histories)

