@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
+from fedrec.build import build_engine, load_data
 from fedrec.config import load_config
-from fedrec.runs import build_engine, load_data
 
 
 def clients_per_s(cfg_path: str, engine: str, rounds: int, data) -> tuple[float, int]:

@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from engine import clients_per_s
 
+from fedrec.build import build_engine, load_data
 from fedrec.config import load_config
-from fedrec.runs import build_engine, load_data
 
 
 def main() -> None:

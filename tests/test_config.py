@@ -204,8 +204,8 @@ def test_every_shipped_config_and_variant_validates(path):
 
 
 def test_users_division_selects_private_clients():
+    from fedrec.build import build_engine
     from fedrec.config import config_from_raw
-    from fedrec.runs import build_engine
 
     base = {"data": {"options": {"n_users": 40, "n_items": 30}}}
     all_ = build_engine(config_from_raw(base))

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import pytest
 
+from fedrec.build import build_engine
 from fedrec.config import config_from_raw
-from fedrec.runs import build_engine
 
 
 def _history():

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import fedrec.pretrain
+from fedrec.build import build_engine, load_data, load_pretrained
 from fedrec.config import KDConfig, PretrainConfig, config_from_raw
 from fedrec.data.splits import divide_open_private
 from fedrec.errors import CheckpointError
 from fedrec.models.ctr_mlp import CTRModel
 from fedrec.pretrain import foundation, kd_loss, open_rows
-from fedrec.runs import build_engine, load_data, load_pretrained
 
 
 def _cfg(cache_dir, init_from="pretrain", method=None, kd=None):

@@ -1,4 +1,4 @@
-"""Build an experiment from its config, run it, and keep its run directory.
+"""Run an experiment and keep its run directory.
 
 A run directory holds:
 
@@ -13,7 +13,6 @@ A run directory holds:
 
 from __future__ import annotations
 
-import inspect
 import json
 import logging
 import math
@@ -31,189 +30,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedrec.build import build_engine, load_checkpoint
 from fedrec.config import ExperimentConfig, config_from_raw
-from fedrec.data import load_dataset
 from fedrec.data.dataset import InteractionData
-from fedrec.data.splits import (
-    Split,
-    global_temporal_split,
-    leave_one_out_split,
-    temporal_ratio_split,
-)
-from fedrec.errors import CheckpointError, ConfigError
-from fedrec.fl.clients import FedData
+from fedrec.errors import CheckpointError
 from fedrec.fl.simulate import EmbeddedEngine
-from fedrec.fl.strategy import Strategy
-from fedrec.fl.task import CTRTask
-from fedrec.pretrain import MODES, divide_users, foundation
-from fedrec.registry import build_strategy
 
 log = logging.getLogger("fedrec")
 TIMING_KEYS = ("train_s", "eval_s", "round_s", "clients_per_s", "peak_rss_mb")
 LOWER_IS_BETTER = ("logloss",)
-
-
-def load_data(cfg: ExperimentConfig) -> InteractionData:
-    """Call the configured loader, checking ``data.options`` against its signature."""
-    from fedrec import data as data_mod
-
-    loader = data_mod.LOADERS[cfg.data.kind]
-    params = inspect.signature(loader).parameters
-    for key in cfg.data.options:
-        if key not in params or key == "path":
-            valid = ", ".join(p for p in params if p != "path")
-            raise ConfigError(
-                f"unknown key 'data.options.{key}' for {cfg.data.kind} (valid: {valid})"
-            )
-    kwargs = dict(cfg.data.options)
-    if cfg.data.kind != "synthetic":
-        kwargs["path"] = cfg.data.path
-    return load_dataset(cfg.data.kind, **kwargs)
-
-
-def make_split(data: InteractionData, cfg: ExperimentConfig) -> Split:
-    """The configured row split."""
-    d = cfg.data
-    if d.split == "temporal_ratio":
-        return temporal_ratio_split(data, d.val_ratio, d.test_ratio, d.min_interactions)
-    if d.split == "leave_one_out":
-        return leave_one_out_split(data, d.min_interactions)
-    return global_temporal_split(data, d.val_ratio, d.test_ratio)
-
-
-def client_users(data: InteractionData, cfg: ExperimentConfig) -> np.ndarray | None:
-    """User codes that may be clients (``None``: all), per ``data.users``."""
-    u = cfg.data.users
-    if u.clients == "all":
-        return None
-    open_, private = divide_users(data, u)
-    return open_ if u.clients == "open" else private
-
-
-def build_engine(
-    cfg: ExperimentConfig,
-    data: InteractionData | None = None,
-    strategy: Strategy | None = None,
-) -> EmbeddedEngine:
-    """Data, split, clients, model, task and strategy (``cfg.method`` unless given)."""
-    data = data if data is not None else load_data(cfg)
-    split = make_split(data, cfg)
-    strategy = strategy or build_strategy(cfg.method)
-    if cfg.backbone.kind != "ctr":
-        return build_seq_engine(cfg, data, split, strategy)
-    fed = FedData.build(
-        data, split, strategy.clients or cfg.data.clients, client_users(data, cfg)
-    )
-    torch.manual_seed(cfg.run.seed)
-    model = strategy.build_model(data, cfg.model)
-    if cfg.model.init_from in MODES:
-        load_pretrained(model, foundation(cfg, data))
-    elif cfg.model.init_from:
-        load_pretrained(model, Path(cfg.model.init_from))
-    model = model.to(getattr(torch, cfg.train.dtype))
-    log.info(
-        "%s: %d rows, %d clients, %d users dropped by the split",
-        data.source,
-        len(data.interactions),
-        fed.n_clients,
-        split.dropped_users,
-    )
-    return EmbeddedEngine(cfg, fed, model, CTRTask(model, fed), strategy)
-
-
-def build_seq_engine(
-    cfg: ExperimentConfig, data: InteractionData, split: Split, strategy: Strategy
-) -> EmbeddedEngine:
-    """FELLRec's setting: user-group clients, an LLM-based recommender."""
-    from fedrec.data.partition import partition_users
-    from fedrec.data.sequences import build_samples
-    from fedrec.fl.seq import GenRecTask, SeqFedData, SeqRecTask
-    from fedrec.models.causal_lm import GenerativeRecommender, load_causal_lm
-    from fedrec.models.causal_lm import add_lora as add_causal_lora
-    from fedrec.models.text_encoder import TextSeqRecommender, add_lora, load_encoder
-
-    if cfg.train.engine != "loop":
-        raise ConfigError(
-            f"backbone.kind = '{cfg.backbone.kind}' runs with train.engine = 'loop'"
-        )
-    if data.item_text is None:
-        raise ConfigError(f"{data.source}: the text encoder needs item titles")
-    b, d = cfg.backbone, cfg.data
-    samples = build_samples(data, split, b.window)
-    clients = strategy.clients or d.clients
-    if clients == "single":
-        client_of_user = np.zeros(data.n_users, dtype=np.int64)
-    elif clients == "user":
-        client_of_user = np.arange(data.n_users, dtype=np.int64)
-    else:
-        client_of_user = partition_users(
-            data, split.train, d.n_clients, clients, cfg.run.seed
-        )
-    fed = SeqFedData.build(data, split, samples, client_of_user)
-    texts = [t or "unknown" for t in data.item_text]
-    model: torch.nn.Module
-    if b.kind == "causal-lm":
-        lm, tok = load_causal_lm(b.path or "smollm2", texts, cfg.run.seed)
-        model = GenerativeRecommender(
-            lm, tok, texts, b.max_len, b.max_new_tokens, b.num_beams
-        )
-        torch.manual_seed(cfg.run.seed)  # one LoRA init, shared by every client
-        model = add_causal_lora(model, b.lora_rank, b.lora_alpha)
-        task_cls = GenRecTask
-    else:
-        encoder, tok = load_encoder(b.path or "minilm", texts, cfg.run.seed)
-        model = TextSeqRecommender(
-            encoder, tok, texts, b.max_len, b.item_max_tokens, b.temperature
-        )
-        if b.finetune == "lora":
-            torch.manual_seed(cfg.run.seed)  # one LoRA init, shared by every client
-            model = add_lora(model, b.lora_rank, b.lora_alpha)
-        task_cls = SeqRecTask
-    log.info(
-        "%s: %s samples, %d clients (%s), client train sizes %s",
-        data.source,
-        {k: len(v) for k, v in samples.items()},
-        fed.n_clients,
-        clients,
-        fed.sizes("train").tolist(),
-    )
-    task = task_cls(model, fed, cfg.eval.max_samples, cfg.run.seed)
-    return EmbeddedEngine(cfg, fed, model, task, strategy)
-
-
-def load_pretrained(model: torch.nn.Module, path: Path) -> None:
-    """Load a pre-trained CTR state into ``model``.
-
-    Adapters and gates keep their initial values. A missing base tensor or a
-    shape mismatch is an error naming the file and the tensor.
-    """
-    state = _load_checkpoint(path)
-    state = state.get("model", state) if isinstance(state, dict) else state
-    own = model.state_dict()
-    for name, t in state.items():
-        if name not in own:
-            raise CheckpointError(f"{path}: tensor {name!r} is not in the model")
-        if own[name].shape != t.shape:
-            raise CheckpointError(
-                f"{path}: {name!r} has shape {tuple(t.shape)}, "
-                f"the model expects {tuple(own[name].shape)} (same data and sizes?)"
-            )
-    base = {n for n in own if not n.startswith(("lora.", "gates."))}
-    missing = sorted(base - set(state))
-    if missing:
-        raise CheckpointError(f"{path}: no tensor for {missing[:3]}")
-    model.load_state_dict(state, strict=False)
-
-
-def _load_checkpoint(path: Path) -> dict[str, Any]:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise CheckpointError(f"checkpoint not found: {path}") from None
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means corrupt
-        raise CheckpointError(
-            f"{path}: cannot read checkpoint ({type(e).__name__}: {e})"
-        ) from None
 
 
 def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
@@ -386,7 +211,7 @@ class Run:
         run = cls(cfg, run_dir, build_engine(cfg))
         ckpt = run_dir / "checkpoint.pt"
         if ckpt.exists():
-            run.engine.load_state_dict(_load_checkpoint(ckpt))
+            run.engine.load_state_dict(load_checkpoint(ckpt))
         run._rewrite_metrics()
         return run
 

@@ -21,10 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from fedrec.build import load_data
 from fedrec.config import ExperimentConfig, apply_overrides, config_from_raw
 from fedrec.data.dataset import InteractionData
 from fedrec.errors import ConfigError
-from fedrec.runs import Run, load_data, run_experiment
+from fedrec.runs import Run, run_experiment
 
 COLUMNS = [
     "method",

@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from fedrec.build import build_engine
 from fedrec.config import config_from_raw
 from fedrec.data.dataset import InteractionData
 from fedrec.data.sequences import build_samples
 from fedrec.data.splits import Split
-from fedrec.runs import build_engine
 
 pytest.importorskip("transformers")
 pytest.importorskip("peft")

@@ -67,8 +67,8 @@ def test_unweighted_mean():
 
 def test_training_never_writes_into_server_state():
     """FederatedScope #664: a client aliasing the broadcast turns FL sequential."""
+    from fedrec.build import build_engine
     from fedrec.config import config_from_raw
-    from fedrec.runs import build_engine
 
     cfg = config_from_raw(
         {

@@ -7,9 +7,9 @@ import math
 
 import torch
 
+from fedrec.build import build_engine
 from fedrec.config import config_from_raw
 from fedrec.fl.guards import accept_updates
-from fedrec.runs import build_engine
 
 NAN, INF = math.nan, math.inf
 

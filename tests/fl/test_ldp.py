@@ -9,9 +9,9 @@ import pytest
 import torch
 from scipy import stats
 
+from fedrec.build import build_engine
 from fedrec.config import config_from_raw
 from fedrec.fl.mods import LaplaceLDP, ModContext, build_mods, laplace
-from fedrec.runs import build_engine
 
 # ----------------------------------------------------------------- the sampler
 

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
+from fedrec.build import build_engine
 from fedrec.config import ExperimentConfig, config_from_raw
 from fedrec.data.synthetic import make_synthetic
 from fedrec.fl.partition import PRIVATE, SHARED, group_role
 from fedrec.fl.stacked import StackedAdam
 from fedrec.methods.fedavg import FedAvg, FedAvgConfig
-from fedrec.runs import build_engine
 
 
 class PrivateEmbGroupHead(FedAvg):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fedrec.build import build_engine
 from fedrec.config import config_from_raw
 from fedrec.fl.partition import PRIVATE
-from fedrec.runs import build_engine
 
 FEDPA = {"name": "fedpa", "group_attrs": ["group", "user_f1"]}
 

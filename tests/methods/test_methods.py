@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from fedrec.build import build_engine
 from fedrec.config import config_from_raw
 from fedrec.data.synthetic import make_synthetic
 from fedrec.fl.strategy import Strategy
 from fedrec.methods.fedprox import FedProx, FedProxConfig
 from fedrec.registry import method_names, register_method
-from fedrec.runs import build_engine
 
 OPTIONS = {"n_users": 20, "n_items": 30, "seed": 4}
 

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedrec.models.peft_lora import NoDropout
+
 SMOLLM2 = "smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTRUCTION = (
@@ -145,7 +147,7 @@ def load_causal_lm(
     return AutoModelForCausalLM.from_pretrained(path).eval(), tok
 
 
-class GenerativeRecommender(nn.Module):
+class GenerativeRecommender(NoDropout):
     """Prompt → title generation → grounding to items by L2 distance.
 
     Parameters
@@ -157,6 +159,10 @@ class GenerativeRecommender(nn.Module):
     max_len, max_new_tokens, num_beams
         Prompt cut-off and decoding budget.
     """
+
+    backbone_attr = "lm"
+    lora_targets = ("q_proj", "v_proj")
+    peft_task_type = "CAUSAL_LM"
 
     def __init__(
         self,
@@ -175,12 +181,6 @@ class GenerativeRecommender(nn.Module):
             num_beams,
         )
         self._item_emb: torch.Tensor | None = None
-
-    def train(self, mode: bool = True) -> GenerativeRecommender:
-        """Keep the LM in eval mode (no dropout) whatever ``mode`` says."""
-        super().train(mode)
-        self.lm.eval()
-        return self
 
     def encode(
         self, texts: list[str], left_pad: bool = False
@@ -260,24 +260,3 @@ def swapped_in(model: nn.Module, params: dict[str, torch.Tensor]) -> Iterator[No
         with torch.no_grad():
             for n, t in saved.items():
                 own[n].copy_(t)
-
-
-def add_lora(
-    model: GenerativeRecommender,
-    rank: int = 8,
-    alpha: int = 16,
-    targets: tuple[str, ...] = ("q_proj", "v_proj"),
-) -> GenerativeRecommender:
-    """PEFT LoRA on ``q_proj``/``v_proj`` (dropout 0, no bias); only LoRA trains."""
-    from peft import LoraConfig, get_peft_model
-
-    cfg = LoraConfig(
-        r=rank,
-        lora_alpha=alpha,
-        lora_dropout=0.0,
-        bias="none",
-        target_modules=list(targets),
-        task_type="CAUSAL_LM",
-    )
-    model.lm = get_peft_model(model.lm, cfg).eval()
-    return model

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedrec.models.peft_lora import NoDropout
+
 MINILM = "minilm"
 TINY = "tiny"
 
@@ -82,7 +84,7 @@ def tiny_tokenizer(texts: list[str], vocab_size: int = 1000) -> object:
     )
 
 
-class TextSeqRecommender(nn.Module):
+class TextSeqRecommender(NoDropout):
     """Sequence and item encoder sharing one text encoder.
 
     Parameters
@@ -98,6 +100,10 @@ class TextSeqRecommender(nn.Module):
     temperature
         τ of the cosine logits.
     """
+
+    backbone_attr = "encoder"
+    lora_targets = ("query", "value")
+    peft_task_type = None
 
     def __init__(
         self,
@@ -154,12 +160,6 @@ class TextSeqRecommender(nn.Module):
         ]
         return [self._pad(toks[i : i + chunk]) for i in range(0, len(toks), chunk)]
 
-    def train(self, mode: bool = True) -> TextSeqRecommender:
-        """Keep the encoder in eval mode (no dropout) whatever ``mode`` says."""
-        super().train(mode)
-        self.encoder.eval()
-        return self
-
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """L2-normalised mean-pooled embeddings ``(B, d)``."""
         h = self.encoder(
@@ -168,23 +168,3 @@ class TextSeqRecommender(nn.Module):
         m = mask.unsqueeze(-1).to(h.dtype)
         pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
         return nn.functional.normalize(pooled, dim=-1)
-
-
-def add_lora(
-    model: TextSeqRecommender,
-    rank: int = 8,
-    alpha: int = 16,
-    targets: tuple[str, ...] = ("query", "value"),
-) -> TextSeqRecommender:
-    """Wrap the encoder with PEFT LoRA (dropout 0, no bias); only LoRA trains."""
-    from peft import LoraConfig, get_peft_model
-
-    cfg = LoraConfig(
-        r=rank,
-        lora_alpha=alpha,
-        lora_dropout=0.0,
-        bias="none",
-        target_modules=list(targets),
-    )
-    model.encoder = get_peft_model(model.encoder, cfg).eval()
-    return model
