@@ -126,7 +126,11 @@ def _table(args: argparse.Namespace) -> None:
     rows = tables.run_all(runs, args.seeds, args.out, not args.quiet)
     header = _header(args.config, cfg, args.seeds)
     print(tables.write_table(rows, args.out, header))
-    tables.plot_curves(rows, args.out)
+    if rows and rows[0].get("test_ndcg@10_clients") is not None:
+        tables.plot_curves(rows, args.out, "test_ndcg@10")
+        tables.plot_clients(rows, args.out)
+    else:
+        tables.plot_curves(rows, args.out)
     print(f"results: {args.out}")
 
 
@@ -144,6 +148,17 @@ def _sweep(args: argparse.Namespace) -> None:
 def _header(path: str, cfg: ExperimentConfig, seeds: int) -> str:
     d, t = cfg.data, cfg.train
     where = f"`{d.kind}` {d.path}".strip()
+    if cfg.backbone.kind != "ctr":
+        b = cfg.backbone
+        return (
+            f"Config `{path}`; data {where}; split {d.split}; {d.n_clients} clients "
+            f"({d.clients}); backbone {b.kind} `{b.path or 'default'}` "
+            f"({b.finetune}); {t.rounds} rounds × {t.local_epochs} local epoch(s), "
+            f"batch {t.batch_size}, lr {t.lr}; budget: ≤ "
+            f"{t.max_rows_per_client or 'all'} train samples per client per round, ≤ {cfg.eval.max_samples or 'all'} "
+            f"validation samples per client, every test user; selection by best "
+            f"val_{cfg.eval.select_metric}; mean ± std over {seeds} seed(s)."
+        )
     return (
         f"Config `{path}`; data {where}; split {d.split}; clients: {d.users.clients} "
         f"users; {t.rounds} rounds, {t.local_epochs} local epoch(s), batch "

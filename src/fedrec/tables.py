@@ -43,6 +43,32 @@ COLUMNS = [
     "ldp_epsilon_total",
     "wall_s",
 ]
+TOPK_COLUMNS = [
+    "method",
+    "backbone",
+    "seed",
+    "best_round",
+    "val_recall@10",
+    "test_recall@10",
+    "test_ndcg@10",
+    "test_recall@10_client_std",
+    "test_ndcg@10_client_std",
+    "test_ndcg@10_client_gap",
+    "test_ndcg@10_client_worst",
+    "test_ndcg@10_clients",
+    "test_users",
+    "upload_bytes_per_client",
+    "wall_s",
+    "peak_rss_mb",
+]
+TOPK_MD = [
+    "test_recall@10",
+    "test_ndcg@10",
+    "test_ndcg@10_client_std",
+    "test_ndcg@10_client_worst",
+    "wall_s",
+    "peak_rss_mb",
+]
 MD_METRICS = [
     "val_auc",
     "test_auc",
@@ -121,8 +147,15 @@ def run_all(
                     if key not in cache:
                         cache[key] = load_data(cfg)
                     s = run_experiment(c, run_dir, progress, cache[key])
-            row = {k: s.get(k) for k in COLUMNS}
-            row.update(method=label, seed=seed, val_auc=s.get("best_val_auc"))
+            row = {k: s.get(k) for k in dict.fromkeys(COLUMNS + TOPK_COLUMNS)}
+            row.update(
+                method=label,
+                seed=seed,
+                val_auc=s.get("best_val_auc"),
+                backbone=f"{c.backbone.kind}:{c.backbone.path or 'default'}",
+                test_users=s.get("test_users"),
+            )
+            row["val_recall@10"] = s.get("best_val_recall@10")
             rows.append(row)
     return rows
 
@@ -156,9 +189,15 @@ def write_table(
     by: str = "method",
     name: str = "table",
 ) -> str:
-    """``<name>.csv`` (a row per run) and ``<name>.md`` (mean ± std per ``by``)."""
+    """``<name>.csv`` (a row per run) and ``<name>.md`` (mean ± std per ``by``).
+
+    CTR runs get AUC-style columns; top-K runs (FELLRec) get Recall/NDCG@10,
+    their spread across clients, the per-client NDCG@10 values and peak memory.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    cols = ([by] if by not in COLUMNS else []) + COLUMNS
+    topk = all(r.get("test_auc") is None for r in rows)
+    columns, md = (TOPK_COLUMNS, TOPK_MD) if topk else (COLUMNS, MD_METRICS)
+    cols = ([by] if by not in columns else []) + columns
     with open(out / f"{name}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
@@ -166,16 +205,56 @@ def write_table(
     lines = [
         header,
         "",
-        f"| {by} | seeds | " + " | ".join(MD_METRICS) + " |",
-        "|---" * (len(MD_METRICS) + 2) + "|",
+        f"| {by} | seeds | " + " | ".join(md) + " |",
+        "|---" * (len(md) + 2) + "|",
     ]
     for key in dict.fromkeys(r[by] for r in rows):
         rs = [r for r in rows if r[by] == key]
-        cells = [_cell([r[m] for r in rs], m) for m in MD_METRICS]
+        cells = [_cell([r[m] for r in rs], m) for m in md]
         lines.append(f"| {key} | {len(rs)} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     (out / f"{name}.md").write_text(text)
     return text
+
+
+def plot_clients(
+    rows: list[dict[str, Any]], out: Path, metric: str = "test_ndcg@10"
+) -> Path:
+    """Per-client ``metric`` (mean over seeds), one group of bars per client."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = list(dict.fromkeys(r["method"] for r in rows))
+    per = {
+        m: np.nanmean(
+            [
+                [np.nan if v is None else v for v in r[f"{metric}_clients"]]
+                for r in rows
+                if r["method"] == m
+            ],
+            axis=0,
+        )
+        for m in labels
+    }
+    n = len(next(iter(per.values())))
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.8 / len(labels)
+    for k, m in enumerate(labels):
+        ax.bar(np.arange(n) + k * width, per[m], width, label=m)
+    ax.set(
+        xlabel="client",
+        ylabel=f"{metric} (mean over seeds)",
+        xticks=np.arange(n) + 0.4 - width / 2,
+        xticklabels=[str(c) for c in range(n)],
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = out / f"{metric}_per_client.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def plot_curves(

@@ -136,3 +136,18 @@ def test_generative_prompt_swap_and_grounding():
     assert int(scores.argmax()) == 3 and float(scores[0, 3]) == pytest.approx(
         0, abs=1e-4
     )
+
+
+def test_topk_table_and_per_client_plot(tmp_path):
+    from fedrec import tables
+
+    cfg = config_from_raw(
+        {**RAW, "variants": {"fedavg": {"method": {"name": "fedavg"}}, "fellrec": {}}}
+    )
+    rows = tables.run_all(tables.variants(cfg), 1, tmp_path, progress=False)
+    text = tables.write_table(rows, tmp_path, "header")
+    assert "test_ndcg@10_client_std" in text and "test_auc" not in text
+    assert len(rows[0]["test_ndcg@10_clients"]) == 3
+    assert rows[0]["backbone"] == "text-encoder:tiny"
+    png = tables.plot_clients(rows, tmp_path)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
