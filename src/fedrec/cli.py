@@ -155,8 +155,8 @@ def _header(path: str, cfg: ExperimentConfig, seeds: int) -> str:
             f"({d.clients}); backbone {b.kind} `{b.path or 'default'}` "
             f"({b.finetune}); {t.rounds} rounds × {t.local_epochs} local epoch(s), "
             f"batch {t.batch_size}, lr {t.lr}; budget: ≤ "
-            f"{t.max_rows_per_client or 'all'} train samples per client per round, ≤ {cfg.eval.max_samples or 'all'} "
-            f"validation samples per client, every test user; selection by best "
+            f"{t.max_rows_per_client or 'all'} train samples per client per round, "
+            f"≤ {cfg.eval.max_samples or 'all'} validation samples per client, every test user; selection by best "
             f"val_{cfg.eval.select_metric}; mean ± std over {seeds} seed(s)."
         )
     return (
