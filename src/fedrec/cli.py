@@ -156,7 +156,8 @@ def _header(path: str, cfg: ExperimentConfig, seeds: int) -> str:
             f"({b.finetune}); {t.rounds} rounds × {t.local_epochs} local epoch(s), "
             f"batch {t.batch_size}, lr {t.lr}; budget: ≤ "
             f"{t.max_rows_per_client or 'all'} train samples per client per round, "
-            f"≤ {cfg.eval.max_samples or 'all'} validation samples per client, every test user; selection by best "
+            f"≤ {cfg.eval.max_samples or 'all'} validation samples per client, "
+            "every test user; selection by best "
             f"val_{cfg.eval.select_metric}; mean ± std over {seeds} seed(s)."
         )
     return (
