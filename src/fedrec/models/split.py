@@ -1,0 +1,194 @@
+"""FELLRec's flexible storage: a transformer executed as client | server | client.
+
+The client holds the embeddings, blocks ``[0, k)``, the last block ``L−1`` and the
+output part (final norm and head); the server holds blocks ``[k, L−1)``
+(fellrec.md §5). Only hidden states, the attention mask and position ids (and,
+backwards, their gradients) cross between the parts, as :class:`Message` objects
+whose bytes are counted. One training step (:func:`split_step`)::
+
+    client:  h_k = B_{k-1}∘…∘B_0(Emb(x))                    → h_k, mask, positions
+    server:  h_{L-1} = B_{L-2}∘…∘B_k(h_k)                   → h_{L-1}
+    client:  out = Head(B_{L-1}(h_{L-1}));  loss(out)       (labels stay here)
+    client:  ∂loss/∂h_{L-1}                                 → server
+    server:  backward through its blocks; ∂loss/∂h_k        → client
+    client:  backward through blocks [0, k) and the embeddings
+
+Supported: Llama-style causal LMs (causal mask and rotary tables rebuilt on each
+side from the mask and position ids) and BERT-style encoders (bidirectional
+mask). PEFT LoRA inside the blocks goes with the block it is in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Message:
+    """What crosses the wire: a hidden state (or its gradient) and its context."""
+
+    tensor: torch.Tensor
+    attention_mask: torch.Tensor | None = None
+    position_ids: torch.Tensor | None = None
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of every tensor in the message."""
+        ts = [
+            t
+            for t in (self.tensor, self.attention_mask, self.position_ids)
+            if t is not None
+        ]
+        return sum(t.numel() * t.element_size() for t in ts)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    base = getattr(model, "base_model", None)  # PEFT: PeftModel.base_model.model
+    return base.model if base is not None and hasattr(base, "model") else model
+
+
+class SplitModel:
+    """Executes ``model`` as client head / server middle / client tail at ``k``.
+
+    Parameters
+    ----------
+    model
+        A ``LlamaForCausalLM``-like or ``BertModel``-like model (PEFT-wrapped or not).
+    k
+        Blocks on the client before the server part, ``1 ≤ k ≤ L−2``.
+    """
+
+    def __init__(self, model: nn.Module, k: int) -> None:
+        m = _unwrap(model)
+        self.causal = hasattr(m, "lm_head")
+        self.body = m.model if self.causal else m
+        self.head_module = m.lm_head if self.causal else None
+        self.layers = self.body.layers if self.causal else self.body.encoder.layer
+        L = len(self.layers)
+        if not 1 <= k <= L - 2:
+            raise ValueError(f"k = {k}: need 1 <= k <= L-2 = {L - 2}")
+        self.k, self.L = k, L
+
+    # ------------------------------------------------------------- the parts
+    def _context(
+        self, h: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor | None
+    ) -> dict:
+        from transformers.masking_utils import (
+            create_bidirectional_mask,
+            create_causal_mask,
+        )
+
+        cfg = self.body.config
+        if self.causal:
+            return {
+                "attention_mask": create_causal_mask(
+                    config=cfg,
+                    inputs_embeds=h,
+                    attention_mask=mask,
+                    past_key_values=None,
+                    position_ids=pos,
+                ),
+                "position_embeddings": self.body.rotary_emb(h, position_ids=pos),
+                "position_ids": pos,
+            }
+        return {
+            "attention_mask": create_bidirectional_mask(
+                config=cfg, inputs_embeds=h, attention_mask=mask
+            )
+        }
+
+    def _blocks(
+        self,
+        blocks: list[nn.Module],
+        h: torch.Tensor,
+        mask: torch.Tensor,
+        pos: torch.Tensor,
+    ) -> torch.Tensor:
+        ctx = self._context(h, mask, pos)
+        for block in blocks:
+            out = block(h, **ctx)
+            h = out[0] if isinstance(out, tuple) else out
+        return h
+
+    def client_head(self, ids: torch.Tensor, mask: torch.Tensor) -> Message:
+        """Embeddings and blocks ``[0, k)``: the message to the server."""
+        pos = None  # an encoder needs no positions on the wire
+        if self.causal:
+            pos = torch.arange(ids.shape[1]).unsqueeze(0).expand(ids.shape[0], -1)
+        emb = (
+            self.body.embed_tokens(ids)
+            if self.causal
+            else self.body.embeddings(input_ids=ids)
+        )
+        h = self._blocks(list(self.layers[: self.k]), emb, mask, pos)
+        return Message(h, mask, pos)
+
+    def server(self, msg: Message) -> Message:
+        """Blocks ``[k, L−1)``, run by the server on a client's hidden state."""
+        h = self._blocks(
+            list(self.layers[self.k : self.L - 1]),
+            msg.tensor,
+            msg.attention_mask,
+            msg.position_ids,
+        )
+        return Message(h, msg.attention_mask, msg.position_ids)
+
+    def client_tail(self, msg: Message) -> torch.Tensor:
+        """Block ``L−1`` and the output part: logits (LM) or last hidden states."""
+        h = self._blocks(
+            [self.layers[self.L - 1]], msg.tensor, msg.attention_mask, msg.position_ids
+        )
+        if self.causal:
+            return self.head_module(self.body.norm(h))
+        return h
+
+    # ------------------------------------------------------------- protocol
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Inference through the three parts (no gradients kept across the wire)."""
+        with torch.no_grad():
+            return self.client_tail(self.server(self.client_head(ids, mask)))
+
+    def step(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, int]:
+        """One training step's forward and backward; returns (loss, bytes on the wire).
+
+        Gradients land in every part's parameters; each side would then update
+        its own (the optimiser step is the caller's).
+        """
+        up = self.client_head(ids, mask)
+        sent_up = Message(
+            up.tensor.detach().requires_grad_(True), up.attention_mask, up.position_ids
+        )
+        mid = self.server(sent_up)
+        sent_down = Message(
+            mid.tensor.detach().requires_grad_(True),
+            mid.attention_mask,
+            mid.position_ids,
+        )
+        loss = loss_fn(self.client_tail(sent_down))  # labels never leave the client
+        loss.backward()
+        g_down = Message(sent_down.tensor.grad)  # client → server
+        mid.tensor.backward(g_down.tensor)
+        g_up = Message(sent_up.tensor.grad)  # server → client
+        up.tensor.backward(g_up.tensor)
+        wire = sent_up.nbytes + sent_down.nbytes + g_down.nbytes + g_up.nbytes
+        return loss.detach(), wire
+
+    @torch.no_grad()
+    def greedy(
+        self, ids: torch.Tensor, mask: torch.Tensor, new_tokens: int
+    ) -> torch.Tensor:
+        """Greedy decoding through the split (one round trip per token, no KV cache)."""
+        for _ in range(new_tokens):
+            nxt = self.forward(ids, mask)[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], 1)
+            mask = torch.cat([mask, torch.ones_like(nxt)], 1)
+        return ids
