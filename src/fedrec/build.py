@@ -161,6 +161,7 @@ def build_seq_engine(
         clients,
         fed.sizes("train").tolist(),
     )
+    model.split_k = b.split_k
     task = task_cls(model, fed, cfg.eval.max_samples, cfg.run.seed)
     return EmbeddedEngine(cfg, fed, model, task, strategy)
 

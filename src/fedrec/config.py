@@ -98,7 +98,9 @@ class BackboneConfig:
     model dir), LoRA on query/value (``finetune = "lora"``) or every weight
     (``"full"``). ``kind = "causal-lm"``: BIGRec-style generation over a HF
     causal LM (``path``: ``"smollm2"`` (default), ``"tiny"`` or a local dir),
-    LoRA on q_proj/v_proj.
+    LoRA on q_proj/v_proj. ``split_k > 0`` trains through FELLRec's flexible
+    storage split: blocks ``[0, k)`` and the last block on the client, the rest on
+    the server, hidden states and gradients counted on the wire.
     """
 
     kind: Literal["ctr", "text-encoder", "causal-lm"] = "ctr"
@@ -112,6 +114,7 @@ class BackboneConfig:
     window: int = 10
     max_new_tokens: int = 32
     num_beams: int = 1
+    split_k: int = 0
 
     def __post_init__(self) -> None:
         _check(self.lora_rank >= 1, "backbone.lora_rank must be >= 1")

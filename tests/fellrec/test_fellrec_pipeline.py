@@ -151,3 +151,21 @@ def test_topk_table_and_per_client_plot(tmp_path):
     assert rows[0]["backbone"] == "text-encoder:tiny"
     png = tables.plot_clients(rows, tmp_path)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("kind", ["text-encoder", "causal-lm"])
+def test_fellrec_through_the_split_trains_to_the_same_state(kind):
+    """Flexible storage changes where blocks run, not what is computed."""
+    base = GEN if kind == "causal-lm" else RAW
+    plain = build_engine(config_from_raw(base))
+    raw = {**base, "backbone": {**base["backbone"], "split_k": 2}}
+    split = build_engine(config_from_raw(raw))
+    m_plain, m_split = plain.run_round(0), split.run_round(0)
+    for n in plain.server:
+        torch.testing.assert_close(
+            split.server[n], plain.server[n], rtol=1e-4, atol=1e-6
+        )
+    assert m_split["train_loss"] == pytest.approx(m_plain["train_loss"], rel=1e-5)
+    assert m_split["test_ndcg@10"] == pytest.approx(m_plain["test_ndcg@10"], abs=1e-6)
+    assert split.model.wire.up > 0 and split.model.wire.down > 0
+    assert plain.model.wire.total == 0

