@@ -9,7 +9,6 @@ through the same validation.
 from __future__ import annotations
 
 import dataclasses
-import math
 import tomllib
 import types
 import typing
@@ -421,8 +420,3 @@ def config_from_raw(raw: dict[str, Any], source: str = "") -> ExperimentConfig:
     method_cfg = from_dict(spec.config_cls, params, "method", source)
     cfg.method = {"name": name, **dataclasses.asdict(method_cfg)}
     return cfg
-
-
-def is_finite_bound(x: float) -> bool:
-    """True if ``x`` is a usable positive bound (0 means off)."""
-    return x > 0 and math.isfinite(x)

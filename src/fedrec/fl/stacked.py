@@ -100,10 +100,6 @@ class StackedAdam:
                 p.sub_(ss * m[n] / ((v[n].sqrt() / bc2).add_(self.eps)))
 
 
-def _bcast(active: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
-    return active.view(-1, *([1] * (p.dim() - 1)))
-
-
 def _per_client(values: list[float], p: torch.Tensor) -> torch.Tensor:
     return torch.tensor(values, dtype=p.dtype).view(-1, *([1] * (p.dim() - 1)))
 

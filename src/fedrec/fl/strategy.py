@@ -25,7 +25,7 @@ from torch import nn
 
 from fedrec.config import ModelConfig
 from fedrec.data.dataset import InteractionData
-from fedrec.fl.partition import PRIVATE, SHARED, Partition
+from fedrec.fl.partition import SHARED, Partition
 from fedrec.fl.task import Params, Penalty
 from fedrec.models.ctr_mlp import CTRModel
 
@@ -157,8 +157,3 @@ class Strategy:
                     seen.view(-1, *([1] * (up.dim() - 1))), num, server[name]
                 )
         return new
-
-
-def private_names(partition: Partition) -> list[str]:
-    """Names the client keeps to itself."""
-    return partition.names(PRIVATE)
