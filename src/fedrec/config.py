@@ -171,12 +171,20 @@ class GuardConfig:
 
 @dataclass
 class EvalConfig:
-    """Per-round evaluation and model selection."""
+    """Per-round evaluation and model selection.
+
+    ``select = "global"``: the round with the best ``val_<select_metric>``.
+    ``"per_client"`` (FELLRec's generative reference): additionally each client
+    keeps its own best round, reported as ``test_<m>_per_client_selection``.
+    ``max_samples``: at most this many validation/test samples per client
+    (sequential tasks; 0 = all).
+    """
 
     select_metric: Literal[
         "auc", "gauc", "logloss", "recall@5", "recall@10", "ndcg@5", "ndcg@10"
     ] = "auc"
     max_samples: int = 0
+    select: Literal["global", "per_client"] = "global"
     splits: list[Literal["train", "val", "test"]] = field(
         default_factory=lambda: ["val", "test"]
     )

@@ -33,7 +33,7 @@ import torch
 from fedrec.build import build_engine, load_checkpoint
 from fedrec.config import ExperimentConfig, config_from_raw
 from fedrec.data.dataset import InteractionData
-from fedrec.errors import CheckpointError
+from fedrec.errors import CheckpointError, ConfigError
 from fedrec.fl.simulate import EmbeddedEngine
 
 log = logging.getLogger("fedrec")
@@ -126,6 +126,8 @@ def summarise(history: list[dict[str, Any]], cfg: ExperimentConfig) -> dict[str,
         {f"best_{k}": v for k, v in best.items() if k.startswith(("val_", "test_"))}
     )
     out.update({k: v for k, v in best.items() if k.startswith("test_")})
+    if cfg.eval.select == "per_client":
+        out.update(per_client_selection(history, metric))
     out["upload_bytes_per_round"] = float(
         np.mean([h["upload_bytes_per_client"] * h["clients"] for h in history])
     )
@@ -133,6 +135,37 @@ def summarise(history: list[dict[str, Any]], cfg: ExperimentConfig) -> dict[str,
     out["wall_s"] = float(sum(h["round_s"] for h in history))
     out["clients_per_s"] = float(np.mean([h["clients_per_s"] for h in history]))
     out["peak_rss_mb"] = max(h["peak_rss_mb"] for h in history)
+    return out
+
+
+def per_client_selection(history: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """Each client keeps its own best round by its validation ``metric``.
+
+    For every client c, r_c = argmax_r val_<metric>_clients[r][c] (earliest on
+    ties); its test values of Recall@10 and NDCG@10 at r_c are averaged over
+    clients weighted by their test users (= the mean over all test users).
+    Returns ``test_<m>_per_client_selection`` and the rounds ``selected_rounds``.
+    """
+    key = f"val_{metric}_clients"
+    if not history or key not in history[0]:
+        raise ConfigError(f"eval.select = 'per_client' needs per-client {key}")
+    n = len(history[0][key])
+    rounds = []
+    for c in range(n):
+        vals = [(h[key][c], -h["round"]) for h in history if h[key][c] is not None]
+        rounds.append(-max(vals)[1] if vals else len(history) - 1)
+    out: dict[str, Any] = {"selected_rounds": rounds}
+    for m in ("recall@10", "ndcg@10"):
+        vals, weights = [], []
+        for c, r in enumerate(rounds):
+            v = history[r].get(f"test_{m}_clients", [None] * n)[c]
+            w = history[r].get("test_users_clients", [0] * n)[c]
+            if v is not None and w:
+                vals.append(v)
+                weights.append(w)
+        out[f"test_{m}_per_client_selection"] = (
+            float(np.average(vals, weights=weights)) if vals else math.nan
+        )
     return out
 
 

@@ -169,3 +169,39 @@ def test_fellrec_through_the_split_trains_to_the_same_state(kind):
     assert m_split["test_ndcg@10"] == pytest.approx(m_plain["test_ndcg@10"], abs=1e-6)
     assert split.model.wire.up > 0 and split.model.wire.down > 0
     assert plain.model.wire.total == 0
+
+
+def test_per_client_selection_by_hand():
+    from fedrec.runs import per_client_selection
+
+    hist = [  # two clients, three rounds
+        {
+            "round": 0,
+            "val_ndcg@10_clients": [0.1, 0.5],
+            "test_ndcg@10_clients": [0.2, 0.6],
+            "test_recall@10_clients": [0.3, 0.7],
+            "test_users_clients": [1, 3],
+        },
+        {
+            "round": 1,
+            "val_ndcg@10_clients": [0.4, 0.2],
+            "test_ndcg@10_clients": [0.8, 0.1],
+            "test_recall@10_clients": [0.9, 0.2],
+            "test_users_clients": [1, 3],
+        },
+        {
+            "round": 2,
+            "val_ndcg@10_clients": [0.4, None],
+            "test_ndcg@10_clients": [0.0, 0.0],
+            "test_recall@10_clients": [0.0, 0.0],
+            "test_users_clients": [1, 3],
+        },
+    ]
+    out = per_client_selection(hist, "ndcg@10")
+    assert out["selected_rounds"] == [1, 0]  # client 0: tie at 0.4, earliest round 1
+    assert out["test_ndcg@10_per_client_selection"] == pytest.approx(
+        (0.8 * 1 + 0.6 * 3) / 4
+    )
+    assert out["test_recall@10_per_client_selection"] == pytest.approx(
+        (0.9 + 0.7 * 3) / 4
+    )

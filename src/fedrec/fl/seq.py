@@ -188,7 +188,10 @@ class SeqRecTask:
         if not client_of:
             return {}
         cl = np.concatenate(client_of)
-        out: dict[str, Any] = {"users": int(len(cl))}
+        out: dict[str, Any] = {
+            "users": int(len(cl)),
+            "users_clients": [int((cl == c).sum()) for c in range(self.fed.n_clients)],
+        }
         for k, chunks_ in per_user.items():
             v = np.concatenate(chunks_)
             out[k] = float(np.nanmean(v))
