@@ -131,7 +131,7 @@ def build_seq_engine(
         client_of_user = np.arange(data.n_users, dtype=np.int64)
     else:
         client_of_user = partition_users(
-            data, split.train, d.n_clients, clients, cfg.run.seed
+            data, split.train, d.n_clients, clients, d.partition_seed
         )
     fed = SeqFedData.build(data, split, samples, client_of_user)
     texts = [t or "unknown" for t in data.item_text]

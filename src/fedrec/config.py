@@ -64,7 +64,10 @@ class DataConfig:
     """Which loader reads the data, how it is split and who the clients are.
 
     ``options`` are passed to the loader as keyword arguments (validated against
-    its signature): e.g. ``user_col`` for ``kind = "csv"``.
+    its signature): e.g. ``user_col`` for ``kind = "csv"``. ``clients``: one
+    per user, one for all (``"single"``), or ``n_clients`` groups of users
+    (``"kmeans"`` over BPR-MF user embeddings, or ``"random"``), partitioned with
+    ``partition_seed`` so that every run seed sees the same clients.
     """
 
     kind: Literal["synthetic", "kuaishou", "recbole", "csv"] = "synthetic"
@@ -78,6 +81,7 @@ class DataConfig:
     min_interactions: int = 5
     clients: Literal["user", "single", "kmeans", "random"] = "user"
     n_clients: int = 5
+    partition_seed: int = 0
     users: UsersConfig = field(default_factory=UsersConfig)
 
     def __post_init__(self) -> None:
