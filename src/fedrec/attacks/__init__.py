@@ -1,0 +1,1 @@
+"""Attacks on what crosses the wire (our protocol, fellrec.md §6)."""
