@@ -163,6 +163,13 @@ def build_seq_engine(
     )
     model.split_k = b.split_k
     task = task_cls(model, fed, cfg.eval.max_samples, cfg.run.seed)
+    if b.split_k_per_client:
+        if len(b.split_k_per_client) != fed.n_clients:
+            raise ConfigError(
+                f"backbone.split_k_per_client has {len(b.split_k_per_client)} values "
+                f"for {fed.n_clients} clients"
+            )
+        task.split_ks = list(b.split_k_per_client)
     return EmbeddedEngine(cfg, fed, model, task, strategy)
 
 

@@ -103,7 +103,8 @@ class BackboneConfig:
     causal LM (``path``: ``"smollm2"`` (default), ``"tiny"`` or a local dir),
     LoRA on q_proj/v_proj. ``split_k > 0`` trains through FELLRec's flexible
     storage split: blocks ``[0, k)`` and the last block on the client, the rest on
-    the server, hidden states and gradients counted on the wire.
+    the server, hidden states and gradients counted on the wire;
+    ``split_k_per_client`` gives each client its own k (its memory budget).
     """
 
     kind: Literal["ctr", "text-encoder", "causal-lm"] = "ctr"
@@ -118,6 +119,7 @@ class BackboneConfig:
     max_new_tokens: int = 32
     num_beams: int = 1
     split_k: int = 0
+    split_k_per_client: list[int] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         _check(self.lora_rank >= 1, "backbone.lora_rank must be >= 1")

@@ -205,3 +205,27 @@ def test_per_client_selection_by_hand():
     assert out["test_recall@10_per_client_selection"] == pytest.approx(
         (0.9 + 0.7 * 3) / 4
     )
+
+
+def test_per_client_split_depth_changes_nothing_but_where_blocks_run():
+    plain = build_engine(config_from_raw(RAW))
+    raw = {**RAW, "backbone": {**RAW["backbone"], "split_k_per_client": [1, 2, 1]}}
+    eng = build_engine(config_from_raw(raw))
+    seen = []
+    set_client = eng.task.set_client
+
+    def spy(cid):
+        set_client(cid)
+        seen.append((cid, eng.model.split_k))
+
+    eng.task.set_client = spy
+    plain.run_round(0)
+    eng.run_round(0)
+    assert {(0, 1), (1, 2), (2, 1)} <= set(seen)
+    for n in plain.server:
+        torch.testing.assert_close(eng.server[n], plain.server[n], rtol=1e-4, atol=1e-6)
+    bad = {**RAW, "backbone": {**RAW["backbone"], "split_k_per_client": [1, 2]}}
+    with pytest.raises(
+        Exception, match="split_k_per_client has 2 values for 3 clients"
+    ):
+        build_engine(config_from_raw(bad))

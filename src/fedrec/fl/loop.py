@@ -23,8 +23,13 @@ def train_loop(
     lr: float | dict[str, float],
     optimizer: str = "adam",
     penalty: Penalty | None = None,
+    clients: list[int] | None = None,
 ) -> tuple[Params, torch.Tensor]:
-    """Same contract as :func:`fedrec.fl.stacked.train_stacked`, client by client."""
+    """Same contract as :func:`fedrec.fl.stacked.train_stacked`, client by client.
+
+    ``clients`` (ids) lets a task that depends on who the client is (e.g. its
+    own split depth) be told before each client's local phase (``set_client``).
+    """
     C = len(plans)
     out = {n: p.clone() for n, p in params.items()}
     losses = torch.full((C,), math.nan, dtype=torch.float64)
@@ -35,6 +40,8 @@ def train_loop(
         lrs = {n: lr[n] if isinstance(lr, dict) else lr for n in p}
         opt = opt_cls([{"params": [t], "lr": lrs[n]} for n, t in p.items()])
         total, count = 0.0, 0
+        if clients is not None and hasattr(task, "set_client"):
+            task.set_client(clients[c])
         begin = getattr(task, "begin_local", None)
         state = begin(p) if begin is not None and plans[c] else None
         for batch in plans[c]:

@@ -93,6 +93,7 @@ class SeqRecTask:
         self.model, self.fed = model, fed
         self.max_eval_samples, self.seed, self.batch = max_eval_samples, seed, batch
         self._tables: dict[bytes, torch.Tensor] = {}
+        self.split_ks: list[int] = []  # per-client split depth (flexible storage)
 
     @torch.no_grad()
     def item_table(self, params: Params) -> torch.Tensor:
@@ -146,6 +147,11 @@ class SeqRecTask:
             functional_call(self.model, params, (ids, am)) @ self.item_table(params).T
         )
 
+    def set_client(self, cid: int) -> None:
+        """Run as client ``cid``: its own split depth when ``split_ks`` is given."""
+        if self.split_ks:
+            self.model.split_k = self.split_ks[cid]
+
     def _eval_rows(self, split: str, cid: int) -> np.ndarray:
         rows = self.fed.client_rows(split, cid)
         k = self.max_eval_samples
@@ -169,6 +175,7 @@ class SeqRecTask:
         client_of: list[np.ndarray] = []
         for cids, params in chunks:
             for j, cid in enumerate(cids.tolist()):
+                self.set_client(cid)
                 rows = self._eval_rows(split, cid)
                 if not len(rows):
                     continue

@@ -158,7 +158,14 @@ class EmbeddedEngine:
             )
         else:
             params, losses = train_loop(
-                self.task, params, received, plans, lrs, tc.optimizer, penalty
+                self.task,
+                params,
+                received,
+                plans,
+                lrs,
+                tc.optimizer,
+                penalty,
+                clients.tolist(),
             )
         if on_clients:
             on_clients(len(clients))
