@@ -117,8 +117,9 @@ def test_split_loss_and_every_gradient_equal_unsplit(kind, k, lora):
     assert wire == 4 * hidden + context
 
 
-@pytest.mark.parametrize("k", [1, 3])
-def test_split_greedy_generation_equals_unsplit(k):
+@pytest.mark.parametrize("kv_cache", [False, True])
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_split_greedy_generation_equals_unsplit(k, kv_cache):
     model = _llama(lora=True)
     ids = torch.tensor([[3, 14, 15, 9, 2]])
     mask = torch.ones_like(ids)
@@ -127,8 +128,15 @@ def test_split_greedy_generation_equals_unsplit(k):
         for _ in range(6):
             logits = model(input_ids=ref, attention_mask=torch.ones_like(ref)).logits
             ref = torch.cat([ref, logits[:, -1].argmax(-1, keepdim=True)], 1)
-    got = SplitModel(model, k).greedy(ids, mask, 6)
+    got, wire = SplitModel(model, k).greedy(ids, mask, 6, kv_cache=kv_cache)
     assert torch.equal(got, ref)
+    # per step: h_k and h_{L-1} (+ mask and positions) of the tokens sent
+    sent = [5 + i for i in range(6)] if not kv_cache else [5] + [1] * 5
+    seen = [5 + i for i in range(6)]
+    expected = sum(
+        2 * (n * 32 * 8 + m * 8 + n * 8) for n, m in zip(sent, seen, strict=True)
+    )
+    assert wire == expected
 
 
 def test_k_out_of_range():

@@ -237,24 +237,45 @@ class GenerativeRecommender(NoDropout):
 
     @torch.no_grad()
     def generate_titles(self, histories: list[np.ndarray]) -> list[str]:
-        """Decode one title per history (left-padded batch)."""
+        """Decode one title per history.
+
+        Unsplit: one left-padded ``generate`` batch. Split (``split_k``): greedy
+        decoding through the client | server | client parts with a KV cache on
+        each side, one prompt at a time (prompts are not padded there), the
+        bytes counted on ``self.wire``.
+        """
         prompts = [prompt([self.titles[i] for i in h]) for h in histories]
-        ids, mask = self.encode(prompts, left_pad=True)
-        out = self.lm.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            do_sample=False,
-            num_beams=self.num_beams,
-            max_new_tokens=self.max_new_tokens,
-            pad_token_id=self.tok.pad_token_id,
-        )  # type: ignore[attr-defined]
-        text = self.tok.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)  # type: ignore[attr-defined]
+        if self.split_k:
+            split, new = SplitModel(self.lm, self.split_k), []
+            for text in prompts:
+                ids, mask = self.encode([text])
+                out, wire = split.greedy(ids, mask, self.max_new_tokens)
+                self.wire.up += wire
+                new.append(_until_eos(out[0, ids.shape[1] :], self.tok.eos_token_id))  # type: ignore[attr-defined]
+        else:
+            ids, mask = self.encode(prompts, left_pad=True)
+            out = self.lm.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                do_sample=False,
+                num_beams=self.num_beams,
+                max_new_tokens=self.max_new_tokens,
+                pad_token_id=self.tok.pad_token_id,  # type: ignore[attr-defined]
+            )
+            new = [_until_eos(t, self.tok.eos_token_id) for t in out[:, ids.shape[1] :]]  # type: ignore[attr-defined]
+        text = self.tok.batch_decode(new, skip_special_tokens=True)  # type: ignore[attr-defined]
         return [t.split("\n")[0].strip().strip('"') or "?" for t in text]
 
     def scores(self, histories: list[np.ndarray]) -> torch.Tensor:
         """``(b, I)`` −L2 distance from each generated title to every item."""
         gen = self.last_hidden(self.generate_titles(histories))
         return -torch.cdist(gen, self.item_embeddings())
+
+
+def _until_eos(tokens: torch.Tensor, eos: int | None) -> list[int]:
+    """Generated token ids up to (not including) the first end-of-sequence."""
+    out = tokens.tolist()
+    return out[: out.index(eos)] if eos is not None and eos in out else out
 
 
 @contextlib.contextmanager

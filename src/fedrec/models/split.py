@@ -75,7 +75,12 @@ class SplitModel:
 
     # ------------------------------------------------------------- the parts
     def _context(
-        self, h: torch.Tensor, mask: torch.Tensor, pos: torch.Tensor | None
+        self,
+        h: torch.Tensor,
+        mask: torch.Tensor,
+        pos: torch.Tensor | None,
+        cache: object | None = None,
+        first: int = 0,
     ) -> dict:
         from transformers.masking_utils import (
             create_bidirectional_mask,
@@ -83,64 +88,78 @@ class SplitModel:
         )
 
         cfg = self.body.config
-        if self.causal:
+        if not self.causal:
             return {
-                "attention_mask": create_causal_mask(
-                    config=cfg,
-                    inputs_embeds=h,
-                    attention_mask=mask,
-                    past_key_values=None,
-                    position_ids=pos,
-                ),
-                "position_embeddings": self.body.rotary_emb(h, position_ids=pos),
-                "position_ids": pos,
+                "attention_mask": create_bidirectional_mask(
+                    config=cfg, inputs_embeds=h, attention_mask=mask
+                )
             }
-        return {
-            "attention_mask": create_bidirectional_mask(
-                config=cfg, inputs_embeds=h, attention_mask=mask
-            )
+        ctx = {
+            "attention_mask": create_causal_mask(
+                config=cfg,
+                inputs_embeds=h,
+                attention_mask=mask,
+                past_key_values=cache,
+                position_ids=pos,
+                layer_idx=first,
+            ),
+            "position_embeddings": self.body.rotary_emb(h, position_ids=pos),
+            "position_ids": pos,
         }
+        if cache is not None:
+            ctx.update(past_key_values=cache, use_cache=True)
+        return ctx
 
     def _blocks(
         self,
-        blocks: list[nn.Module],
+        first: int,
+        last: int,
         h: torch.Tensor,
         mask: torch.Tensor,
-        pos: torch.Tensor,
+        pos: torch.Tensor | None,
+        cache: object | None = None,
     ) -> torch.Tensor:
-        ctx = self._context(h, mask, pos)
-        for block in blocks:
+        """Blocks ``[first, last)``; with ``cache``, each keeps its keys and values."""
+        ctx = self._context(h, mask, pos, cache, first)
+        for block in self.layers[first:last]:
             out = block(h, **ctx)
             h = out[0] if isinstance(out, tuple) else out
         return h
 
-    def client_head(self, ids: torch.Tensor, mask: torch.Tensor) -> Message:
-        """Embeddings and blocks ``[0, k)``: the message to the server."""
-        pos = None  # an encoder needs no positions on the wire
-        if self.causal:
+    def client_head(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        pos: torch.Tensor | None = None,
+        cache: object | None = None,
+    ) -> Message:
+        """Embeddings and blocks ``[0, k)``: the message to the server.
+
+        ``ids`` are the new tokens (all of them without a cache), ``mask`` the 2-D
+        mask of everything seen so far, ``pos`` the new tokens' positions.
+        """
+        if self.causal and pos is None:
             pos = torch.arange(ids.shape[1]).unsqueeze(0).expand(ids.shape[0], -1)
+        if not self.causal:
+            pos = None  # an encoder needs no positions on the wire
         emb = (
             self.body.embed_tokens(ids)
             if self.causal
             else self.body.embeddings(input_ids=ids)
         )
-        h = self._blocks(list(self.layers[: self.k]), emb, mask, pos)
-        return Message(h, mask, pos)
+        return Message(self._blocks(0, self.k, emb, mask, pos, cache), mask, pos)
 
-    def server(self, msg: Message) -> Message:
+    def server(self, msg: Message, cache: object | None = None) -> Message:
         """Blocks ``[k, L−1)``, run by the server on a client's hidden state."""
         h = self._blocks(
-            list(self.layers[self.k : self.L - 1]),
-            msg.tensor,
-            msg.attention_mask,
-            msg.position_ids,
+            self.k, self.L - 1, msg.tensor, msg.attention_mask, msg.position_ids, cache
         )
         return Message(h, msg.attention_mask, msg.position_ids)
 
-    def client_tail(self, msg: Message) -> torch.Tensor:
+    def client_tail(self, msg: Message, cache: object | None = None) -> torch.Tensor:
         """Block ``L−1`` and the output part: logits (LM) or last hidden states."""
         h = self._blocks(
-            [self.layers[self.L - 1]], msg.tensor, msg.attention_mask, msg.position_ids
+            self.L - 1, self.L, msg.tensor, msg.attention_mask, msg.position_ids, cache
         )
         if self.causal:
             return self.head_module(self.body.norm(h))
@@ -184,14 +203,39 @@ class SplitModel:
 
     @torch.no_grad()
     def greedy(
-        self, ids: torch.Tensor, mask: torch.Tensor, new_tokens: int
-    ) -> torch.Tensor:
-        """Greedy decoding through the split (one round trip per token, no KV cache)."""
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        new_tokens: int,
+        kv_cache: bool = True,
+    ) -> tuple[torch.Tensor, int]:
+        """Greedy decoding through the split; returns (tokens, bytes on the wire).
+
+        With ``kv_cache`` each side keeps the keys and values of its own blocks
+        (client: [0, k) and L−1; server: [k, L−1)), so after the prompt only the
+        new token's hidden state crosses the wire each step; without, the whole
+        prefix is recomputed and resent. Prompts must not be padded.
+        """
+        from transformers import DynamicCache
+
+        cfg = self.body.config
+        client_cache = DynamicCache(config=cfg) if kv_cache else None
+        server_cache = DynamicCache(config=cfg) if kv_cache else None
+        wire, step_ids, out = 0, ids, ids
         for _ in range(new_tokens):
-            nxt = self.forward(ids, mask)[:, -1].argmax(-1, keepdim=True)
-            ids = torch.cat([ids, nxt], 1)
+            start = out.shape[1] - step_ids.shape[1]
+            pos = (
+                torch.arange(start, out.shape[1]).unsqueeze(0).expand(out.shape[0], -1)
+            )
+            up = self.client_head(step_ids, mask, pos, client_cache)
+            down = self.server(up, server_cache)
+            logits = self.client_tail(down, client_cache)
+            wire += up.nbytes + down.nbytes
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+            out = torch.cat([out, nxt], 1)
             mask = torch.cat([mask, torch.ones_like(nxt)], 1)
-        return ids
+            step_ids = nxt if kv_cache else out
+        return out, wire
 
 
 class WireMeter:
