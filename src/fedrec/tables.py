@@ -46,6 +46,7 @@ COLUMNS = [
 TOPK_COLUMNS = [
     "method",
     "backbone",
+    "split_k",
     "seed",
     "best_round",
     "val_recall@10",
@@ -153,6 +154,7 @@ def run_all(
                 seed=seed,
                 val_auc=s.get("best_val_auc"),
                 backbone=f"{c.backbone.kind}:{c.backbone.path or 'default'}",
+                split_k=c.backbone.split_k_per_client or c.backbone.split_k,
                 test_users=s.get("test_users"),
             )
             row["val_recall@10"] = s.get("best_val_recall@10")

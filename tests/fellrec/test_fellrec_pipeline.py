@@ -148,7 +148,7 @@ def test_topk_table_and_per_client_plot(tmp_path):
     text = tables.write_table(rows, tmp_path, "header")
     assert "test_ndcg@10_client_std" in text and "test_auc" not in text
     assert len(rows[0]["test_ndcg@10_clients"]) == 3
-    assert rows[0]["backbone"] == "text-encoder:tiny"
+    assert rows[0]["backbone"] == "text-encoder:tiny" and rows[0]["split_k"] == 0
     png = tables.plot_clients(rows, tmp_path)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
