@@ -103,14 +103,14 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _print_summary(s: dict[str, Any]) -> None:
-    keys = (
-        "best_round",
-        "best_val_auc",
-        "test_auc",
-        "test_gauc",
-        "test_logloss",
-        "wall_s",
+    ctr = ("best_val_auc", "test_auc", "test_gauc", "test_logloss")
+    topk = (
+        "best_val_recall@10",
+        "test_recall@10",
+        "test_ndcg@10",
+        "test_ndcg@10_client_std",
     )
+    keys = ("best_round", *(ctr if "test_auc" in s else topk), "wall_s")
     print(
         "  ".join(
             f"{k}={s[k]:.4f}" if isinstance(s.get(k), float) else f"{k}={s.get(k)}"
