@@ -5,12 +5,14 @@ One round t:
 1. sample ``C`` clients with ``default_rng([seed, t, 1])``;
 2. broadcast: each sampled client gets its copy of the shared state
    (``strategy.broadcast``) and its private state from the client store;
-3. train all C clients at once (:func:`~fedrec.fl.stacked.train_stacked`), or
-   one by one (:func:`~fedrec.fl.loop.train_loop`, ``train.engine = "loop"``);
-4. guard: reject non-finite or too-large updates;
-5. keep private tensors in the store; upload the shared ones;
-6. ``strategy.aggregate`` the uploads into the next server state;
-7. evaluate every client with its own model on validation and test rows.
+3. ``client_update``: train all C clients at once
+   (:func:`~fedrec.fl.stacked.train_stacked`), or one by one
+   (:func:`~fedrec.fl.loop.train_loop`, ``train.engine = "loop"``), and pass
+   the uploads through the upload mods (LDP) — the batched function a Flower
+   client would call with its own clients;
+4. ``server_update``: reject non-finite or too-large updates, keep accepted
+   private tensors in the store, ``strategy.aggregate`` the uploads;
+5. evaluate every client with its own model on validation and test rows.
 
 Everything random in a round is seeded by ``(seed, t, ...)``, so a run resumed
 from the checkpoint of round t continues exactly as an uninterrupted run.
@@ -122,25 +124,34 @@ class EmbeddedEngine:
         received = self.strategy.broadcast(self.server, self.partition, clients, groups)
         return received, self.store.get(clients)
 
-    def train_round(
-        self, rnd: int, on_clients: Callable[[int], None] | None = None
-    ) -> dict[str, Any]:
-        """One round of local training and aggregation; returns its metrics."""
-        tc = self.cfg.train
-        t0 = time.perf_counter()
-        clients = self.sample(rnd)
-        received, private = self.client_params(clients)
-        params = {**{n: t.clone() for n, t in received.items()}, **private}
-        sizes = self.fed.sizes("train")
-        seed, epochs, bs = self.cfg.run.seed, tc.local_epochs, tc.batch_size
+    def client_plans(self, rnd: int, clients: torch.Tensor) -> list[list[np.ndarray]]:
+        """Each client's mini-batches (row ids) this round, seeded per client."""
+        tc, seed = self.cfg.train, self.cfg.run.seed
         plans = []
         for c in clients.tolist():
             rows = self.fed.client_rows("train", c)
             if 0 < tc.max_rows_per_client < len(rows):  # a seeded per-round sample
                 pick = np.random.default_rng([seed, rnd, c, 3])
                 rows = np.sort(pick.choice(rows, tc.max_rows_per_client, replace=False))
-            batches = client_batches(len(rows), bs, epochs, seed, rnd, c)
+            batches = client_batches(
+                len(rows), tc.batch_size, tc.local_epochs, seed, rnd, c
+            )
             plans.append([rows[b] for b in batches])
+        return plans
+
+    def client_update(
+        self, rnd: int, clients: torch.Tensor, received: Params, private: Params
+    ) -> tuple[Params, Params, torch.Tensor]:
+        """The batched client update: what ``clients`` train, keep and upload.
+
+        Starts from copies of what each client received and holds, trains all of
+        them at once (or one by one, ``train.engine = "loop"``), applies the
+        upload mods; returns (uploads, private, mean losses), each ``(C, ...)``.
+        One client is a batch of one.
+        """
+        tc = self.cfg.train
+        params = {**{n: t.clone() for n, t in received.items()}, **private}
+        plans = self.client_plans(rnd, clients)
         penalty = self.strategy.penalty()
         lrs = {n: self.strategy.learning_rate(n, tc.lr) for n in params}
         if not params:  # nothing trainable (e.g. the pre-trained model as is)
@@ -167,30 +178,40 @@ class EmbeddedEngine:
                 penalty,
                 clients.tolist(),
             )
-        if on_clients:
-            on_clients(len(clients))
-        train_s = time.perf_counter() - t0
         uploads = {n: params[n] for n in self.partition.uploaded}
         if uploads and self.mods:
             ctx = ModContext(self.cfg.run.seed, rnd, clients.tolist())
             for mod in self.mods:
                 uploads = mod(uploads, received, ctx)
             self.participation[clients] += 1
-        priv = {n: params[n] for n in self.partition.names(PRIVATE)}
+        return uploads, {n: params[n] for n in self.partition.names(PRIVATE)}, losses
+
+    def server_update(
+        self,
+        rnd: int,
+        clients: torch.Tensor,
+        uploads: Params,
+        received: Params,
+        private: Params,
+        losses: torch.Tensor,
+    ) -> torch.Tensor:
+        """Guard the updates, keep accepted private state, aggregate; accepted mask."""
         ok, reasons = torch.ones(len(clients), dtype=torch.bool), []
-        if uploads or priv:
+        if uploads or private:
             bound = self.cfg.guard.max_update_norm
-            ok, reasons = accept_updates(uploads, received, priv, bound)
+            ok, reasons = accept_updates(uploads, received, private, bound)
         for c, why in zip(clients[~ok].tolist(), reasons, strict=True):
             log.warning("round %d: rejected the update of client %d (%s)", rnd, c, why)
         kept = clients[ok]
-        if priv:
-            self.store.put(kept, {n: t[ok] for n, t in priv.items()})
+        if private:
+            self.store.put(kept, {n: t[ok] for n, t in private.items()})
         if uploads and ok.any():
             ctx = RoundContext(
                 round=rnd,
                 clients=kept,
-                weights=torch.as_tensor(sizes[kept.numpy()], dtype=torch.float64),
+                weights=torch.as_tensor(
+                    self.fed.sizes("train")[kept.numpy()], dtype=torch.float64
+                ),
                 groups={a: g[kept] for a, g in self.groups.items()},
                 n_groups=self.n_groups,
                 losses=losses[ok],
@@ -198,7 +219,23 @@ class EmbeddedEngine:
             self.server = self.strategy.aggregate(
                 self.server, {n: t[ok] for n, t in uploads.items()}, self.partition, ctx
             )
-        n_rows = torch.as_tensor(sizes[clients.numpy()], dtype=torch.float64)
+        return ok
+
+    def train_round(
+        self, rnd: int, on_clients: Callable[[int], None] | None = None
+    ) -> dict[str, Any]:
+        """One round of local training and aggregation; returns its metrics."""
+        t0 = time.perf_counter()
+        clients = self.sample(rnd)
+        received, private = self.client_params(clients)
+        uploads, private, losses = self.client_update(rnd, clients, received, private)
+        if on_clients:
+            on_clients(len(clients))
+        train_s = time.perf_counter() - t0
+        ok = self.server_update(rnd, clients, uploads, received, private, losses)
+        n_rows = torch.as_tensor(
+            self.fed.sizes("train")[clients.numpy()], dtype=torch.float64
+        )
         valid = ~torch.isnan(losses)
         return {
             "round": rnd,
