@@ -21,7 +21,7 @@ from fedrec import tables
 from fedrec.config import ExperimentConfig, load_config
 from fedrec.errors import FedrecError
 from fedrec.registry import method_names
-from fedrec.runs import Run, run_experiment
+from fedrec.runs import Run, run_experiment, run_flower
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +43,15 @@ def _parser() -> argparse.ArgumentParser:
         "--resume", type=Path, metavar="RUN_DIR", help="continue a killed run"
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--engine",
+        choices=["embedded", "flower"],
+        default="embedded",
+        help="flower: Flower's simulation engine (Ray), in-process",
+    )
+    run.add_argument(
+        "--nodes", type=int, default=3, help="SuperNodes (--engine flower)"
+    )
     table = sub.add_parser("table", help="run several methods and seeds; write a table")
     table.add_argument("config")
     table.add_argument(
@@ -98,7 +107,10 @@ def _run(args: argparse.Namespace) -> None:
         if not args.config:
             raise FedrecError("give a CONFIG file or --resume RUN_DIR")
         cfg = load_config(args.config, args.set)
-        summary = run_experiment(cfg, args.out, progress=not args.quiet)
+        if args.engine == "flower":
+            summary = run_flower(cfg, args.out, args.nodes)
+        else:
+            summary = run_experiment(cfg, args.out, progress=not args.quiet)
     _print_summary(summary)
 
 

@@ -310,6 +310,39 @@ class Run:
         return summary
 
 
+def run_flower(
+    cfg: ExperimentConfig,
+    run_dir: Path | None = None,
+    nodes: int = 3,
+) -> dict[str, Any]:
+    """Run ``cfg`` on Flower's simulation engine; same run directory files.
+
+    No checkpoint is written (resume is the embedded engine's for now).
+    """
+    from fedrec.fl.flower import run_flower_simulation
+
+    if run_dir is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = (
+            Path(cfg.run.out_dir) / f"{cfg.run.name}-flower-s{cfg.run.seed}-{stamp}"
+        )
+    if (run_dir / "summary.json").exists():
+        raise CheckpointError(f"{run_dir} already holds a finished run")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(run_dir / "config.json", cfg.to_dict())
+    write_json(
+        run_dir / "env.json", {**environment(cfg), "engine": "flower", "nodes": nodes}
+    )
+    history = run_flower_simulation(cfg, nodes)
+    lines = "".join(json.dumps(_jsonable(h)) + "\n" for h in history)
+    _atomic_write(run_dir / "metrics.jsonl", lambda p: p.write_text(lines))
+    summary = summarise(history, cfg)
+    summary.update(run_dir=str(run_dir), engine="flower", nodes=nodes)
+    write_json(run_dir / "summary.json", summary)
+    plot_history(history, run_dir / "metrics.png", cfg.run.name)
+    return summary
+
+
 def run_experiment(
     cfg: ExperimentConfig,
     run_dir: Path | None = None,

@@ -46,3 +46,25 @@ def test_flower_simulation_equals_embedded_engine(method):
     assert all(not (set(f["received_on_server"]) & private) for f in flower)
     if method["name"] == "fedpa":
         assert private  # the check above was not vacuous
+
+
+@pytest.mark.slow
+def test_cli_runs_on_flower_and_writes_a_run_directory(tmp_path):
+    import json
+
+    from fedrec.cli import main
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        "[data.options]\nn_users = 20\nn_items = 30\n"
+        "[model]\ndim = 4\nlayers = [8, 4]\n[train]\nrounds = 2\n"
+    )
+    out = tmp_path / "run"
+    assert (
+        main(["run", str(cfg), "--engine", "flower", "--nodes", "2", "--out", str(out)])
+        == 0
+    )
+    s = json.loads((out / "summary.json").read_text())
+    assert s["engine"] == "flower" and s["rounds"] == 2 and 0 <= s["test_auc"] <= 1
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+    assert json.loads((out / "env.json").read_text())["nodes"] == 2

@@ -19,6 +19,7 @@ here; ``flwr run`` deployments and the privacy mod at the wire are to come.
 
 from __future__ import annotations
 
+import resource
 import time
 from typing import Any
 
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from fedrec.config import ExperimentConfig, config_from_raw
-from fedrec.fl.simulate import EmbeddedEngine
+from fedrec.fl.simulate import EmbeddedEngine, bytes_per_client
 from fedrec.metrics import ctr_metrics
 
 _ENGINES: dict[str, EmbeddedEngine] = {}
@@ -128,6 +129,7 @@ def flower_apps(cfg: ExperimentConfig, num_nodes: int) -> tuple[Any, Any, list]:
         node_of = dict(enumerate(nodes))
         all_ids = torch.arange(eng.fed.n_clients)
         for rnd in range(eng.cfg.train.rounds):
+            t0 = time.perf_counter()
             clients = eng.sample(rnd)
             groups = {a: g[clients] for a, g in eng.groups.items()}
             received = eng.strategy.broadcast(
@@ -170,11 +172,18 @@ def flower_apps(cfg: ExperimentConfig, num_nodes: int) -> tuple[Any, Any, list]:
                 losses[sel] = torch.tensor(
                     rep["metrics"]["losses"], dtype=torch.float64
                 )
-            eng.server_update(rnd, clients, uploads, received, {}, losses)
+            ok = eng.server_update(rnd, clients, uploads, received, {}, losses)
+            train_s = time.perf_counter() - t0
             m = {
                 "round": rnd,
+                "clients": len(clients),
+                "rejected": int((~ok).sum()),
                 "train_loss": _row_weighted(eng, clients, losses),
+                "upload_bytes_per_client": bytes_per_client(uploads),
+                "download_bytes_per_client": bytes_per_client(received),
                 "received_on_server": sorted(uploads),  # what crossed the wire up
+                "train_s": train_s,
+                "clients_per_s": len(clients) / max(train_s, 1e-9),
             }
             msgs = []
             for i in range(num_nodes):
@@ -209,6 +218,9 @@ def flower_apps(cfg: ExperimentConfig, num_nodes: int) -> tuple[Any, Any, list]:
                         ).items()
                     }
                 )
+            m["round_s"] = time.perf_counter() - t0
+            m["eval_s"] = m["round_s"] - train_s
+            m["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             history.append(m)
 
     return server_app, client_app, history

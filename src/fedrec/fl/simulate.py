@@ -45,7 +45,8 @@ log = logging.getLogger("fedrec")
 EVAL_CHUNK = 1024
 
 
-def _bytes(params: Params) -> int:
+def bytes_per_client(params: Params) -> int:
+    """Bytes of one client's share of stacked ``(C, ...)`` tensors."""
     return sum(t[0].numel() * t.element_size() for t in params.values())
 
 
@@ -246,10 +247,10 @@ class EmbeddedEngine:
             )
             if valid.any()
             else math.nan,
-            "upload_bytes_per_client": _bytes(uploads),
+            "upload_bytes_per_client": bytes_per_client(uploads),
             "ldp_epsilon_round": self.epsilon_spent(per_round=True),
             "ldp_epsilon_total": self.epsilon_spent(),
-            "download_bytes_per_client": _bytes(received),
+            "download_bytes_per_client": bytes_per_client(received),
             "train_s": train_s,
             "clients_per_s": len(clients) / max(train_s, 1e-9),
         }
