@@ -178,7 +178,7 @@ def flower_apps(cfg: ExperimentConfig, num_nodes: int) -> tuple[Any, Any, list]:
                 "round": rnd,
                 "clients": len(clients),
                 "rejected": int((~ok).sum()),
-                "train_loss": _row_weighted(eng, clients, losses),
+                "train_loss": eng.train_loss(clients, losses),
                 "upload_bytes_per_client": bytes_per_client(uploads),
                 "download_bytes_per_client": bytes_per_client(received),
                 "received_on_server": sorted(uploads),  # what crossed the wire up
@@ -224,14 +224,6 @@ def flower_apps(cfg: ExperimentConfig, num_nodes: int) -> tuple[Any, Any, list]:
             history.append(m)
 
     return server_app, client_app, history
-
-
-def _row_weighted(
-    eng: EmbeddedEngine, clients: torch.Tensor, losses: torch.Tensor
-) -> float:
-    n = torch.as_tensor(eng.fed.sizes("train")[clients.numpy()], dtype=torch.float64)
-    ok = ~torch.isnan(losses)
-    return float((losses[ok] * n[ok]).sum() / n[ok].sum()) if ok.any() else float("nan")
 
 
 def run_flower_simulation(

@@ -234,19 +234,11 @@ class EmbeddedEngine:
             on_clients(len(clients))
         train_s = time.perf_counter() - t0
         ok = self.server_update(rnd, clients, uploads, received, private, losses)
-        n_rows = torch.as_tensor(
-            self.fed.sizes("train")[clients.numpy()], dtype=torch.float64
-        )
-        valid = ~torch.isnan(losses)
         return {
             "round": rnd,
             "clients": len(clients),
             "rejected": int((~ok).sum()),
-            "train_loss": float(
-                (losses[valid] * n_rows[valid]).sum() / n_rows[valid].sum()
-            )
-            if valid.any()
-            else math.nan,
+            "train_loss": self.train_loss(clients, losses),
             "upload_bytes_per_client": bytes_per_client(uploads),
             "ldp_epsilon_round": self.epsilon_spent(per_round=True),
             "ldp_epsilon_total": self.epsilon_spent(),
@@ -283,6 +275,14 @@ class EmbeddedEngine:
         self.history.append(m)
         self.round = rnd + 1
         return m
+
+    def train_loss(self, clients: torch.Tensor, losses: torch.Tensor) -> float:
+        """Clients' mean losses weighted by their train rows (NaN: no training)."""
+        n = torch.as_tensor(
+            self.fed.sizes("train")[clients.numpy()], dtype=torch.float64
+        )
+        ok = ~torch.isnan(losses)
+        return float((losses[ok] * n[ok]).sum() / n[ok].sum()) if ok.any() else math.nan
 
     def epsilon_spent(self, per_round: bool = False) -> float:
         """Worst client's ε so far, by basic composition (0 without LDP).
