@@ -28,7 +28,6 @@ import torch
 
 from fedrec.config import ExperimentConfig, config_from_raw
 from fedrec.fl.simulate import EmbeddedEngine, bytes_per_client
-from fedrec.metrics import ctr_metrics
 
 _ENGINES: dict[str, EmbeddedEngine] = {}
 
@@ -100,8 +99,6 @@ def flower_apps(cfg: ExperimentConfig, num_nodes: int) -> tuple[Any, Any, list]:
 
     @client_app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        from fedrec.fl.stacked import predict_stacked
-
         eng = _engine(raw)
         mine = torch.as_tensor(
             np.array(msg.content["config"]["clients"], dtype=np.int64)
@@ -111,14 +108,10 @@ def flower_apps(cfg: ExperimentConfig, num_nodes: int) -> tuple[Any, Any, list]:
         params = {**received, **{n: b[mine] for n, b in bank.items()}}
         out = {}
         for split in eng.cfg.eval.splits:
-            segs = [eng.fed.client_rows(split, int(c)) for c in mine]
-            scores = predict_stacked(
-                eng.task, params, segs, eng.cfg.train.max_rows_per_bucket
+            scores = eng.task.client_scores(split, [(mine, params)], eng.cfg.train)
+            out.update(
+                {f"{split}_{k}": v.astype(float).tolist() for k, v in scores.items()}
             )
-            rows = torch.as_tensor(np.concatenate(segs))
-            out[f"{split}_probs"] = torch.cat(scores).double().tolist()
-            out[f"{split}_labels"] = eng.fed.labels[rows].double().tolist()
-            out[f"{split}_users"] = eng.fed.users[rows].double().tolist()
         return Message(content=RecordDict({"metrics": MetricRecord(out)}), reply_to=msg)
 
     @server_app.main()
@@ -210,14 +203,8 @@ def flower_apps(cfg: ExperimentConfig, num_nodes: int) -> tuple[Any, Any, list]:
                     )
                     for k in ("probs", "labels", "users")
                 }
-                m.update(
-                    {
-                        f"{split}_{k}": v
-                        for k, v in ctr_metrics(
-                            cat["labels"], cat["probs"], cat["users"]
-                        ).items()
-                    }
-                )
+                pooled = eng.task.pooled_metrics(cat)
+                m.update({f"{split}_{k}": v for k, v in pooled.items()})
             m["round_s"] = time.perf_counter() - t0
             m["eval_s"] = m["round_s"] - train_s
             m["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

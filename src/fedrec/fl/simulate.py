@@ -157,27 +157,14 @@ class EmbeddedEngine:
         lrs = {n: self.strategy.learning_rate(n, tc.lr) for n in params}
         if not params:  # nothing trainable (e.g. the pre-trained model as is)
             losses = torch.full((len(clients),), math.nan, dtype=torch.float64)
-        elif tc.engine == "stacked":
-            params, losses = train_stacked(
-                self.task,
-                params,
-                received,
-                plans,
-                lrs,
-                tc.optimizer,
-                penalty,
-                tc.max_rows_per_bucket,
-            )
         else:
-            params, losses = train_loop(
-                self.task,
-                params,
-                received,
-                plans,
-                lrs,
-                tc.optimizer,
-                penalty,
-                clients.tolist(),
+            train, extra = (
+                (train_stacked, {"max_rows": tc.max_rows_per_bucket})
+                if tc.engine == "stacked"
+                else (train_loop, {"clients": clients.tolist()})
+            )
+            params, losses = train(
+                self.task, params, received, plans, lrs, tc.optimizer, penalty, **extra
             )
         uploads = {n: params[n] for n in self.partition.uploaded}
         if uploads and self.mods:

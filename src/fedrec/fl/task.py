@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -56,19 +57,19 @@ class CTRTask:
         return torch.sigmoid(self.logits(params, rows))
 
     @torch.no_grad()
-    def evaluate(
+    def client_scores(
         self, split: str, chunks: Iterable[tuple[torch.Tensor, Params]], train: Any
-    ) -> dict[str, float]:
-        """Pooled CTR metrics over every client's rows, each under its own params.
+    ) -> dict[str, np.ndarray]:
+        """``probs``, ``labels`` and ``users`` of every client's rows in ``split``.
 
         ``chunks`` yields ``(client ids (C,), params (C, ...))``; the stacked
-        engine predicts a chunk at once, the loop engine client by client.
+        engine predicts a chunk at once, the loop engine client by client. On
+        Flower each node calls this for its own clients.
         """
         from fedrec.fl.loop import predict_loop
         from fedrec.fl.stacked import predict_stacked
-        from fedrec.metrics import ctr_metrics
 
-        probs, labels, users = [], [], []
+        probs, rows = [torch.zeros(0, dtype=torch.float64)], [np.zeros(0, np.int64)]
         for cids, params in chunks:
             segs = [self.fed.client_rows(split, c) for c in cids.tolist()]
             if train.engine == "stacked":
@@ -76,9 +77,25 @@ class CTRTask:
             else:
                 scores = predict_loop(self, params, segs)
             probs.extend(s.double() for s in scores)
-            labels.extend(self.fed.labels[s] for s in segs)
-            users.extend(self.fed.users[s] for s in segs)
-        if not labels or sum(len(y) for y in labels) == 0:
+            rows.extend(segs)
+        r = torch.as_tensor(np.concatenate(rows))
+        return {
+            "probs": torch.cat(probs).numpy(),
+            "labels": self.fed.labels[r].double().numpy(),
+            "users": self.fed.users[r].numpy(),
+        }
+
+    @staticmethod
+    def pooled_metrics(scores: dict[str, np.ndarray]) -> dict[str, float]:
+        """Pooled CTR metrics of :meth:`client_scores` (concatenated over nodes)."""
+        from fedrec.metrics import ctr_metrics
+
+        if len(scores["labels"]) == 0:
             return {}
-        y = torch.cat(labels).numpy()
-        return ctr_metrics(y, torch.cat(probs).numpy(), torch.cat(users).numpy())
+        return ctr_metrics(scores["labels"], scores["probs"], scores["users"])
+
+    def evaluate(
+        self, split: str, chunks: Iterable[tuple[torch.Tensor, Params]], train: Any
+    ) -> dict[str, float]:
+        """Pooled CTR metrics over every client's rows, each under its own params."""
+        return self.pooled_metrics(self.client_scores(split, chunks, train))
