@@ -139,7 +139,13 @@ def build_seq_engine(
     if b.kind == "causal-lm":
         lm, tok = load_causal_lm(b.path or "smollm2", texts, cfg.run.seed)
         model = GenerativeRecommender(
-            lm, tok, texts, b.max_len, b.max_new_tokens, b.num_beams
+            lm,
+            tok,
+            texts,
+            b.max_len,
+            b.max_new_tokens,
+            b.num_beams,
+            emb_cache=".cache/item-embeddings" if b.path != "tiny" else None,
         )
         torch.manual_seed(cfg.run.seed)  # one LoRA init, shared by every client
         model = add_lora(model, b.lora_rank, b.lora_alpha)

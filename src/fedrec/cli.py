@@ -44,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--quiet", action="store_true", help="no progress bar")
     run.add_argument(
+        "--preset", metavar="NAME", help="apply the config's [presets] NAME first"
+    )
+    run.add_argument(
         "--engine",
         choices=["embedded", "flower"],
         default="embedded",
@@ -53,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         "--nodes", type=int, default=3, help="SuperNodes (--engine flower)"
     )
     table = sub.add_parser("table", help="run several methods and seeds; write a table")
-    table.add_argument("config")
+    table.add_argument("config", nargs="+", help="one or more experiment TOML files")
     table.add_argument(
         "--methods",
         nargs="+",
@@ -65,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     table.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     table.add_argument("--out", type=Path, default=Path("results/table"))
     table.add_argument("--quiet", action="store_true")
+    table.add_argument(
+        "--preset", metavar="NAME", help="apply the config's [presets] NAME first"
+    )
     sw = sub.add_parser("sweep", help="vary one config value; write a table and plot")
     sw.add_argument("config")
     sw.add_argument("--key", required=True, help="e.g. privacy.ldp_epsilon")
@@ -106,7 +112,7 @@ def _run(args: argparse.Namespace) -> None:
     else:
         if not args.config:
             raise FedrecError("give a CONFIG file or --resume RUN_DIR")
-        cfg = load_config(args.config, args.set)
+        cfg = load_config(args.config, args.set, args.preset)
         if args.engine == "flower":
             summary = run_flower(cfg, args.out, args.nodes)
         else:
@@ -133,10 +139,15 @@ def _print_summary(s: dict[str, Any]) -> None:
 
 
 def _table(args: argparse.Namespace) -> None:
-    cfg = load_config(args.config, args.set)
-    runs = tables.variants(cfg, args.methods, args.variants, args.config)
+    runs, headers = [], []
+    for path in args.config:
+        cfg = load_config(path, args.set, args.preset)
+        runs += tables.variants(cfg, args.methods, args.variants, path)
+        headers.append(_header(path, cfg, args.seeds))
     rows = tables.run_all(runs, args.seeds, args.out, not args.quiet)
-    header = _header(args.config, cfg, args.seeds)
+    header = "\n\n".join(headers)
+    if args.preset:
+        header = f"Preset `{args.preset}`.\n\n{header}"
     print(tables.write_table(rows, args.out, header))
     if rows and rows[0].get("test_ndcg@10_clients") is not None:
         tables.plot_curves(rows, args.out, "test_ndcg@10")
@@ -169,7 +180,13 @@ def _header(path: str, cfg: ExperimentConfig, seeds: int) -> str:
             f"batch {t.batch_size}, lr {t.lr}; budget: ≤ "
             f"{t.max_rows_per_client or 'all'} train samples per client per round, "
             f"≤ {cfg.eval.max_samples or 'all'} validation samples per client, "
-            "every test user; selection by best "
+            "every test user"
+            + (
+                f", titles decoded greedily to ≤ {b.max_new_tokens} tokens"
+                if b.kind == "causal-lm"
+                else ""
+            )
+            + "; selection by best "
             f"val_{cfg.eval.select_metric}; mean ± std over {seeds} seed(s)."
         )
     return (

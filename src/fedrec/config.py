@@ -269,7 +269,11 @@ class PrivacyConfig:
 
 @dataclass
 class ExperimentConfig:
-    """A whole experiment: one TOML file."""
+    """A whole experiment: one TOML file.
+
+    ``variants`` are the labelled runs of ``fedrec table``; ``presets`` are named
+    lists of overrides (``--preset full``), applied before ``--set``.
+    """
 
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -282,6 +286,7 @@ class ExperimentConfig:
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     variants: dict[str, Any] = field(default_factory=dict)
+    presets: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON/TOML serialisable)."""
@@ -405,9 +410,9 @@ def _deepcopy(d: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_config(
-    path: str | Path, overrides: list[str] | None = None
+    path: str | Path, overrides: list[str] | None = None, preset: str | None = None
 ) -> ExperimentConfig:
-    """Read, override and validate an experiment TOML file."""
+    """Read a TOML file, apply ``preset``'s overrides then ``overrides``, validate."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
@@ -415,6 +420,13 @@ def load_config(
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from None
+    if preset is not None:
+        presets = raw.get("presets", {})
+        if preset not in presets:
+            raise ConfigError(
+                f"{path}: unknown preset {preset!r} (have {sorted(presets) or 'none'})"
+            )
+        overrides = [*presets[preset], *(overrides or [])]
     return config_from_raw(apply_overrides(raw, overrides or []), str(path))
 
 

@@ -21,7 +21,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fedrec.atomic import atomic_write
 from fedrec.config import ExperimentConfig, PretrainConfig, UsersConfig
 from fedrec.data.dataset import InteractionData
 from fedrec.data.splits import divide_open_private, temporal_ratio_split
@@ -190,10 +190,7 @@ def foundation(cfg: ExperimentConfig, data: InteractionData) -> Path:
     state, curve = fit(model, data, train, val, cfg.pretrain, loss_fn)
     model.load_state_dict(state)
     report["model"] = _describe(model, curve)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"model": state, "report": report}, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda p: torch.save({"model": state, "report": report}, p))
     return path
 
 

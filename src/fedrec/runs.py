@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedrec.atomic import atomic_write
 from fedrec.build import build_engine, load_checkpoint
 from fedrec.config import ExperimentConfig, config_from_raw
 from fedrec.data.dataset import InteractionData
@@ -41,16 +42,10 @@ TIMING_KEYS = ("train_s", "eval_s", "round_s", "clients_per_s", "peak_rss_mb")
 LOWER_IS_BETTER = ("logloss",)
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, obj: Any) -> None:
     """Write JSON atomically (NaN written as null)."""
     text = json.dumps(_jsonable(obj), indent=2, allow_nan=False)
-    _atomic_write(path, lambda p: p.write_text(text + "\n"))
+    atomic_write(path, lambda p: p.write_text(text + "\n"))
 
 
 def _jsonable(obj: Any) -> Any:
@@ -191,7 +186,7 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> None:
     if b.lines:
         b.legend()
     fig.tight_layout()
-    _atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
     plt.close(fig)
 
 
@@ -250,7 +245,7 @@ class Run:
 
     def _rewrite_metrics(self) -> None:
         lines = "".join(json.dumps(_jsonable(h)) + "\n" for h in self.engine.history)
-        _atomic_write(self.dir / "metrics.jsonl", lambda p: p.write_text(lines))
+        atomic_write(self.dir / "metrics.jsonl", lambda p: p.write_text(lines))
 
     def execute(
         self,
@@ -282,7 +277,7 @@ class Run:
             for rnd in range(eng.round, total):
                 m = eng.run_round(rnd, on_clients=lambda n: bar.advance(clients, n))
                 if (rnd + 1) % self.cfg.run.checkpoint_every == 0 or rnd + 1 == total:
-                    _atomic_write(
+                    atomic_write(
                         self.dir / "checkpoint.pt",
                         lambda p: torch.save(eng.state_dict(), p),
                     )
@@ -335,7 +330,7 @@ def run_flower(
     )
     history = run_flower_simulation(cfg, nodes)
     lines = "".join(json.dumps(_jsonable(h)) + "\n" for h in history)
-    _atomic_write(run_dir / "metrics.jsonl", lambda p: p.write_text(lines))
+    atomic_write(run_dir / "metrics.jsonl", lambda p: p.write_text(lines))
     summary = summarise(history, cfg)
     summary.update(run_dir=str(run_dir), engine="flower", nodes=nodes)
     write_json(run_dir / "summary.json", summary)

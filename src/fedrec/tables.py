@@ -91,6 +91,7 @@ def variants(
     """``(label, config)`` for each method named, else each declared variant."""
     base = cfg.to_dict()
     base.pop("variants")
+    base.pop("presets")
     out = []
     if methods:
         for m in methods:
@@ -140,6 +141,8 @@ def run_all(
             raw["run"]["seed"] = seed
             c = config_from_raw(raw)
             run_dir = out / "runs" / f"{label}-s{seed}"
+            if c.backbone.kind != "ctr":  # tables may hold several backbones
+                run_dir = out / "runs" / c.backbone.kind / f"{label}-s{seed}"
             s = _finished(run_dir, c)
             if s is None:
                 if (run_dir / "checkpoint.pt").exists():
@@ -156,6 +159,7 @@ def run_all(
                 backbone=f"{c.backbone.kind}:{c.backbone.path or 'default'}",
                 split_k=c.backbone.split_k_per_client or c.backbone.split_k,
                 test_users=s.get("test_users"),
+                run_dir=str(run_dir),
             )
             row["val_recall@10"] = s.get("best_val_recall@10")
             rows.append(row)
@@ -210,10 +214,14 @@ def write_table(
         f"| {by} | seeds | " + " | ".join(md) + " |",
         "|---" * (len(md) + 2) + "|",
     ]
-    for key in dict.fromkeys(r[by] for r in rows):
-        rs = [r for r in rows if r[by] == key]
+    group = (lambda r: (r["backbone"], r[by])) if topk else (lambda r: (r[by],))
+    if topk:
+        lines[2] = "| backbone " + lines[2]
+        lines[3] += "---|"
+    for key in dict.fromkeys(group(r) for r in rows):
+        rs = [r for r in rows if group(r) == key]
         cells = [_cell([r[m] for r in rs], m) for m in md]
-        lines.append(f"| {key} | {len(rs)} | " + " | ".join(cells) + " |")
+        lines.append(f"| {' | '.join(key)} | {len(rs)} | " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     (out / f"{name}.md").write_text(text)
     return text
@@ -228,30 +236,36 @@ def plot_clients(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = list(dict.fromkeys(r["method"] for r in rows))
-    per = {
-        m: np.nanmean(
-            [
-                [np.nan if v is None else v for v in r[f"{metric}_clients"]]
-                for r in rows
-                if r["method"] == m
-            ],
-            axis=0,
-        )
-        for m in labels
-    }
-    n = len(next(iter(per.values())))
-    fig, ax = plt.subplots(figsize=(8, 4))
-    width = 0.8 / len(labels)
-    for k, m in enumerate(labels):
-        ax.bar(np.arange(n) + k * width, per[m], width, label=m)
-    ax.set(
-        xlabel="client",
-        ylabel=f"{metric} (mean over seeds)",
-        xticks=np.arange(n) + 0.4 - width / 2,
-        xticklabels=[str(c) for c in range(n)],
+    backbones = list(dict.fromkeys(r["backbone"] for r in rows))
+    fig, axes = plt.subplots(
+        len(backbones), 1, figsize=(8, 3.5 * len(backbones)), squeeze=False
     )
-    ax.legend(fontsize=7)
+    for ax, bb in zip(axes[:, 0], backbones, strict=True):
+        mine = [r for r in rows if r["backbone"] == bb]
+        labels = list(dict.fromkeys(r["method"] for r in mine))
+        per = {
+            m: np.nanmean(
+                [
+                    [np.nan if v is None else v for v in r[f"{metric}_clients"]]
+                    for r in mine
+                    if r["method"] == m
+                ],
+                axis=0,
+            )
+            for m in labels
+        }
+        n = len(next(iter(per.values())))
+        width = 0.8 / len(labels)
+        for k, m in enumerate(labels):
+            ax.bar(np.arange(n) + k * width, per[m], width, label=m)
+        ax.set(
+            title=bb,
+            xlabel="client",
+            ylabel=f"{metric} (mean over seeds)",
+            xticks=np.arange(n) + 0.4 - width / 2,
+            xticklabels=[str(c) for c in range(n)],
+        )
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path = out / f"{metric}_per_client.png"
     fig.savefig(path, dpi=110)
@@ -270,11 +284,15 @@ def plot_curves(
 
     fig, ax = plt.subplots(figsize=(9, 5))
     colours = plt.get_cmap("tab20").colors
-    for k, label in enumerate(dict.fromkeys(r["method"] for r in rows)):
+    several = len({r.get("backbone") for r in rows}) > 1
+    for k, key in enumerate(
+        dict.fromkeys((r.get("backbone"), r["method"]) for r in rows)
+    ):
+        label = f"{key[0]} {key[1]}" if several else key[1]
         curves = []
         for r in rows:
-            if r["method"] == label:
-                path = out / "runs" / f"{label}-s{r['seed']}" / "metrics.jsonl"
+            if (r.get("backbone"), r["method"]) == key:
+                path = Path(r["run_dir"]) / "metrics.jsonl"
                 curves.append(
                     [json.loads(x).get(metric) for x in path.read_text().splitlines()]
                 )
@@ -310,6 +328,7 @@ def sweep(
     """Vary config ``key`` over ``values`` (TOML literals); one row per run."""
     base = cfg.to_dict()
     base.pop("variants")
+    base.pop("presets")
     runs = []
     for v in values:
         raw = apply_overrides(base, [f"{key}={v}"])

@@ -229,3 +229,25 @@ def test_per_client_split_depth_changes_nothing_but_where_blocks_run():
         Exception, match="split_k_per_client has 2 values for 3 clients"
     ):
         build_engine(config_from_raw(bad))
+
+
+def test_item_encodings_in_item_order_equal_one_at_a_time(tmp_path):
+    """Length-sorted batches change the cost only: each item alone gives the same."""
+    enc = build_engine(config_from_raw(RAW)).model
+    params = dict(enc.named_parameters())
+    table = enc.encode_items(params, chunk=4)
+    for i in (0, 5, len(enc.item_tokens) - 1):
+        ids = torch.as_tensor([[enc.cls_id, *enc.item_tokens[i], enc.sep_id]])
+        alone = functional_call(enc, params, (ids, torch.ones_like(ids)))
+        torch.testing.assert_close(table[i], alone[0], atol=1e-5, rtol=1e-5)
+
+    gen = build_engine(config_from_raw(GEN)).model
+    gen.emb_cache = str(tmp_path)
+    emb = gen.item_embeddings()
+    for i in (0, 7):
+        torch.testing.assert_close(emb[i], gen.last_hidden([gen.titles[i]])[0])
+    (cached,) = tmp_path.glob("*.pt")
+    torch.testing.assert_close(torch.load(cached), emb)
+    gen._item_emb = None
+    torch.save(emb + 1, cached)  # a second model with the same weights reads it
+    torch.testing.assert_close(gen.item_embeddings(), emb + 1)

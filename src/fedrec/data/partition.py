@@ -9,7 +9,6 @@ similar taste. ``random``: a seeded uniform partition. Both are pure functions o
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.cluster import KMeans
 
+from fedrec.atomic import atomic_write
 from fedrec.data.dataset import InteractionData
 
 
@@ -77,8 +77,5 @@ def partition_users(
     out = KMeans(n_clusters=n_clients, random_state=seed, n_init=10).fit_predict(emb)
     out = out.astype(np.int64)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npy")
-        np.save(tmp, out)
-        os.replace(tmp, path)
+        atomic_write(path, lambda p: np.save(p, out))
     return out

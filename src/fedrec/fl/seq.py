@@ -111,10 +111,7 @@ class SeqRecTask:
         if key not in self._tables:
             if len(self._tables) >= 16:
                 self._tables.pop(next(iter(self._tables)))
-            batches = self.model.item_batches()
-            self._tables[key] = torch.cat(
-                [functional_call(self.model, params, b) for b in batches]
-            )
+            self._tables[key] = self.model.encode_items(params)
         return self._tables[key]
 
     def begin_local(self, params: Params) -> torch.Tensor:

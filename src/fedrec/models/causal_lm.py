@@ -22,6 +22,7 @@ Dropout is off, as for the text encoder.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fedrec.atomic import atomic_write
 from fedrec.models.peft_lora import NoDropout
 from fedrec.models.split import SplitModel, WireMeter, wired_forward
 
@@ -157,6 +159,8 @@ class GenerativeRecommender(NoDropout):
         The causal LM (LoRA added by :func:`add_lora`) and its tokenizer.
     titles
         Item titles, one per item code.
+    emb_cache
+        Directory for the item embeddings on disk (``None``: memory only).
     max_len, max_new_tokens, num_beams
         Prompt cut-off and decoding budget.
     """
@@ -173,8 +177,10 @@ class GenerativeRecommender(NoDropout):
         max_len: int = 512,
         max_new_tokens: int = 32,
         num_beams: int = 1,
+        emb_cache: str | None = None,
     ) -> None:
         super().__init__()
+        self.emb_cache = emb_cache
         self.lm, self.tok, self.titles = lm, tokenizer, titles
         self.max_len, self.max_new_tokens, self.num_beams = (
             max_len,
@@ -216,24 +222,51 @@ class GenerativeRecommender(NoDropout):
 
     @torch.no_grad()
     def last_hidden(self, texts: list[str], chunk: int = 64) -> torch.Tensor:
-        """``(n, d)`` last-layer hidden state of each text's last token (base model)."""
-        out = []
+        """``(n, d)`` last-layer hidden state of each text's last token (base model).
+
+        The decoder alone runs (the LM head's logits are not needed), on texts
+        sorted by token count so that a chunk pads little; rows come back in
+        the input order.
+        """
+        lengths = [len(t) for t in self.tok(texts)["input_ids"]]  # type: ignore[operator]
+        order = np.argsort(lengths, kind="stable")
+        lm = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
+        decoder = lm.get_decoder()
         off = getattr(self.lm, "disable_adapter", None)
-        ctx = off() if off is not None else contextlib.nullcontext()
-        with ctx:
+        out = []
+        with off() if off is not None else contextlib.nullcontext():
             for i in range(0, len(texts), chunk):
-                ids, mask = self.encode(texts[i : i + chunk], left_pad=True)
-                h = self.lm(
-                    input_ids=ids, attention_mask=mask, output_hidden_states=True
-                )
-                out.append(h.hidden_states[-1][:, -1])
-        return torch.cat(out)
+                ids, mask = self.encode([texts[j] for j in order[i : i + chunk]], True)
+                h = decoder(input_ids=ids, attention_mask=mask).last_hidden_state
+                out.append(h[:, -1])
+        return torch.cat(out)[torch.as_tensor(np.argsort(order))]
 
     def item_embeddings(self) -> torch.Tensor:
-        """``(I, d)`` grounding embeddings of every title, computed once."""
+        """``(I, d)`` grounding embeddings of every title, computed once.
+
+        With ``emb_cache`` set they are also kept on disk, keyed by a hash of
+        the titles and of every base-model tensor, so that the runs of a table
+        (one process each, or many in one) encode the titles once.
+        """
         if self._item_emb is None:
-            self._item_emb = self.last_hidden(self.titles)
+            path = self._emb_cache_path()
+            if path is not None and path.exists():
+                self._item_emb = torch.load(path)
+            else:
+                self._item_emb = self.last_hidden(self.titles)
+                if path is not None:
+                    atomic_write(path, lambda p: torch.save(self._item_emb, p))
         return self._item_emb
+
+    def _emb_cache_path(self) -> Path | None:
+        if not self.emb_cache:
+            return None
+        h = hashlib.sha1("\n".join(self.titles).encode())
+        for name, t in sorted(self.lm.state_dict().items()):
+            if "lora_" not in name:
+                h.update(name.encode())
+                h.update(t.detach().contiguous().view(torch.uint8).numpy().tobytes())
+        return Path(self.emb_cache) / f"{h.hexdigest()[:20]}.pt"
 
     @torch.no_grad()
     def generate_titles(self, histories: list[np.ndarray]) -> list[str]:

@@ -162,12 +162,26 @@ class TextSeqRecommender(NoDropout):
             seqs.append(np.concatenate(parts))
         return self._pad(seqs)
 
-    def item_batches(self, chunk: int = 256) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """``[CLS] item [SEP]`` token batches over all items, in item order."""
+    def encode_items(
+        self, params: dict[str, torch.Tensor], chunk: int = 256
+    ) -> torch.Tensor:
+        """``(I, d)`` embeddings of every item under ``params``, in item order.
+
+        Items are encoded shortest first so that a batch pads to similar lengths
+        (mean pooling over the mask makes padding exact, so only the cost changes).
+        """
+        order = np.argsort([len(t) for t in self.item_tokens], kind="stable")
         toks = [
-            np.concatenate([[self.cls_id], t, [self.sep_id]]) for t in self.item_tokens
+            np.concatenate([[self.cls_id], self.item_tokens[i], [self.sep_id]])
+            for i in order
         ]
-        return [self._pad(toks[i : i + chunk]) for i in range(0, len(toks), chunk)]
+        emb = torch.cat(
+            [
+                torch.func.functional_call(self, params, self._pad(toks[i : i + chunk]))
+                for i in range(0, len(toks), chunk)
+            ]
+        )
+        return emb[torch.as_tensor(np.argsort(order))]
 
     split_k: int = 0  # > 0: run the encoder as client | server | client at k
 
