@@ -124,16 +124,16 @@ def build_seq_engine(
         raise ConfigError(f"{data.source}: the text encoder needs item titles")
     b, d = cfg.backbone, cfg.data
     samples = build_samples(data, split, b.window)
+
+    def users_by(layout: str) -> np.ndarray:
+        if layout == "single":
+            return np.zeros(data.n_users, dtype=np.int64)
+        if layout == "user":
+            return np.arange(data.n_users, dtype=np.int64)
+        return partition_users(data, split.train, d.n_clients, layout, d.partition_seed)
+
     clients = strategy.clients or d.clients
-    if clients == "single":
-        client_of_user = np.zeros(data.n_users, dtype=np.int64)
-    elif clients == "user":
-        client_of_user = np.arange(data.n_users, dtype=np.int64)
-    else:
-        client_of_user = partition_users(
-            data, split.train, d.n_clients, clients, d.partition_seed
-        )
-    fed = SeqFedData.build(data, split, samples, client_of_user)
+    fed = SeqFedData.build(data, split, samples, users_by(clients), users_by(d.clients))
     texts = [t or "unknown" for t in data.item_text]
     model: torch.nn.Module
     if b.kind == "causal-lm":

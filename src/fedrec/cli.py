@@ -179,7 +179,7 @@ def _header(path: str, cfg: ExperimentConfig, seeds: int) -> str:
             f"({b.finetune}); {t.rounds} rounds × {t.local_epochs} local epoch(s), "
             f"batch {t.batch_size}, lr {t.lr}; budget: ≤ "
             f"{t.max_rows_per_client or 'all'} train samples per client per round, "
-            f"≤ {cfg.eval.max_samples or 'all'} validation samples per client, "
+            f"≤ {cfg.eval.max_samples or 'all'} validation samples per user group, "
             "every test user"
             + (
                 f", titles decoded greedily to ≤ {b.max_new_tokens} tokens"

@@ -182,8 +182,10 @@ class EvalConfig:
     ``select = "global"``: the round with the best ``val_<select_metric>``.
     ``"per_client"`` (FELLRec's generative reference): additionally each client
     keeps its own best round, reported as ``test_<m>_per_client_selection``.
-    ``max_samples``: at most this many validation/test samples per client
-    (sequential tasks; 0 = all).
+    ``max_samples``: at most this many validation samples per user group
+    (sequential tasks; 0 = all). ``splits`` without ``"test"``: the test split
+    is evaluated once, with the best validation round's state (kept in
+    ``best.pt``), instead of every round — the same summary, cheaper.
     """
 
     select_metric: Literal[

@@ -127,7 +127,7 @@ def summarise(history: list[dict[str, Any]], cfg: ExperimentConfig) -> dict[str,
         np.mean([h["upload_bytes_per_client"] * h["clients"] for h in history])
     )
     out["upload_bytes_per_client"] = history[-1]["upload_bytes_per_client"]
-    out["wall_s"] = float(sum(h["round_s"] for h in history))
+    out["wall_s"] = float(sum(h["round_s"] + h.get("test_eval_s", 0) for h in history))
     out["clients_per_s"] = float(np.mean([h["clients_per_s"] for h in history]))
     out["peak_rss_mb"] = max(h["peak_rss_mb"] for h in history)
     return out
@@ -290,8 +290,12 @@ class Run:
                         f"{name} round {rnd} val_auc={m.get('val_auc', math.nan):.4f}"
                     ),
                 )
+                if "test" not in self.cfg.eval.splits:
+                    self._keep_if_best(rnd)
                 if on_round:
                     on_round(m)
+        if "test" not in self.cfg.eval.splits:
+            self._test_best_round()
         summary = summarise(eng.history, self.cfg)
         summary["run_dir"] = str(self.dir)
         summary["n_clients"] = eng.fed.n_clients
@@ -304,6 +308,57 @@ class Run:
         plot_history(eng.history, self.dir / "metrics.png", self.cfg.run.name)
         return summary
 
+    def _keep_if_best(self, rnd: int) -> None:
+        """Keep the aggregated state of the best validation round (``best.pt``)."""
+        if summarise(self.engine.history, self.cfg).get("best_round") == rnd:
+            eng = self.engine
+            state = {
+                "round": rnd,
+                "server": eng.server,
+                "store": eng.store.state_dict(),
+            }
+            atomic_write(self.dir / "best.pt", lambda p: torch.save(state, p))
+
+    def _test_best_round(self) -> None:
+        """Test once, with the best validation round's state.
+
+        For ``eval.splits`` without ``"test"``: the same numbers as testing
+        every round, at the cost of one evaluation.
+        """
+        eng = self.engine
+        best = summarise(eng.history, self.cfg).get("best_round")
+        entry = next((h for h in eng.history if h["round"] == best), None)
+        if entry is None or "test_eval_s" in entry:
+            return
+        state = load_checkpoint(self.dir / "best.pt")
+        final = {"server": eng.server, "store": eng.store.state_dict()}
+        eng.server = state["server"]
+        eng.store.load_state_dict(state["store"])
+        t0 = time.perf_counter()
+        entry.update({f"test_{k}": v for k, v in eng.evaluate("test").items()})
+        entry["test_eval_s"] = time.perf_counter() - t0
+        eng.server = final["server"]
+        eng.store.load_state_dict(final["store"])
+        self._rewrite_metrics()
+
+
+def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """``metrics.jsonl``: one line per round so far (rewritten atomically)."""
+    lines = "".join(json.dumps(_jsonable(h)) + "\n" for h in history)
+    atomic_write(run_dir / "metrics.jsonl", lambda p: p.write_text(lines))
+
+
+def finish_run(
+    run_dir: Path, cfg: ExperimentConfig, history: list[dict[str, Any]], **extra: Any
+) -> dict[str, Any]:
+    """Metrics, ``summary.json`` and the plot of a finished run; its summary."""
+    write_metrics(run_dir, history)
+    summary = summarise(history, cfg)
+    summary.update(run_dir=str(run_dir), **extra)
+    write_json(run_dir / "summary.json", summary)
+    plot_history(history, run_dir / "metrics.png", cfg.run.name)
+    return summary
+
 
 def run_flower(
     cfg: ExperimentConfig,
@@ -314,7 +369,7 @@ def run_flower(
 
     No checkpoint is written (resume is the embedded engine's for now).
     """
-    from fedrec.fl.flower import run_flower_simulation
+    from fedrec.flower.simulation import run_flower_simulation
 
     if run_dir is None:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -329,13 +384,7 @@ def run_flower(
         run_dir / "env.json", {**environment(cfg), "engine": "flower", "nodes": nodes}
     )
     history = run_flower_simulation(cfg, nodes)
-    lines = "".join(json.dumps(_jsonable(h)) + "\n" for h in history)
-    atomic_write(run_dir / "metrics.jsonl", lambda p: p.write_text(lines))
-    summary = summarise(history, cfg)
-    summary.update(run_dir=str(run_dir), engine="flower", nodes=nodes)
-    write_json(run_dir / "summary.json", summary)
-    plot_history(history, run_dir / "metrics.png", cfg.run.name)
-    return summary
+    return finish_run(run_dir, cfg, history, engine="flower", nodes=nodes)
 
 
 def run_experiment(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -251,3 +253,43 @@ def test_item_encodings_in_item_order_equal_one_at_a_time(tmp_path):
     gen._item_emb = None
     torch.save(emb + 1, cached)  # a second model with the same weights reads it
     torch.testing.assert_close(gen.item_embeddings(), emb + 1)
+
+
+def test_centralised_is_evaluated_over_the_same_user_groups_and_rows():
+    """One client holds everyone, yet per-client metrics use the config's groups."""
+    fed_avg = build_engine(config_from_raw(RAW))
+    cen = build_engine(config_from_raw({**RAW, "method": {"name": "centralised"}}))
+    assert cen.fed.n_clients == 1 and fed_avg.fed.n_clients == 3
+    np.testing.assert_array_equal(cen.fed.group_of_user, fed_avg.fed.client_of_user)
+
+    def rows(eng, split):
+        t = eng.task
+        return np.sort(
+            np.concatenate([t._eval_rows(split, c) for c in range(eng.fed.n_clients)])
+        )
+
+    for split in ("val", "test"):
+        np.testing.assert_array_equal(rows(cen, split), rows(fed_avg, split))
+    # the validation cap is per group (8 here); test keeps every row
+    v = fed_avg.fed.samples["val"]
+    per_group = np.bincount(fed_avg.fed.client_of_user[v.user[rows(cen, "val")]])
+    assert per_group.max() <= 8 < len(v)
+    assert len(rows(cen, "test")) == len(fed_avg.fed.samples["test"])
+    m = cen.evaluate("test")
+    assert len(m["ndcg@10_clients"]) == 3 and sum(m["users_clients"]) == m["users"]
+
+
+def test_testing_only_the_best_round_gives_the_same_summary(tmp_path):
+    """eval.splits = ["val"]: test once with best.pt == test every round."""
+    from fedrec.runs import run_experiment
+
+    raw = {**RAW, "train": {**RAW["train"], "rounds": 3, "lr": 0.2}}
+    every = run_experiment(config_from_raw(raw), tmp_path / "a", progress=False)
+    once_raw = {**raw, "eval": {**raw["eval"], "splits": ["val"]}}
+    once = run_experiment(config_from_raw(once_raw), tmp_path / "b", progress=False)
+    assert once["best_round"] == every["best_round"] == 1  # not the last round
+    for k in ("test_ndcg@10", "test_recall@10", "test_ndcg@10_client_std"):
+        assert once[k] == pytest.approx(every[k], abs=1e-12), k
+    lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    tested = [json.loads(x) for x in lines if "test_ndcg@10" in x]
+    assert [m["round"] for m in tested] == [once["best_round"]]

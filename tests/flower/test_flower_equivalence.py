@@ -21,7 +21,7 @@ pytest.importorskip("ray")
     ],
 )
 def test_flower_simulation_equals_embedded_engine(method):
-    from fedrec.fl.flower import run_flower_simulation
+    from fedrec.flower.simulation import run_flower_simulation
 
     raw = {
         "data": {"options": {"n_users": 30, "n_items": 40, "seed": 2}},

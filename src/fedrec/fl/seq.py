@@ -35,7 +35,13 @@ KS = (5, 10, 20)
 
 @dataclass
 class SeqFedData(ClientIndex):
-    """Samples of every split grouped by client (same interface as ``FedData``)."""
+    """Samples of every split grouped by client (same interface as ``FedData``).
+
+    ``group_of_user`` is the user partition of the data config (the FELLRec
+    clients); metrics per client are reported over these groups even when a
+    method trains on another layout (centralised: one client holds everyone),
+    so that every method's per-client numbers compare.
+    """
 
     data: InteractionData
     split: Split
@@ -44,6 +50,7 @@ class SeqFedData(ClientIndex):
     n_clients: int
     ptr: dict[str, np.ndarray]
     rows: dict[str, np.ndarray]
+    group_of_user: np.ndarray
 
     @classmethod
     def build(
@@ -52,6 +59,7 @@ class SeqFedData(ClientIndex):
         split: Split,
         samples: dict[str, Samples],
         client_of_user: np.ndarray,
+        group_of_user: np.ndarray | None = None,
     ) -> SeqFedData:
         """Group sample ids by the client of their user."""
         n = int(client_of_user.max()) + 1
@@ -59,7 +67,13 @@ class SeqFedData(ClientIndex):
         for s in SPLITS:
             ids = np.arange(len(samples[s]), dtype=np.int64)
             ptr[s], rows[s] = client_csr(ids, client_of_user[samples[s].user], n)
-        return cls(data, split, samples, client_of_user, n, ptr, rows)
+        groups = client_of_user if group_of_user is None else group_of_user
+        return cls(data, split, samples, client_of_user, n, ptr, rows, groups)
+
+    @property
+    def n_groups(self) -> int:
+        """Number of user groups the metrics are reported over."""
+        return int(self.group_of_user.max()) + 1
 
     def client_attribute(self, attr: str) -> np.ndarray:
         """Group attributes need one-user clients; these clients are user groups."""
@@ -150,32 +164,41 @@ class SeqRecTask:
             self.model.split_k = self.split_ks[cid]
 
     def _eval_rows(self, split: str, cid: int) -> np.ndarray:
+        """Client ``cid``'s rows of ``split``; validation capped per user group.
+
+        At most ``max_eval_samples`` validation samples per group (a seeded
+        sample, the same whichever client holds the group); test: every row.
+        """
         rows = self.fed.client_rows(split, cid)
         k = self.max_eval_samples
-        if k and len(rows) > k:
-            rng = np.random.default_rng([self.seed, cid, 11])
-            rows = np.sort(rng.choice(rows, size=k, replace=False))
-        return rows
+        if split != "val" or not k:
+            return rows
+        group = self.fed.group_of_user[self.fed.samples[split].user[rows]]
+        keep = []
+        for g in np.unique(group):
+            mine = rows[group == g]
+            if len(mine) > k:
+                rng = np.random.default_rng([self.seed, int(g), 11])
+                mine = rng.choice(mine, size=k, replace=False)
+            keep.append(mine)
+        return np.sort(np.concatenate(keep)) if keep else rows
 
     @torch.no_grad()
-    def evaluate(
+    def client_scores(
         self, split: str, chunks: Iterable[tuple[torch.Tensor, Params]], train: Any
-    ) -> dict[str, Any]:
-        """Overall (mean over evaluated users) and per-client top-K metrics.
+    ) -> dict[str, np.ndarray]:
+        """Per-user top-K metrics of every client in ``chunks`` and their group ids.
 
-        Adds, for recall@10 and ndcg@10, the imbalance across clients:
-        ``<m>_client_std`` (ddof 0), ``<m>_client_gap`` (max − min),
-        ``<m>_client_worst``, and the per-client values ``<m>_clients``.
+        ``{"client": (n,), "<metric>@<k>": (n,)}`` over the evaluated users
+        (``client``: the user's group, see :class:`SeqFedData`); on
+        Flower each node calls this for its own clients and the server pools.
         """
         s = self.fed.samples[split]
-        per_user: dict[str, list[np.ndarray]] = {}
-        client_of: list[np.ndarray] = []
+        per_user: dict[str, list[np.ndarray]] = {"client": [np.zeros(0, np.int64)]}
         for cids, params in chunks:
             for j, cid in enumerate(cids.tolist()):
                 self.set_client(cid)
                 rows = self._eval_rows(split, cid)
-                if not len(rows):
-                    continue
                 p = {n: t[j] for n, t in params.items()}
                 for b in range(0, len(rows), self.batch):
                     r = rows[b : b + self.batch]
@@ -187,17 +210,28 @@ class SeqRecTask:
                         history=[s.seen[i] for i in r],
                     )
                     for k, v in m.items():
-                        per_user.setdefault(k, []).append(v)
-                    client_of.append(np.full(len(r), cid))
-        if not client_of:
+                        per_user.setdefault(k, []).append(np.asarray(v, float))
+                    per_user["client"].append(self.fed.group_of_user[s.user[r]])
+        return {k: np.concatenate(v) for k, v in per_user.items()}
+
+    def pooled_metrics(self, scores: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Overall (mean over evaluated users) and per-client top-K metrics.
+
+        Adds, for recall@10 and ndcg@10, the imbalance across clients:
+        ``<m>_client_std`` (ddof 0), ``<m>_client_gap`` (max − min),
+        ``<m>_client_worst``, and the per-client values ``<m>_clients``.
+        """
+        cl = scores["client"]
+        if not len(cl):
             return {}
-        cl = np.concatenate(client_of)
+        n = self.fed.n_groups
         out: dict[str, Any] = {
             "users": int(len(cl)),
-            "users_clients": [int((cl == c).sum()) for c in range(self.fed.n_clients)],
+            "users_clients": [int((cl == c).sum()) for c in range(n)],
         }
-        for k, chunks_ in per_user.items():
-            v = np.concatenate(chunks_)
+        for k, v in scores.items():
+            if k == "client":
+                continue
             out[k] = float(np.nanmean(v))
             if k in ("recall@10", "ndcg@10"):
                 means = {int(c): float(np.nanmean(v[cl == c])) for c in np.unique(cl)}
@@ -207,12 +241,16 @@ class SeqRecTask:
                         f"{k}_client_std": st["std"],
                         f"{k}_client_gap": st["gap"],
                         f"{k}_client_worst": st["worst"],
-                        f"{k}_clients": [
-                            means.get(c) for c in range(self.fed.n_clients)
-                        ],
+                        f"{k}_clients": [means.get(c) for c in range(n)],
                     }
                 )
         return out
+
+    def evaluate(
+        self, split: str, chunks: Iterable[tuple[torch.Tensor, Params]], train: Any
+    ) -> dict[str, Any]:
+        """:meth:`pooled_metrics` of :meth:`client_scores` (one process)."""
+        return self.pooled_metrics(self.client_scores(split, chunks, train))
 
 
 class GenRecTask(SeqRecTask):

@@ -141,14 +141,20 @@ class EmbeddedEngine:
         return plans
 
     def client_update(
-        self, rnd: int, clients: torch.Tensor, received: Params, private: Params
+        self,
+        rnd: int,
+        clients: torch.Tensor,
+        received: Params,
+        private: Params,
+        mods: bool = True,
     ) -> tuple[Params, Params, torch.Tensor]:
         """The batched client update: what ``clients`` train, keep and upload.
 
         Starts from copies of what each client received and holds, trains all of
         them at once (or one by one, ``train.engine = "loop"``), applies the
-        upload mods; returns (uploads, private, mean losses), each ``(C, ...)``.
-        One client is a batch of one.
+        upload mods (unless ``mods=False``: Flower applies them as client mods);
+        returns (uploads, private, mean losses), each ``(C, ...)``. One client
+        is a batch of one.
         """
         tc = self.cfg.train
         params = {**{n: t.clone() for n, t in received.items()}, **private}
@@ -167,12 +173,19 @@ class EmbeddedEngine:
                 self.task, params, received, plans, lrs, tc.optimizer, penalty, **extra
             )
         uploads = {n: params[n] for n in self.partition.uploaded}
+        if mods:
+            uploads = self.apply_mods(rnd, clients, uploads, received)
+        return uploads, {n: params[n] for n in self.partition.names(PRIVATE)}, losses
+
+    def apply_mods(
+        self, rnd: int, clients: torch.Tensor, uploads: Params, received: Params
+    ) -> Params:
+        """The upload mods (LDP), in order, on the client side of the wire."""
         if uploads and self.mods:
             ctx = ModContext(self.cfg.run.seed, rnd, clients.tolist())
             for mod in self.mods:
                 uploads = mod(uploads, received, ctx)
-            self.participation[clients] += 1
-        return uploads, {n: params[n] for n in self.partition.names(PRIVATE)}, losses
+        return uploads
 
     def server_update(
         self,
@@ -185,6 +198,8 @@ class EmbeddedEngine:
     ) -> torch.Tensor:
         """Guard the updates, keep accepted private state, aggregate; accepted mask."""
         ok, reasons = torch.ones(len(clients), dtype=torch.bool), []
+        if uploads and self.mods:  # every upload spends ε, accepted or not
+            self.participation[clients] += 1
         if uploads or private:
             bound = self.cfg.guard.max_update_norm
             ok, reasons = accept_updates(uploads, received, private, bound)
@@ -221,6 +236,19 @@ class EmbeddedEngine:
             on_clients(len(clients))
         train_s = time.perf_counter() - t0
         ok = self.server_update(rnd, clients, uploads, received, private, losses)
+        return self.round_metrics(rnd, clients, ok, losses, uploads, received, train_s)
+
+    def round_metrics(
+        self,
+        rnd: int,
+        clients: torch.Tensor,
+        ok: torch.Tensor,
+        losses: torch.Tensor,
+        uploads: Params,
+        received: Params,
+        train_s: float,
+    ) -> dict[str, Any]:
+        """A round's training metrics (both engines report the same keys)."""
         return {
             "round": rnd,
             "clients": len(clients),

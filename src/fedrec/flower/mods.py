@@ -1,0 +1,77 @@
+"""Client mods: what every ClientApp reply passes through before the wire.
+
+``ClientApp(mods=[wire_audit(...), upload_mods(...)])``: Flower applies the
+first mod outermost, so the audit sees the reply exactly as it will be sent —
+after LDP noise.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from fedrec.flower.records import from_record, to_record
+
+log = logging.getLogger("fedrec.flower")
+
+AUDIT_ERROR = 451  # code of the error reply sent instead of a refused message
+# the records a fedrec ClientApp may send: uploads (parameters), scores (eval)
+UPLOADS, SCORES = "uploads", "scores"
+
+Mod = Callable[[Any, Any, Callable[[Any, Any], Any]], Any]
+
+
+def wire_audit(shared: Callable[[Any], set[str]]) -> Mod:
+    """Refuse any reply that carries a tensor the method did not declare shared.
+
+    ``shared(context)`` gives the parameter names the method uploads. A reply
+    may hold the array records ``uploads`` (names ⊆ shared) and ``scores``
+    (evaluation outputs, not parameters); anything else — a private tensor, an
+    unknown record — is not sent: the server gets an error reply naming it.
+    """
+
+    def mod(msg: Any, context: Any, call_next: Callable[[Any, Any], Any]) -> Any:
+        from flwr.app import Error, Message
+
+        reply = call_next(msg, context)
+        if reply.has_error():
+            return reply
+        records = reply.content.array_records
+        refused = sorted(f"record {k!r}" for k in records if k not in (UPLOADS, SCORES))
+        if UPLOADS in records:
+            refused += sorted(set(records[UPLOADS]) - shared(context))
+        if refused:
+            reason = f"wire audit refused to send {', '.join(refused)} (not shared)"
+            log.error("node %s: %s", context.node_id, reason)
+            return Message(Error(AUDIT_ERROR, reason), reply_to=msg)
+        return reply
+
+    return mod
+
+
+def upload_mods(engine_of: Callable[[Any], Any]) -> Mod:
+    """The engine's upload mods (LDP) on each train reply's ``uploads``.
+
+    The same seeded mechanism as the embedded engine (noise per seed, round and
+    client), so both engines release identical uploads.
+    """
+
+    def mod(msg: Any, context: Any, call_next: Callable[[Any, Any], Any]) -> Any:
+        reply = call_next(msg, context)
+        if msg.metadata.message_type != "train" or reply.has_error():
+            return reply
+        eng = engine_of(context)
+        if not eng.mods:
+            return reply
+        cfg = msg.content["config"]
+        clients = torch.as_tensor(list(cfg["clients"]), dtype=torch.long)
+        received = from_record(msg.content["received"])
+        uploads = from_record(reply.content[UPLOADS])
+        noisy = eng.apply_mods(int(cfg["round"]), clients, uploads, received)
+        reply.content[UPLOADS] = to_record(noisy)
+        return reply
+
+    return mod
