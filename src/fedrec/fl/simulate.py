@@ -157,7 +157,7 @@ class EmbeddedEngine:
         is a batch of one.
         """
         tc = self.cfg.train
-        params = {**{n: t.clone() for n, t in received.items()}, **private}
+        params = {n: t.clone() for n, t in {**received, **private}.items()}
         plans = self.client_plans(rnd, clients)
         penalty = self.strategy.penalty()
         lrs = {n: self.strategy.learning_rate(n, tc.lr) for n in params}

@@ -209,10 +209,11 @@ def flower_apps(
             m.update(
                 sampled=len(clients),
                 failed_partitions=sorted(
-                    set(range(parts))
-                    - set(replies)
-                    - {p for p in sel if not sel[p].any()}
-                ),
+                    p
+                    for p in range(parts)
+                    if p not in replies and p in sel and sel[p].any()
+                )
+                + sorted(set(range(parts)) - live),
                 received_on_server=sorted(uploads),
                 client_compute_s=compute_s,
             )
@@ -323,23 +324,32 @@ def _collect(
 ) -> dict[int, Any]:
     """Send and receive; ``{partition: reply content}`` of the replies that succeeded.
 
-    A node that answers with an error (it died, the audit refused, the app
-    raised) or not within ``round-timeout`` is logged and left out.
+    A node that answers with an error (it died — the SuperLink then answers for
+    it —, the audit refused, the app raised) or not within ``round-timeout`` is
+    logged and left out. Replies are matched to partitions by message id.
     """
     part_of = {n: p for p, n in host.items()}
-    got = {}
-    for rep in grid.send_and_receive(msgs, timeout=float(opts["round-timeout"])):
-        p = part_of[rep.metadata.src_node_id]
-        if rep.has_error():
-            log.warning(
-                "round %d %s: partition %d failed: %s", rnd, kind, p, rep.error.reason
-            )
-        else:
-            got[p] = rep.content
-    for m in msgs:
-        p = part_of[m.metadata.dst_node_id]
-        if p not in got:
-            log.warning("round %d %s: no reply from partition %d", rnd, kind, p)
+    ids = list(grid.push_messages(msgs))
+    waiting = {
+        i: part_of[m.metadata.dst_node_id] for i, m in zip(ids, msgs, strict=True)
+    }
+    got, end = {}, time.monotonic() + float(opts["round-timeout"])
+    while waiting and time.monotonic() < end:
+        for rep in grid.pull_messages(list(waiting)):
+            p = waiting.pop(rep.metadata.reply_to_message_id)
+            if rep.has_error():
+                log.warning(
+                    "round %d %s: partition %d failed: %s",
+                    rnd,
+                    kind,
+                    p,
+                    rep.error.reason,
+                )
+            else:
+                got[p] = rep.content
+        time.sleep(0.05)
+    for p in waiting.values():
+        log.warning("round %d %s: no reply from partition %d in time", rnd, kind, p)
     return got
 
 
