@@ -102,6 +102,11 @@ def build_engine(
         fed.n_clients,
         split.dropped_users,
     )
+    if cfg.train.device != "cpu":
+        raise ConfigError(
+            f"train.device = {cfg.train.device!r}: the CTR models run on the CPU "
+            "(devices apply to backbone.kind = 'text-encoder' / 'causal-lm')"
+        )
     return EmbeddedEngine(cfg, fed, model, CTRTask(model, fed), strategy)
 
 
@@ -176,7 +181,10 @@ def build_seq_engine(
                 f"for {fed.n_clients} clients"
             )
         task.split_ks = list(b.split_k_per_client)
-    return EmbeddedEngine(cfg, fed, model, task, strategy)
+    eng = EmbeddedEngine(cfg, fed, model, task, strategy)  # state read on the CPU
+    task.device = torch.device(cfg.train.device)
+    model.to(task.device)  # the base model computes there; the state stays
+    return eng
 
 
 def load_pretrained(model: torch.nn.Module, path: Path) -> None:

@@ -142,7 +142,12 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    """Rounds, client sampling and each client's local optimisation."""
+    """Rounds, client sampling and each client's local optimisation.
+
+    ``device``: where the FELLRec backbones compute (``"cpu"``, ``"cuda"``,
+    ``"cuda:1"``); the federated state (adapters, optimiser moments) stays on
+    the CPU and moves in per step. The CTR models always run on the CPU.
+    """
 
     rounds: int = 10
     local_epochs: int = 1
@@ -155,8 +160,13 @@ class TrainConfig:
     dtype: Literal["float32", "float64"] = "float32"
     max_rows_per_bucket: int = 65536
     max_rows_per_client: int = 0
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
+        _check(
+            self.device == "cpu" or self.device.split(":")[0] == "cuda",
+            f"train.device must be 'cpu' or 'cuda[:i]', not {self.device!r}",
+        )
         _check(self.rounds >= 1, "train.rounds must be >= 1")
         _check(self.local_epochs >= 1, "train.local_epochs must be >= 1")
         _check(self.batch_size >= 1, "train.batch_size must be >= 1")

@@ -293,3 +293,41 @@ def test_testing_only_the_best_round_gives_the_same_summary(tmp_path):
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     tested = [json.loads(x) for x in lines if "test_ndcg@10" in x]
     assert [m["round"] for m in tested] == [once["best_round"]]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("kind", ["text-encoder", "causal-lm"])
+def test_a_round_on_cuda_matches_the_cpu(kind):
+    """train.device = "cuda": same losses and metrics as the CPU (float tolerance)."""
+    raw = RAW if kind == "text-encoder" else GEN
+    raw = {**raw, "train": {**raw["train"], "rounds": 2}}
+    out = {}
+    for device in ("cpu", "cuda"):
+        eng = build_engine(
+            config_from_raw({**raw, "train": {**raw["train"], "device": device}})
+        )
+        out[device] = [eng.run_round(r) for r in range(2)]
+        if device == "cuda":
+            assert next(eng.model.parameters()).is_cuda
+            assert all(not t.is_cuda for t in eng.server.values())  # state on CPU
+    for c, g in zip(out["cpu"], out["cuda"], strict=True):
+        assert g["train_loss"] == pytest.approx(c["train_loss"], rel=1e-3)
+        for k in ("val_ndcg@10", "test_ndcg@10", "test_recall@10"):
+            assert g[k] == pytest.approx(c[k], abs=0.02), k
+
+
+def test_device_is_validated_and_ctr_stays_on_cpu():
+    from fedrec.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="train.device"):
+        config_from_raw({**RAW, "train": {**RAW["train"], "device": "tpu"}})
+    with pytest.raises(ConfigError, match="CTR models run on the CPU"):
+        build_engine(
+            config_from_raw(
+                {
+                    "data": {"options": {"n_users": 20, "n_items": 30}},
+                    "train": {"device": "cuda"},
+                }
+            )
+        )

@@ -108,6 +108,11 @@ class SeqRecTask:
         self.max_eval_samples, self.seed, self.batch = max_eval_samples, seed, batch
         self._tables: dict[bytes, torch.Tensor] = {}
         self.split_ks: list[int] = []  # per-client split depth (flexible storage)
+        self.device = torch.device("cpu")  # where the model computes
+
+    def _on(self, params: Params) -> Params:
+        """``params`` on the model's device (differentiable: gradients come back)."""
+        return {n: t.to(self.device) for n, t in params.items()}
 
     @torch.no_grad()
     def item_table(self, params: Params) -> torch.Tensor:
@@ -125,7 +130,7 @@ class SeqRecTask:
         if key not in self._tables:
             if len(self._tables) >= 16:
                 self._tables.pop(next(iter(self._tables)))
-            self._tables[key] = self.model.encode_items(params)
+            self._tables[key] = self.model.encode_items(self._on(params))
         return self._tables[key]
 
     def begin_local(self, params: Params) -> torch.Tensor:
@@ -143,20 +148,19 @@ class SeqRecTask:
         s = self.fed.samples["train"]
         idx = rows.tolist()
         ids, am = self.model.sequence_tokens([s.history[r] for r in idx])
-        e = functional_call(self.model, params, (ids, am))  # (b, d)
+        e = functional_call(self.model, self._on(params), (ids, am))  # (b, d)
         table = state if state is not None else self.begin_local(params)
         logits = e @ table.T / self.model.temperature  # (b, I)
         target = torch.as_tensor([int(s.targets[r][0]) for r in idx])
-        ce = F.cross_entropy(logits, target, reduction="none")
+        ce = F.cross_entropy(logits, target.to(self.device), reduction="none").cpu()
         return (ce * mask).sum() / mask.sum().clamp(min=1)
 
     @torch.no_grad()
     def scores(self, params: Params, histories: list[np.ndarray]) -> torch.Tensor:
         """``(b, I)`` scores of every item after each history (higher is better)."""
         ids, am = self.model.sequence_tokens(histories)
-        return (
-            functional_call(self.model, params, (ids, am)) @ self.item_table(params).T
-        )
+        e = functional_call(self.model, self._on(params), (ids, am))
+        return (e @ self.item_table(params).T).cpu()
 
     def set_client(self, cid: int) -> None:
         """Run as client ``cid``: its own split depth when ``split_ks`` is given."""
@@ -276,10 +280,10 @@ class GenRecTask(SeqRecTask):
             for r in rows.tolist()
         ]
         ids, am = self.model.encode(texts)
-        return functional_call(self.model, params, (ids, am))
+        return functional_call(self.model, self._on(params), (ids, am)).cpu()
 
     @torch.no_grad()
     def scores(self, params: Params, histories: list[np.ndarray]) -> torch.Tensor:
         """−L2 distance of each generated title to every item (client's adapter in)."""
         with swapped_in(self.model, params):
-            return self.model.scores(histories)
+            return self.model.scores(histories).cpu()

@@ -193,7 +193,10 @@ class GenerativeRecommender(NoDropout):
     def encode(
         self, texts: list[str], left_pad: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids and attention mask, cut at ``max_len`` (keeping the end)."""
+        """Token ids and mask (on the model's device), cut at ``max_len``.
+
+        Over-long texts keep their end.
+        """
         tok = self.tok
         tok.padding_side = "left" if left_pad else "right"  # type: ignore[attr-defined]
         tok.truncation_side = "left"  # type: ignore[attr-defined]
@@ -204,7 +207,8 @@ class GenerativeRecommender(NoDropout):
             truncation=True,  # type: ignore[operator]
             max_length=self.max_len,
         )
-        return enc["input_ids"], enc["attention_mask"]
+        dev = next(self.lm.parameters()).device
+        return enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
 
     split_k: int = 0  # > 0: train through the client | server | client split at k
 
@@ -251,11 +255,11 @@ class GenerativeRecommender(NoDropout):
         if self._item_emb is None:
             path = self._emb_cache_path()
             if path is not None and path.exists():
-                self._item_emb = torch.load(path)
+                self._item_emb = torch.load(path, map_location="cpu")
             else:
                 self._item_emb = self.last_hidden(self.titles)
                 if path is not None:
-                    atomic_write(path, lambda p: torch.save(self._item_emb, p))
+                    atomic_write(path, lambda p: torch.save(self._item_emb.cpu(), p))
         return self._item_emb
 
     def _emb_cache_path(self) -> Path | None:
@@ -265,7 +269,9 @@ class GenerativeRecommender(NoDropout):
         for name, t in sorted(self.lm.state_dict().items()):
             if "lora_" not in name:
                 h.update(name.encode())
-                h.update(t.detach().contiguous().view(torch.uint8).numpy().tobytes())
+                h.update(
+                    t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+                )
         return Path(self.emb_cache) / f"{h.hexdigest()[:20]}.pt"
 
     @torch.no_grad()
@@ -302,7 +308,7 @@ class GenerativeRecommender(NoDropout):
     def scores(self, histories: list[np.ndarray]) -> torch.Tensor:
         """``(b, I)`` −L2 distance from each generated title to every item."""
         gen = self.last_hidden(self.generate_titles(histories))
-        return -torch.cdist(gen, self.item_embeddings())
+        return -torch.cdist(gen, self.item_embeddings().to(gen.device))
 
 
 def _until_eos(tokens: torch.Tensor, eos: int | None) -> list[int]:

@@ -186,7 +186,9 @@ class TextSeqRecommender(NoDropout):
     split_k: int = 0  # > 0: run the encoder as client | server | client at k
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """L2-normalised mean-pooled embeddings ``(B, d)``."""
+        """L2-normalised mean-pooled embeddings ``(B, d)`` (on the model's device)."""
+        dev = next(self.encoder.parameters()).device
+        ids, mask = ids.to(dev), mask.to(dev)
         if self.split_k:
             split = SplitModel(self.encoder, self.split_k)
             h = wired_forward(split, ids, mask, self.wire)  # (B, L, d)
