@@ -55,7 +55,7 @@ def config(n_users: int, rounds: int) -> dict[str, Any]:
 
 def echo_client_app() -> Any:
     """A trivial ClientApp: answers the partition query, echoes what it received."""
-    from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
     app = ClientApp()
@@ -78,7 +78,7 @@ def echo_client_app() -> Any:
 
     @app.evaluate()
     def evaluate(msg, context):
-        return Message(RecordDict(), reply_to=msg)
+        return Message(RecordDict({"scores": ArrayRecord()}), reply_to=msg)
 
     return app
 

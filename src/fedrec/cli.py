@@ -143,7 +143,15 @@ def _table(args: argparse.Namespace) -> None:
     for path in args.config:
         cfg = load_config(path, args.set, args.preset)
         runs += tables.variants(cfg, args.methods, args.variants, path)
-        headers.append(_header(path, cfg, args.seeds))
+        sets = [
+            f"{label}: {', '.join(v['set'])}"
+            for label, v in cfg.variants.items()
+            if isinstance(v, dict) and v.get("set")
+        ]
+        headers.append(
+            _header(path, cfg, args.seeds)
+            + (f" Variant overrides: {'; '.join(sets)}." if sets else "")
+        )
     rows = tables.run_all(runs, args.seeds, args.out, not args.quiet)
     header = "\n\n".join(headers)
     if args.preset:
@@ -173,21 +181,22 @@ def _header(path: str, cfg: ExperimentConfig, seeds: int) -> str:
     where = f"`{d.kind}` {d.path}".strip()
     if cfg.backbone.kind != "ctr":
         b = cfg.backbone
+        decode = (
+            f", titles decoded greedily to ≤ {b.max_new_tokens} tokens"
+            if b.kind == "causal-lm"
+            else ""
+        )
+        when = "every round" if "test" in cfg.eval.splits else "once, at that round"
         return (
             f"Config `{path}`; data {where}; split {d.split}; {d.n_clients} clients "
             f"({d.clients}); backbone {b.kind} `{b.path or 'default'}` "
             f"({b.finetune}); {t.rounds} rounds × {t.local_epochs} local epoch(s), "
             f"batch {t.batch_size}, lr {t.lr}; budget: ≤ "
             f"{t.max_rows_per_client or 'all'} train samples per client per round, "
-            f"≤ {cfg.eval.max_samples or 'all'} validation samples per user group, "
-            "every test user"
-            + (
-                f", titles decoded greedily to ≤ {b.max_new_tokens} tokens"
-                if b.kind == "causal-lm"
-                else ""
-            )
-            + "; selection by best "
-            f"val_{cfg.eval.select_metric}; mean ± std over {seeds} seed(s)."
+            f"≤ {cfg.eval.max_samples or 'all'} validation samples per user group"
+            f"{decode}; selection by best val_{cfg.eval.select_metric}; every test "
+            f"user, tested {when}; mean ± std over {seeds} seed(s); per-client "
+            f"values over the {d.n_clients} user groups for every method."
         )
     return (
         f"Config `{path}`; data {where}; split {d.split}; clients: {d.users.clients} "
