@@ -147,7 +147,7 @@ def flower_apps(
         hosted = torch.arange(p, eng.fed.n_clients, parts)
         params = {**from_record(msg.content["received"]), **bank(context, eng)}
         out = {}
-        for split in eng.cfg.eval.splits:
+        for split in eval_splits(eng):
             scores = eng.task.client_scores(split, [(hosted, params)], eng.cfg.train)
             out.update({f"{split}/{k}": v for k, v in scores.items()})
         return Message(content=RecordDict({SCORES: to_record(out)}), reply_to=msg)
@@ -160,102 +160,114 @@ def flower_apps(
             opts["min-nodes"] = nodes
         raw_ = raw_of(context)
         eng = engine_for(raw_)
-        out = Path(str(rc["out"])) if rc.get("out") else None
-        writer = _RunWriter(out, raw_, opts) if out else None
+        writer = _RunWriter(Path(str(rc["out"])), raw_, opts) if rc.get("out") else None
         host = _discover(grid, int(opts["min-nodes"]), opts)
-        parts = len(host)
-        all_ids = torch.arange(eng.fed.n_clients)
         for rnd in range(eng.cfg.train.rounds):
             t0 = time.perf_counter()
             live = _wait_live(grid, host, int(opts["min-nodes"]), opts, rnd)
-            clients = eng.sample(rnd)
-            groups = {a: g[clients] for a, g in eng.groups.items()}
-            received = eng.strategy.broadcast(
-                eng.server, eng.partition, clients, groups
-            )
-            msgs, sel = [], {}
-            for p in sorted(live):
-                sel[p] = (clients % parts) == p
-                if sel[p].any():
-                    cfg = ConfigRecord(
-                        {"round": rnd, "clients": clients[sel[p]].tolist()}
-                    )
-                    part = {n: t[sel[p]] for n, t in received.items()}
-                    content = RecordDict({"received": to_record(part), "config": cfg})
-                    msgs.append(Message(content, host[p], "train"))
-            replies = _collect(grid, msgs, host, opts, rnd, "train")
-            served = torch.zeros(len(clients), dtype=torch.bool)
-            uploads = {
-                n: torch.empty_like(t)
-                for n, t in received.items()
-                if n in eng.partition.uploaded
-            }
-            losses = torch.full((len(clients),), float("nan"), dtype=torch.float64)
-            compute_s = 0.0
-            for p, rep in replies.items():
-                for n, t in from_record(rep[UPLOADS]).items():
-                    uploads[n][sel[p]] = t
-                losses[sel[p]] = torch.tensor(
-                    rep["metrics"]["losses"], dtype=torch.float64
-                )
-                compute_s += float(rep["metrics"]["compute_s"])
-                served |= sel[p]
-            kept = clients[served]
-            uploads = {n: t[served] for n, t in uploads.items()}
-            rec = {n: t[served] for n, t in received.items()}
-            ok = eng.server_update(rnd, kept, uploads, rec, {}, losses[served])
-            train_s = time.perf_counter() - t0
-            m = eng.round_metrics(rnd, kept, ok, losses[served], uploads, rec, train_s)
-            m.update(
-                sampled=len(clients),
-                failed_partitions=sorted(
-                    p
-                    for p in range(parts)
-                    if p not in replies and p in sel and sel[p].any()
-                )
-                + sorted(set(range(parts)) - live),
-                received_on_server=sorted(uploads),
-                client_compute_s=compute_s,
-            )
-            msgs = []
-            for p in sorted(live):
-                mine = all_ids[all_ids % parts == p]
-                g = {a: t[mine] for a, t in eng.groups.items()}
-                part = eng.strategy.broadcast(eng.server, eng.partition, mine, g)
-                msgs.append(
-                    Message(
-                        RecordDict({"received": to_record(part)}), host[p], "evaluate"
-                    )
-                )
-            scores = _collect(grid, msgs, host, opts, rnd, "evaluate")
-            for split in eng.cfg.eval.splits:
-                pooled = {}
-                for rep in scores.values():
-                    for k, v in arrays(rep[SCORES]).items():
-                        if k.startswith(f"{split}/"):
-                            pooled.setdefault(k.split("/", 1)[1], []).append(v)
-                cat = {k: np.concatenate(v) for k, v in pooled.items()}
-                if cat:
-                    m.update(
-                        {
-                            f"{split}_{k}": v
-                            for k, v in eng.task.pooled_metrics(cat).items()
-                        }
-                    )
+            m = _train_round(grid, eng, host, live, rnd, opts)
+            t1 = time.perf_counter()
+            m.update(_evaluate_round(grid, eng, host, live, rnd, opts))
+            m["eval_s"] = time.perf_counter() - t1
             m["round_s"] = time.perf_counter() - t0
-            m["eval_s"] = m["round_s"] - train_s
             m["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             if history is not None:
                 history.append(m)
             if writer:
                 writer.round(m)
-            log.info(
-                "round %d: %d/%d clients served", rnd, int(served.sum()), len(clients)
-            )
+            log.info("round %d: %d/%d clients served", rnd, m["clients"], m["sampled"])
         if writer:
-            writer.finish(parts)
+            writer.finish(len(host))
 
     return server_app, client_app
+
+
+def eval_splits(eng: Any) -> list[str]:
+    """Splits scored every round on Flower: the config's, and test (no best.pt here)."""
+    return list(dict.fromkeys([*eng.cfg.eval.splits, "test"]))
+
+
+def _train_round(
+    grid: Any,
+    eng: Any,
+    host: dict[int, int],
+    live: set[int],
+    rnd: int,
+    opts: dict[str, Any],
+) -> dict[str, Any]:
+    """Sample, broadcast to the live nodes, aggregate what came back; the metrics."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    t0 = time.perf_counter()
+    parts = len(host)
+    clients = eng.sample(rnd)
+    groups = {a: g[clients] for a, g in eng.groups.items()}
+    received = eng.strategy.broadcast(eng.server, eng.partition, clients, groups)
+    sel = {p: (clients % parts) == p for p in sorted(live)}
+    sel = {p: s for p, s in sel.items() if s.any()}
+    msgs = []
+    for p, s in sel.items():
+        cfg = ConfigRecord({"round": rnd, "clients": clients[s].tolist()})
+        part = to_record({n: t[s] for n, t in received.items()})
+        msgs.append(
+            Message(RecordDict({"received": part, "config": cfg}), host[p], "train")
+        )
+    replies = _collect(grid, msgs, host, opts, rnd, "train")
+    served = torch.zeros(len(clients), dtype=torch.bool)
+    uploads = {n: torch.empty_like(received[n]) for n in eng.partition.uploaded}
+    losses = torch.full((len(clients),), float("nan"), dtype=torch.float64)
+    compute_s = 0.0
+    for p, rep in replies.items():
+        for n, t in from_record(rep[UPLOADS]).items():
+            uploads[n][sel[p]] = t
+        losses[sel[p]] = torch.tensor(rep["metrics"]["losses"], dtype=torch.float64)
+        compute_s += float(rep["metrics"]["compute_s"])
+        served |= sel[p]
+    kept, uploads = clients[served], {n: t[served] for n, t in uploads.items()}
+    rec = {n: t[served] for n, t in received.items()}
+    ok = eng.server_update(rnd, kept, uploads, rec, {}, losses[served])
+    m = eng.round_metrics(
+        rnd, kept, ok, losses[served], uploads, rec, time.perf_counter() - t0
+    )
+    m.update(
+        sampled=len(clients),
+        failed_partitions=sorted((set(sel) - set(replies)) | (set(host) - live)),
+        received_on_server=sorted(uploads),  # what crossed the wire up
+        client_compute_s=compute_s,
+    )
+    return m
+
+
+def _evaluate_round(
+    grid: Any,
+    eng: Any,
+    host: dict[int, int],
+    live: set[int],
+    rnd: int,
+    opts: dict[str, Any],
+) -> dict[str, Any]:
+    """Every live node scores its clients; the task pools the scores."""
+    from flwr.app import Message, RecordDict
+
+    all_ids, parts, msgs = torch.arange(eng.fed.n_clients), len(host), []
+    for p in sorted(live):
+        mine = all_ids[all_ids % parts == p]
+        g = {a: t[mine] for a, t in eng.groups.items()}
+        part = to_record(eng.strategy.broadcast(eng.server, eng.partition, mine, g))
+        msgs.append(Message(RecordDict({"received": part}), host[p], "evaluate"))
+    scores = _collect(grid, msgs, host, opts, rnd, "evaluate")
+    out: dict[str, Any] = {}
+    for split in eval_splits(eng):
+        pooled: dict[str, list[np.ndarray]] = {}
+        for rep in scores.values():
+            for k, v in arrays(rep[SCORES]).items():
+                if k.startswith(f"{split}/"):
+                    pooled.setdefault(k.split("/", 1)[1], []).append(v)
+        if pooled:
+            cat = {k: np.concatenate(v) for k, v in pooled.items()}
+            metrics = eng.task.pooled_metrics(cat)
+            out.update({f"{split}_{k}": v for k, v in metrics.items()})
+    return out
 
 
 def _discover(grid: Any, need: int, opts: dict[str, Any]) -> dict[int, int]:
