@@ -161,12 +161,37 @@ def client_peak(name: str, k: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def add_memory(name: str, entry: dict) -> None:
+    """Client peak memory for each k of ``entry`` and for the whole model."""
+    for r in entry["by_k"]:
+        peak = client_peak(name, r["k"])
+        assert peak["client_params_loaded"] == r["client_params"], (peak, r)
+        r["client_peak_mb"] = round(peak["client_peak_mb"], 1)
+        print(name, r["k"], r["client_peak_mb"], flush=True)
+    whole = client_peak(name, entry["blocks"] - 1)
+    assert whole["client_params_loaded"] == entry["whole_model_params"], whole
+    entry["whole_model_peak_mb"] = round(whole["client_peak_mb"], 1)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8, 16, 28])
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", default="bench/results/split.json")
+    p.add_argument(
+        "--memory-only",
+        action="store_true",
+        help="add the client peak memory to an existing --out (timings kept)",
+    )
     args = p.parse_args()
+    if args.memory_only:
+        out = json.loads(Path(args.out).read_text())
+        for name in ("smollm2-135m", "minilm-l6"):
+            add_memory(name, out[name])
+        out["command"] += "; then bench/split.py --memory-only"
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+        plot(out, Path(args.out).with_suffix(".png"))
+        return
     from fedrec.models.causal_lm import load_causal_lm
     from fedrec.models.text_encoder import load_encoder
 
@@ -187,17 +212,13 @@ def main() -> None:
         rows = [
             measure(model, k, args.steps, tok.vocab_size) for k in args.ks if k <= L - 2
         ]
-        for r in rows:
-            peak = client_peak(name, r["k"])
-            assert peak["client_params_loaded"] == r["client_params"], (peak, r)
-            r["client_peak_mb"] = peak["client_peak_mb"]
         out[name] = {
             "blocks": L,
             "whole_model_params": whole,
             "whole_model_bytes_fp32": 4 * whole,
-            "whole_model_peak_mb": client_peak(name, L - 1)["client_peak_mb"],
             "by_k": rows,
         }
+        add_memory(name, out[name])
         print(name, json.dumps(rows[0]), json.dumps(rows[-1]))
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     plot(out, Path(args.out).with_suffix(".png"))
@@ -209,7 +230,7 @@ def plot(out: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
     for name in ("smollm2-135m", "minilm-l6"):
         rows, whole = out[name]["by_k"], out[name]["whole_model_bytes_fp32"]
         ks = [r["k"] for r in rows]
@@ -229,10 +250,21 @@ def plot(out: dict, path: Path) -> None:
             ls="--",
             label=f"{name} server",
         )
+        if "whole_model_peak_mb" in out[name]:
+            line = axes[2].plot(
+                ks, [r["client_peak_mb"] for r in rows], marker="o", label=name
+            )[0]
+            axes[2].axhline(
+                out[name]["whole_model_peak_mb"],
+                ls=":",
+                color=line.get_color(),
+                label=f"{name}: whole model",
+            )
     axes[0].set(
         xlabel="k (client blocks before the server part)",
         ylabel="client bytes / whole model",
     )
+    axes[2].set(xlabel="k", ylabel="client peak memory, MB (one step)")
     axes[1].set(xlabel="k", ylabel="seconds per training step", yscale="log")
     for ax in axes:
         ax.legend(fontsize=7)
