@@ -158,7 +158,10 @@ def _table(args: argparse.Namespace) -> None:
         header = f"Preset `{args.preset}`.\n\n{header}"
     print(tables.write_table(rows, args.out, header))
     if rows and rows[0].get("test_ndcg@10_clients") is not None:
-        tables.plot_curves(rows, args.out, "test_ndcg@10")
+        every_round = all("test" in c.eval.splits for _, c in runs)
+        tables.plot_curves(
+            rows, args.out, f"{'test' if every_round else 'val'}_ndcg@10"
+        )
         tables.plot_clients(rows, args.out)
     else:
         tables.plot_curves(rows, args.out)

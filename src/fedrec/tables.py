@@ -171,7 +171,11 @@ def _finished(run_dir: Path, cfg: ExperimentConfig) -> dict[str, Any] | None:
     cfg_path = run_dir / "config.json"
     if not cfg_path.exists():
         return None
-    if json.loads(cfg_path.read_text()) != json.loads(json.dumps(cfg.to_dict())):
+    try:  # fields added since the run was made take their defaults
+        stored = config_from_raw(json.loads(cfg_path.read_text())).to_dict()
+    except ConfigError:
+        stored = None
+    if json.loads(json.dumps(stored)) != json.loads(json.dumps(cfg.to_dict())):
         raise ConfigError(
             f"{run_dir} holds a run of another config; remove it or use another --out"
         )
