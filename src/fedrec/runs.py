@@ -244,8 +244,7 @@ class Run:
         return run
 
     def _rewrite_metrics(self) -> None:
-        lines = "".join(json.dumps(_jsonable(h)) + "\n" for h in self.engine.history)
-        atomic_write(self.dir / "metrics.jsonl", lambda p: p.write_text(lines))
+        write_metrics(self.dir, self.engine.history)
 
     def execute(
         self,
