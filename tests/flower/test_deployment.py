@@ -66,6 +66,7 @@ def test_superlink_and_three_supernodes_survive_a_killed_node(tmp_path):
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
         "FLWR_HOME": str(home),
+        "FEDREC_NODE_STORE": str(tmp_path / "stores"),  # the killed node's stays here
         "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
         "FLWR_DISABLE_UPDATE_CHECK": "1",
     }

@@ -55,6 +55,7 @@ class _Ctx:
 
 def test_wire_audit_refuses_a_private_tensor_and_passes_shared_ones(identity):
     from fedrec.flower.mods import AUDIT_ERROR, wire_audit
+    from fedrec.flower.records import names
 
     eng = build_engine(config_from_raw({**RAW, "privacy": {}}))
     private = eng.partition.names(PRIVATE)
@@ -66,7 +67,7 @@ def test_wire_audit_refuses_a_private_tensor_and_passes_shared_ones(identity):
     audit = wire_audit(lambda ctx: set(eng.partition.uploaded))
 
     ok = audit(msg, _Ctx(), lambda m, c: _reply(m, uploads))
-    assert not ok.has_error() and set(ok.content["uploads"]) == set(uploads)
+    assert not ok.has_error() and set(names(ok.content["uploads"])) == set(uploads)
 
     leaky = {**uploads, private[0]: kept[private[0]]}
     refused = audit(msg, _Ctx(), lambda m, c: _reply(m, leaky))

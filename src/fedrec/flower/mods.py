@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from fedrec.flower.records import from_record, to_record
+from fedrec.flower.records import from_record, names, to_record
 
 log = logging.getLogger("fedrec.flower")
 
@@ -42,7 +42,7 @@ def wire_audit(shared: Callable[[Any], set[str]]) -> Mod:
         records = reply.content.array_records
         refused = sorted(f"record {k!r}" for k in records if k not in (UPLOADS, SCORES))
         if UPLOADS in records:
-            refused += sorted(set(records[UPLOADS]) - shared(context))
+            refused += sorted(set(names(records[UPLOADS])) - shared(context))
         if refused:
             reason = f"wire audit refused to send {', '.join(refused)} (not shared)"
             log.error("node %s: %s", context.node_id, reason)

@@ -1,0 +1,147 @@
+"""The fedrec ClientApp: what a SuperNode does for the clients it hosts.
+
+A SuperNode with ``partition-id = p`` of ``num-partitions = P`` (Flower's
+simulation sets these; a deployed SuperNode gets them with ``--node-config``)
+hosts the clients ``c ≡ p (mod P)``. Their private tensors live in the node's
+:class:`~fedrec.flower.store.NodeStore` — one row per hosted client, client
+``c`` in row ``c // P`` — and never in a message. The message types:
+
+- ``query``: the node's partition (the server maps partitions to nodes);
+- ``train``: the engine's batched ``client_update`` for the sampled clients the
+  node hosts; the reply holds their ``uploads`` (after the client mods: LDP,
+  then the wire audit);
+- ``evaluate``: the task's per-row scores (``client_scores``) of every hosted
+  client, for the server to pool;
+- ``query.finish``: the run is over (a temporary store is removed).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import torch
+from flwr.clientapp import ClientApp
+
+from fedrec.errors import FedrecError
+from fedrec.flower.mods import SCORES, UPLOADS, upload_mods, wire_audit
+from fedrec.flower.records import from_record, to_record
+from fedrec.flower.runconfig import engine_for, eval_splits, raw_of
+from fedrec.flower.store import NodeStore
+
+_APPS: dict[str, FedrecClientApp] = {}
+
+
+class FedrecClientApp(ClientApp):
+    """A ClientApp that pickles as a reference: (its factory, its config).
+
+    Flower's simulation sends the ClientApp to a Ray actor with every message
+    (cloudpickle). An app made of closures is pickled by value, walking every
+    function's globals — ~13 ms a message, more than Flower's own cost. This one
+    is rebuilt in the actor from :func:`client_app_for`'s per-process cache.
+    """
+
+    def __init__(self, raw: dict[str, Any] | None, mods: list[Any]) -> None:
+        super().__init__(mods=mods)
+        self.raw = raw
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return client_app_for, (self.raw,)
+
+
+def client_app_for(raw: dict[str, Any] | None = None) -> FedrecClientApp:
+    """The ClientApp of config ``raw`` (``None``: the run config's); per process."""
+    key = json.dumps(raw, sort_keys=True)
+    if key not in _APPS:
+        _APPS[key] = _build(raw)
+    return _APPS[key]
+
+
+def partition(context: Any) -> tuple[int, int]:
+    """(partition-id, num-partitions) of this SuperNode."""
+    nc = context.node_config
+    if "partition-id" not in nc or "num-partitions" not in nc:
+        raise FedrecError(
+            "start each SuperNode with --node-config "
+            "'partition-id=<i> num-partitions=<n>'"
+        )
+    return int(nc["partition-id"]), int(nc["num-partitions"])
+
+
+def hosted(context: Any, n_clients: int) -> torch.Tensor:
+    """The clients this node hosts, in bank-row order."""
+    p, parts = partition(context)
+    return torch.arange(p, n_clients, parts)
+
+
+def _build(raw: dict[str, Any] | None) -> FedrecClientApp:
+    from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+
+    engines: dict[str, Any] = {}  # this app's engine per run config
+
+    def engine_of(context: Context) -> Any:
+        key = "" if raw is not None else json.dumps(dict(context.run_config))
+        if key not in engines:
+            engines[key] = engine_for(raw_of(raw, context))
+        return engines[key]
+
+    def shared(context: Context) -> set[str]:
+        return set(engine_of(context).partition.uploaded)
+
+    app = FedrecClientApp(raw, mods=[wire_audit(shared), upload_mods(engine_of)])
+
+    def bank(context: Context, eng: Any) -> dict[str, torch.Tensor]:
+        """Private tensors of the node's clients, one row per hosted client."""
+        stored = NodeStore.of(context, partition(context)[0]).load()
+        if stored is None:  # every client starts from the model
+            return eng.store.get(hosted(context, eng.fed.n_clients))
+        return stored
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        p, parts = partition(context)
+        info = ConfigRecord({"partition-id": p, "num-partitions": parts})
+        return Message(content=RecordDict({"node": info}), reply_to=msg)
+
+    @app.query("finish")
+    def finish(msg: Message, context: Context) -> Message:
+        NodeStore.of(context, partition(context)[0]).finish()
+        return Message(content=RecordDict(), reply_to=msg)
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        start = time.perf_counter()
+        eng, cfg = engine_of(context), msg.content["config"]
+        clients = torch.as_tensor(list(cfg["clients"]), dtype=torch.long)
+        mine = bank(context, eng)
+        slots = clients // partition(context)[1]
+        private = {n: b[slots] for n, b in mine.items()}
+        received = from_record(msg.content["received"])
+        t0 = time.perf_counter()
+        uploads, private, losses = eng.client_update(
+            int(cfg["round"]), clients, received, private, mods=False
+        )
+        compute_s = time.perf_counter() - t0
+        # the private state stays on this node (new tensors: the store may
+        # hand out its cached ones, never changed in place)
+        mine = {n: b.index_put((slots,), private[n]) for n, b in mine.items()}
+        NodeStore.of(context, partition(context)[0]).save(mine)
+        content = RecordDict({UPLOADS: to_record(uploads)})
+        metrics = {"losses": losses.tolist(), "compute_s": compute_s}
+        metrics["node_s"] = time.perf_counter() - start  # handler, all but the mods
+        content["metrics"] = MetricRecord(metrics)
+        return Message(content=content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        eng = engine_of(context)
+        mine = hosted(context, eng.fed.n_clients)
+        params = {**from_record(msg.content["received"]), **bank(context, eng)}
+        out = {}
+        for split in eval_splits(eng):
+            scores = eng.task.client_scores(split, [(mine, params)], eng.cfg.train)
+            out.update({f"{split}/{k}": v for k, v in scores.items()})
+        return Message(content=RecordDict({SCORES: to_record(out)}), reply_to=msg)
+
+    return app

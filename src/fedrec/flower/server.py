@@ -1,0 +1,304 @@
+"""The fedrec ServerApp: sampling, broadcast, aggregation and the run directory.
+
+A round:
+
+1. the server samples clients, drops those whose node is gone (logged), and
+   broadcasts what each client receives (``strategy.broadcast``);
+2. each node runs the engine's batched ``client_update`` for its clients (see
+   :mod:`fedrec.flower.client`);
+3. the server aggregates the replies that arrived (``server_update``); a node
+   that fails or times out is logged and its clients sit the round out;
+4. each live node scores its clients' validation/test rows; the server pools.
+
+The server waits for ``min-nodes`` SuperNodes (up to ``node-timeout`` s) before
+each round, and fails with a clear error when too few remain.
+"""
+
+from __future__ import annotations
+
+import logging
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedrec.config import config_from_raw
+from fedrec.errors import FedrecError
+from fedrec.flower.mods import SCORES, UPLOADS
+from fedrec.flower.records import arrays, from_record, to_record
+from fedrec.flower.runconfig import engine_for, eval_splits, raw_of
+
+log = logging.getLogger("fedrec.flower")
+DEFAULTS = {"min-nodes": 1, "node-timeout": 300.0, "round-timeout": 600.0}
+# reply polling: from 2 ms, ×1.5 while nothing arrives, at most 10 ms
+_POLL = (0.002, 0.01)
+
+
+def server_app_for(
+    raw: dict[str, Any] | None = None,
+    nodes: int | None = None,
+    history: list[dict[str, Any]] | None = None,
+) -> Any:
+    """The ServerApp for config ``raw`` (``None``: from the run config).
+
+    ``nodes`` overrides the run config's ``min-nodes``; ``history`` receives
+    each round's metrics.
+    """
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        rc = {**DEFAULTS, **dict(context.run_config)}
+        opts = {k: rc[k] for k in DEFAULTS}
+        if nodes is not None:
+            opts["min-nodes"] = nodes
+        raw_ = raw_of(raw, context)
+        eng = engine_for(raw_)
+        writer = _RunWriter(Path(str(rc["out"])), raw_, opts) if rc.get("out") else None
+        host = _discover(grid, int(opts["min-nodes"]), opts)
+        for rnd in range(eng.cfg.train.rounds):
+            t0 = time.perf_counter()
+            live = _wait_live(grid, host, int(opts["min-nodes"]), opts, rnd)
+            m = _train_round(grid, eng, host, live, rnd, opts)
+            t1 = time.perf_counter()
+            m.update(_evaluate_round(grid, eng, host, live, rnd, opts))
+            m["eval_s"] = time.perf_counter() - t1
+            m["round_s"] = time.perf_counter() - t0
+            m["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            if history is not None:
+                history.append(m)
+            if writer:
+                writer.round(m)
+            log.info("round %d: %d/%d clients served", rnd, m["clients"], m["sampled"])
+        _finish(grid, host, opts)
+        if writer:
+            writer.finish(len(host))
+
+    return server_app
+
+
+def _train_round(
+    grid: Any,
+    eng: Any,
+    host: dict[int, int],
+    live: set[int],
+    rnd: int,
+    opts: dict[str, Any],
+) -> dict[str, Any]:
+    """Sample, broadcast to the live nodes, aggregate what came back; the metrics."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    t0 = time.perf_counter()
+    parts = len(host)
+    clients = eng.sample(rnd)
+    groups = {a: g[clients] for a, g in eng.groups.items()}
+    received = eng.strategy.broadcast(eng.server, eng.partition, clients, groups)
+    sel = {p: (clients % parts) == p for p in sorted(live)}
+    sel = {p: s for p, s in sel.items() if s.any()}
+    msgs = []
+    for p, s in sel.items():
+        cfg = ConfigRecord({"round": rnd, "clients": clients[s].tolist()})
+        part = to_record({n: t[s] for n, t in received.items()})
+        msgs.append(
+            Message(RecordDict({"received": part, "config": cfg}), host[p], "train")
+        )
+    replies = _collect(grid, msgs, host, opts, rnd, "train")
+    served = torch.zeros(len(clients), dtype=torch.bool)
+    uploads = {n: torch.empty_like(received[n]) for n in eng.partition.uploaded}
+    losses = torch.full((len(clients),), float("nan"), dtype=torch.float64)
+    compute_s = node_s = 0.0
+    for p, rep in replies.items():
+        for n, t in from_record(rep[UPLOADS]).items():
+            uploads[n][sel[p]] = t
+        losses[sel[p]] = torch.tensor(rep["metrics"]["losses"], dtype=torch.float64)
+        compute_s += float(rep["metrics"]["compute_s"])
+        node_s += float(rep["metrics"].get("node_s", 0.0))
+        served |= sel[p]
+    kept, uploads = clients[served], {n: t[served] for n, t in uploads.items()}
+    rec = {n: t[served] for n, t in received.items()}
+    ok = eng.server_update(rnd, kept, uploads, rec, {}, losses[served])
+    m = eng.round_metrics(
+        rnd, kept, ok, losses[served], uploads, rec, time.perf_counter() - t0
+    )
+    m.update(
+        sampled=len(clients),
+        failed_partitions=sorted((set(sel) - set(replies)) | (set(host) - live)),
+        received_on_server=sorted(uploads),  # what crossed the wire up
+        client_compute_s=compute_s,  # inside client_update, summed over nodes
+        client_node_s=node_s,  # inside the train handler, summed over nodes
+    )
+    return m
+
+
+def _evaluate_round(
+    grid: Any,
+    eng: Any,
+    host: dict[int, int],
+    live: set[int],
+    rnd: int,
+    opts: dict[str, Any],
+) -> dict[str, Any]:
+    """Every live node scores its clients; the task pools the scores."""
+    from flwr.app import Message, RecordDict
+
+    all_ids, parts, msgs = torch.arange(eng.fed.n_clients), len(host), []
+    for p in sorted(live):
+        mine = all_ids[all_ids % parts == p]
+        g = {a: t[mine] for a, t in eng.groups.items()}
+        part = to_record(eng.strategy.broadcast(eng.server, eng.partition, mine, g))
+        msgs.append(Message(RecordDict({"received": part}), host[p], "evaluate"))
+    scores = _collect(grid, msgs, host, opts, rnd, "evaluate")
+    out: dict[str, Any] = {}
+    for split in eval_splits(eng):
+        pooled: dict[str, list[np.ndarray]] = {}
+        for rep in scores.values():
+            for k, v in arrays(rep[SCORES]).items():
+                if k.startswith(f"{split}/"):
+                    pooled.setdefault(k.split("/", 1)[1], []).append(v)
+        if pooled:
+            cat = {k: np.concatenate(v) for k, v in pooled.items()}
+            metrics = eng.task.pooled_metrics(cat)
+            out.update({f"{split}_{k}": v for k, v in metrics.items()})
+    return out
+
+
+def _discover(grid: Any, need: int, opts: dict[str, Any]) -> dict[int, int]:
+    """Ask every SuperNode for its partition; ``{partition-id: node id}``."""
+    from flwr.app import Message, RecordDict
+
+    ids = _wait_nodes(grid, need, float(opts["node-timeout"]))
+    msgs = [Message(RecordDict(), n, "query") for n in ids]
+    host, parts = {}, set()
+    for rep in grid.send_and_receive(msgs, timeout=float(opts["node-timeout"])):
+        if rep.has_error():
+            raise FedrecError(
+                f"SuperNode {rep.metadata.src_node_id}: {rep.error.reason}"
+            )
+        info = rep.content["node"]
+        host[int(info["partition-id"])] = rep.metadata.src_node_id
+        parts.add(int(info["num-partitions"]))
+    if len(parts) != 1 or set(host) != set(range(next(iter(parts)))):
+        raise FedrecError(
+            f"SuperNodes disagree on partitions: ids {sorted(host)}, "
+            f"counts {sorted(parts)} (give each node a distinct partition-id "
+            "in 0..num-partitions-1)"
+        )
+    return host
+
+
+def _finish(grid: Any, host: dict[int, int], opts: dict[str, Any]) -> None:
+    """Tell every connected node the run is over (best effort)."""
+    from flwr.app import Message, RecordDict
+
+    alive = set(grid.get_node_ids())
+    msgs = [
+        Message(RecordDict(), n, "query.finish") for n in host.values() if n in alive
+    ]
+    _collect(grid, msgs, host, opts, -1, "finish")
+
+
+def _wait_nodes(grid: Any, need: int, timeout: float) -> list[int]:
+    t0 = time.monotonic()
+    while len(ids := sorted(grid.get_node_ids())) < need:
+        if time.monotonic() - t0 > timeout:
+            raise FedrecError(
+                f"only {len(ids)} SuperNode(s) connected, min-nodes = {need} "
+                f"(waited {timeout:.0f} s)"
+            )
+        time.sleep(0.2)
+    return ids
+
+
+def _wait_live(
+    grid: Any, host: dict[int, int], need: int, opts: dict[str, Any], rnd: int
+) -> set[int]:
+    """Partitions whose node is connected; waits for ``need`` of them."""
+    t0 = time.monotonic()
+    while True:
+        alive = set(grid.get_node_ids())
+        live = {p for p, n in host.items() if n in alive}
+        if len(live) >= need:
+            gone = sorted(set(host) - live)
+            if gone:
+                log.warning("round %d: SuperNodes of partitions %s are gone", rnd, gone)
+            return live
+        if time.monotonic() - t0 > float(opts["node-timeout"]):
+            raise FedrecError(
+                f"round {rnd}: {len(live)} SuperNode(s) left, min-nodes = {need}"
+            )
+        time.sleep(0.5)
+
+
+def _collect(
+    grid: Any,
+    msgs: list[Any],
+    host: dict[int, int],
+    opts: dict[str, Any],
+    rnd: int,
+    kind: str,
+) -> dict[int, Any]:
+    """Send and receive; ``{partition: reply content}`` of the replies that succeeded.
+
+    A node that answers with an error (it died — the SuperLink then answers for
+    it —, the audit refused, the app raised) or not within ``round-timeout`` is
+    logged and left out. Replies are matched to partitions by message id. The
+    pause between polls starts at 2 ms after each reply and backs off to 50 ms,
+    so a round ends within milliseconds of its last reply.
+    """
+    part_of = {n: p for p, n in host.items()}
+    ids = list(grid.push_messages(msgs))
+    waiting = {
+        i: part_of[m.metadata.dst_node_id] for i, m in zip(ids, msgs, strict=True)
+    }
+    got, end, pause = {}, time.monotonic() + float(opts["round-timeout"]), _POLL[0]
+    while waiting and time.monotonic() < end:
+        replies = list(grid.pull_messages(list(waiting)))
+        pause = _POLL[0] if replies else min(pause * 1.5, _POLL[1])
+        for rep in replies:
+            p = waiting.pop(rep.metadata.reply_to_message_id)
+            if rep.has_error():
+                log.warning(
+                    "round %d %s: partition %d failed: %s",
+                    rnd,
+                    kind,
+                    p,
+                    rep.error.reason,
+                )
+            else:
+                got[p] = rep.content
+        if waiting:
+            time.sleep(pause)
+    for p in waiting.values():
+        log.warning("round %d %s: no reply from partition %d in time", rnd, kind, p)
+    return got
+
+
+class _RunWriter:
+    """The run directory of a ``flwr run``: config, env, metrics per round, summary."""
+
+    def __init__(self, out: Path, raw: dict[str, Any], opts: dict[str, Any]) -> None:
+        from fedrec.runs import environment, write_json
+
+        self.out, self.cfg, self.history = out, config_from_raw(raw), []
+        out.mkdir(parents=True, exist_ok=True)
+        write_json(out / "config.json", self.cfg.to_dict())
+        write_json(
+            out / "env.json", {**environment(self.cfg), "engine": "flower", **opts}
+        )
+
+    def round(self, m: dict[str, Any]) -> None:
+        from fedrec.runs import write_metrics
+
+        self.history.append(m)
+        write_metrics(self.out, self.history)
+
+    def finish(self, parts: int) -> None:
+        from fedrec.runs import finish_run
+
+        finish_run(self.out, self.cfg, self.history, engine="flower", nodes=parts)

@@ -1,0 +1,123 @@
+"""A SuperNode's private tensors, kept on the node's own disk.
+
+Why not ``Context.state``: Flower's simulation ships a node's context to the
+worker and back with every message, so a FedPA node hosting 100 users moved its
+whole private bank (≈ 2.4 KB a user) twice a round without need. The store
+never enters a message.
+
+Layout: two files, ``private-0.bin`` and ``private-1.bin``, written in turn.
+Each is a 16-byte header (generation, body length: little-endian ``u64``) and
+a body: the tensors packed as in :func:`fedrec.flower.records.pack`. A save
+overwrites the file with the *older* generation in place — body first, header
+last — so a kill at any point leaves the newer file, the last complete save, as
+the one a load picks. No file is created, renamed or reallocated after the
+first two saves: on this machine's disk a rename costs ≈ 0.4 ms, an in-place
+write of 30 KB ≈ 0.02 ms. A process keeps what it saved or loaded last and
+reuses it while the newest generation on disk is still its own, so a node
+served by one long-lived worker reads only the two headers per message.
+
+Where: the node config's ``store`` directory (a deployment chooses where its
+users' personalised models live; kept after the run), else a temporary
+directory (``$FEDREC_NODE_STORE`` or the system's), removed when the run ends.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from fedrec.errors import FedrecError
+from fedrec.flower.records import pack, unpack
+
+_HEADER = struct.Struct("<QQ")  # generation (0: never completed), body length
+# store root -> (generation, tensors) this process last saved or loaded
+_CACHE: dict[Path, tuple[int, dict[str, torch.Tensor]]] = {}
+
+
+class NodeStore:
+    """The private tensors (one row per hosted client) of one node in one run."""
+
+    def __init__(self, root: Path, keep: bool) -> None:
+        self.root, self.keep = root, keep
+        self.files = [root / f"private-{i}.bin" for i in (0, 1)]
+
+    @classmethod
+    def of(cls, context: Any, partition_id: int) -> NodeStore:
+        """The store of this node (``context``, ``partition_id``) in this run."""
+        base = context.node_config.get("store")
+        keep = bool(base)
+        if not base:
+            tmp = os.environ.get("FEDREC_NODE_STORE") or tempfile.gettempdir()
+            base = Path(tmp) / "fedrec-nodes"
+        return cls(Path(str(base)) / f"run-{context.run_id}-p{partition_id}", keep)
+
+    def load(self) -> dict[str, torch.Tensor] | None:
+        """The last saved tensors, or ``None`` before the node's first save.
+
+        The tensors may be this process's cached ones (when no other process
+        saved since): callers must not change them in place.
+        """
+        gens = self._generations()
+        newest = max(range(2), key=lambda i: gens[i][0])
+        gen, length = gens[newest]
+        if gen == 0:
+            return None
+        hit = _CACHE.get(self.root)
+        if hit is not None and hit[0] == gen:  # nobody saved since this process did
+            return dict(hit[1])
+        path = self.files[newest]
+        try:
+            body = bytearray(length)
+            with open(path, "rb") as f:
+                f.seek(_HEADER.size)
+                if f.readinto(body) != length:
+                    raise ValueError(f"body shorter than {length} bytes")
+            tensors = unpack(body)
+        except Exception as e:  # a truncated or foreign file
+            raise FedrecError(
+                f"node store {path} is unreadable ({e}); delete {self.root} to "
+                "restart this node's clients from the model"
+            ) from e
+        _CACHE[self.root] = (gen, tensors)
+        return dict(tensors)
+
+    def save(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Replace the stored tensors (a kill leaves the previous ones)."""
+        gens = self._generations()
+        older = min(range(2), key=lambda i: gens[i][0])
+        parts = pack(tensors)
+        length = sum(len(p) for p in parts)
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.files[older], os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            os.pwritev(fd, parts, _HEADER.size)
+            if os.fstat(fd).st_size > _HEADER.size + length:
+                os.ftruncate(fd, _HEADER.size + length)
+            generation = max(g for g, _ in gens) + 1
+            os.pwrite(fd, _HEADER.pack(generation, length), 0)  # commits the save
+        finally:
+            os.close(fd)
+        _CACHE[self.root] = (generation, dict(tensors))
+
+    def finish(self) -> None:
+        """End of run: a temporary store is removed, a chosen one kept."""
+        _CACHE.pop(self.root, None)
+        if not self.keep:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+    def _generations(self) -> list[tuple[int, int]]:
+        out = []
+        for path in self.files:
+            try:
+                with open(path, "rb") as f:
+                    head = f.read(_HEADER.size)
+            except FileNotFoundError:
+                head = b""
+            out.append(_HEADER.unpack(head) if len(head) == _HEADER.size else (0, 0))
+        return out

@@ -1,0 +1,138 @@
+"""A node's private store, the packed records, and the by-reference ClientApp."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("flwr")
+
+TENSORS = {
+    "w": torch.randn(3, 5),
+    "ids": torch.arange(7),
+    "flag": torch.tensor(True),
+    "empty": torch.zeros(0, 3),
+    "t": torch.randn(2, 3, dtype=torch.float64).T,  # not contiguous
+    "half": torch.randn(5).to(torch.bfloat16),
+    "expanded": torch.tensor(3).expand(1),  # stride 0, size 1: "contiguous"
+    "rows": torch.randn(4, 1).expand(4, 3),
+    "none": torch.empty(0, dtype=torch.long).as_strided((0,), (0,)),
+}
+
+
+def _same(a, b):
+    assert list(a) == list(b)
+    for n in a:
+        assert a[n].dtype == b[n].dtype and torch.equal(a[n], b[n]), n
+
+
+def test_packed_record_round_trips_every_dtype_and_names_without_decoding():
+    import numpy as np
+    from flwr.app import Array, ArrayRecord
+
+    from fedrec.flower.records import PACKED, arrays, from_record, names, to_record
+
+    rec = to_record(TENSORS)
+    assert list(rec) == [PACKED]  # one Array on the wire
+    _same(from_record(rec), TENSORS)
+    assert names(rec) == list(TENSORS)
+    got = from_record(rec)["w"]
+    got += 1  # writable, and a copy
+    assert not torch.equal(got, TENSORS["w"])
+    native = ArrayRecord({"x": Array(np.arange(3.0))})  # Flower's own layout
+    assert names(native) == ["x"]
+    assert np.array_equal(arrays(native)["x"], np.arange(3.0))
+    assert np.array_equal(arrays(to_record({"y": np.ones(2)}))["y"], np.ones(2))
+
+
+def test_store_saves_loads_and_a_kill_mid_save_leaves_the_last_save(tmp_path):
+    from fedrec.flower import store as S
+
+    st = S.NodeStore(tmp_path / "node", keep=True)
+    assert st.load() is None
+    st.save(TENSORS)
+    _same(st.load(), TENSORS)
+    second = {"w": torch.ones(2, 2)}
+    st.save(second)
+    _same(st.load(), second)
+
+    real = os.pwrite
+
+    def killed(fd, data, offset):  # the body lands, the header never does
+        if offset == 0:
+            raise KeyboardInterrupt("killed")
+        return real(fd, data, offset)
+
+    S._CACHE.clear()
+    os.pwrite = killed
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            st.save({"w": torch.zeros(9)})
+    finally:
+        os.pwrite = real
+    _same(st.load(), second)  # the older file was overwritten, not the newest
+    st.save({"w": torch.zeros(9)})
+    _same(st.load(), {"w": torch.zeros(9)})
+
+
+def test_store_sees_another_process_save_and_names_a_corrupt_file(tmp_path):
+    from fedrec.errors import FedrecError
+    from fedrec.flower.store import _CACHE, NodeStore
+
+    st = NodeStore(tmp_path / "node", keep=True)
+    st.save({"w": torch.zeros(3)})
+    assert torch.equal(st.load()["w"], torch.zeros(3))  # now cached here
+    code = (
+        "import torch, pathlib; from fedrec.flower.store import NodeStore; "
+        f"NodeStore(pathlib.Path({str(tmp_path / 'node')!r}), True)"
+        ".save({'w': torch.full((3,), 7.0)})"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    assert torch.equal(st.load()["w"], torch.full((3,), 7.0))
+
+    newest = max(st.files, key=lambda p: p.read_bytes()[:8])
+    with open(newest, "r+b") as f:  # cut the newest file short
+        f.truncate(40)
+    _CACHE.clear()  # as a fresh process would
+    with pytest.raises(FedrecError, match="private-.\\.bin is unreadable"):
+        NodeStore(tmp_path / "node", keep=True).load()
+
+
+def test_temporary_store_is_removed_at_finish_and_a_chosen_one_kept(tmp_path):
+    from fedrec.flower.store import NodeStore
+
+    class Ctx:
+        run_id = 42
+        node_config = {"partition-id": 1, "num-partitions": 2}
+
+    os.environ["FEDREC_NODE_STORE"] = str(tmp_path / "tmp")
+    try:
+        temp = NodeStore.of(Ctx(), 1)
+    finally:
+        del os.environ["FEDREC_NODE_STORE"]
+    assert temp.root == tmp_path / "tmp" / "fedrec-nodes" / "run-42-p1"
+    temp.save({"w": torch.ones(1)})
+    temp.finish()
+    assert not temp.root.exists()
+
+    Ctx.node_config = {**Ctx.node_config, "store": str(tmp_path / "mine")}
+    kept = NodeStore.of(Ctx(), 1)
+    kept.save({"w": torch.ones(1)})
+    kept.finish()
+    assert kept.root.exists() and kept.root.parent == tmp_path / "mine"
+
+
+def test_client_app_pickles_as_a_reference_to_its_factory():
+    import cloudpickle
+
+    from fedrec.flower.client import client_app_for
+
+    raw = {"train": {"rounds": 1}}
+    app = client_app_for(raw)
+    blob = cloudpickle.dumps(app)
+    assert len(blob) < 500  # the factory's name and the config, no closures
+    assert cloudpickle.loads(blob) is app  # same process: the cached app
