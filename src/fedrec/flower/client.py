@@ -75,8 +75,24 @@ def hosted(context: Any, n_clients: int) -> torch.Tensor:
     return torch.arange(p, n_clients, parts)
 
 
+def node_queries(app: Any) -> None:
+    """Register ``query`` (the node's partition) and ``query.finish`` (run over)."""
+    from flwr.app import ConfigRecord, Context, Message, RecordDict
+
+    @app.query()
+    def query(msg: Message, context: Context) -> Message:
+        p, parts = partition(context)
+        info = ConfigRecord({"partition-id": p, "num-partitions": parts})
+        return Message(content=RecordDict({"node": info}), reply_to=msg)
+
+    @app.query("finish")
+    def finish(msg: Message, context: Context) -> Message:
+        NodeStore.of(context, partition(context)[0]).finish()
+        return Message(content=RecordDict(), reply_to=msg)
+
+
 def _build(raw: dict[str, Any] | None) -> FedrecClientApp:
-    from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.app import Context, Message, MetricRecord, RecordDict
 
     engines: dict[str, Any] = {}  # this app's engine per run config
 
@@ -98,16 +114,7 @@ def _build(raw: dict[str, Any] | None) -> FedrecClientApp:
             return eng.store.get(hosted(context, eng.fed.n_clients))
         return stored
 
-    @app.query()
-    def query(msg: Message, context: Context) -> Message:
-        p, parts = partition(context)
-        info = ConfigRecord({"partition-id": p, "num-partitions": parts})
-        return Message(content=RecordDict({"node": info}), reply_to=msg)
-
-    @app.query("finish")
-    def finish(msg: Message, context: Context) -> Message:
-        NodeStore.of(context, partition(context)[0]).finish()
-        return Message(content=RecordDict(), reply_to=msg)
+    node_queries(app)
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -171,6 +171,46 @@ class SplitModel:
         with torch.no_grad():
             return self.client_tail(self.server(self.client_head(ids, mask)))
 
+    # ------------------------------------------- a training step, in parts
+    # Each part runs on one side; only the Messages cross. The client keeps no
+    # activations while it waits: it recomputes its head forward when the
+    # gradient comes back (``head_backward``), so between messages it holds
+    # its parameters only — which is what lets a Flower node serve the steps
+    # (``fedrec.flower.split``) with the very same functions.
+    def head_forward(self, ids: torch.Tensor, mask: torch.Tensor) -> Message:
+        """Client: ``h_k``, the message up (no graph kept)."""
+        with torch.no_grad():
+            return self.client_head(ids, mask)
+
+    def server_forward(self, up: Message) -> tuple[torch.Tensor, Message]:
+        """Server: (the leaf ``h_k`` it will return the gradient of, ``h_{L−1}``)."""
+        leaf = up.tensor.detach().requires_grad_(True)
+        return leaf, self.server(Message(leaf, up.attention_mask, up.position_ids))
+
+    def tail_backward(
+        self,
+        down: Message,
+        loss_fn: Callable[[torch.Tensor], torch.Tensor],
+    ) -> tuple[torch.Tensor, Message]:
+        """Client: the loss and ``∂loss/∂h_{L−1}`` (tail gradients accumulate)."""
+        leaf = down.tensor.detach().requires_grad_(True)
+        loss = loss_fn(self.client_tail(Message(leaf, *_context(down))))
+        loss.backward()  # labels never leave the client
+        return loss.detach(), Message(leaf.grad)
+
+    def server_backward(
+        self, leaf: torch.Tensor, out: Message, grad: Message
+    ) -> Message:
+        """Server: backward through its blocks; ``∂loss/∂h_k``, the message down."""
+        out.tensor.backward(grad.tensor)
+        return Message(leaf.grad)
+
+    def head_backward(
+        self, ids: torch.Tensor, mask: torch.Tensor, grad: Message
+    ) -> None:
+        """Client: recompute the head forward, backward with ``∂loss/∂h_k``."""
+        self.client_head(ids, mask).tensor.backward(grad.tensor)
+
     def step(
         self,
         ids: torch.Tensor,
@@ -182,24 +222,18 @@ class SplitModel:
         Gradients land in every part's parameters; each side would then update
         its own (the optimiser step is the caller's).
         """
-        up = self.client_head(ids, mask)
-        sent_up = Message(
-            up.tensor.detach().requires_grad_(True), up.attention_mask, up.position_ids
-        )
-        mid = self.server(sent_up)
-        sent_down = Message(
-            mid.tensor.detach().requires_grad_(True),
-            mid.attention_mask,
-            mid.position_ids,
-        )
-        loss = loss_fn(self.client_tail(sent_down))  # labels never leave the client
-        loss.backward()
-        g_down = Message(sent_down.tensor.grad)  # client → server
-        mid.tensor.backward(g_down.tensor)
-        g_up = Message(sent_up.tensor.grad)  # server → client
-        up.tensor.backward(g_up.tensor)
-        wire = sent_up.nbytes + sent_down.nbytes + g_down.nbytes + g_up.nbytes
-        return loss.detach(), wire
+        up = self.head_forward(ids, mask)
+        leaf, mid = self.server_forward(up)
+        down = Message(mid.tensor.detach(), mid.attention_mask, mid.position_ids)
+        loss, g_down = self.tail_backward(down, loss_fn)
+        g_up = self.server_backward(leaf, mid, g_down)
+        self.head_backward(ids, mask, g_up)
+        wire = up.nbytes + down.nbytes + g_down.nbytes + g_up.nbytes
+        return loss, wire
+
+    def server_parameters(self) -> set[int]:
+        """``id``s of the parameters the server holds (blocks ``[k, L−1)``)."""
+        return {id(p) for b in self.layers[self.k : self.L - 1] for p in b.parameters()}
 
     @torch.no_grad()
     def greedy(
@@ -236,6 +270,10 @@ class SplitModel:
             mask = torch.cat([mask, torch.ones_like(nxt)], 1)
             step_ids = nxt if kv_cache else out
         return out, wire
+
+
+def _context(msg: Message) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    return msg.attention_mask, msg.position_ids
 
 
 class WireMeter:

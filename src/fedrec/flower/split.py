@@ -1,0 +1,352 @@
+"""FELLRec's flexible storage over Flower: server blocks in the ServerApp.
+
+Each SuperNode (``partition-id = c``) is client ``c``: it holds the causal LM's
+embeddings, blocks ``[0, k)``, the last block and the head; the ServerApp
+holds blocks ``[k, L−1)`` — one copy of their trainable parameters per client
+(models are personalised, fellrec.md §5.1). One training step of client ``c``
+is three message exchanges, the parts of :meth:`SplitModel.step`:
+
+- ``train.split_head`` — the node runs ``head_forward`` on its own batch and
+  replies ``h_k``, the attention mask and the position ids;
+- ``train.split_tail`` (carries ``h_{L−1}``) — ``tail_backward``: the loss on
+  the node's own labels; it keeps the tail gradients and replies
+  ``∂loss/∂h_{L−1}`` and the loss;
+- ``train.split_back`` (carries ``∂loss/∂h_k``) — ``head_backward``, then one
+  SGD step of all the node's parameters (tail and head gradients together, as
+  tied embeddings need); an empty reply.
+
+Between the tail and the head backward the server runs ``server_forward`` /
+``server_backward`` and its own SGD step. Token ids, labels and logits never
+leave a node; a node's parameters and pending gradients live in its
+:class:`~fedrec.flower.store.NodeStore`, so any worker can serve any message.
+The in-process reference (:func:`train_in_process`) runs the same parts in one
+process; the Flower run equals it (``tests/flower/test_split_flower.py``).
+
+Scope: the split *training* protocol for the generative (causal LM) backbone,
+with plain SGD. Evaluation, FELLRec's aggregation across clients and the
+discriminative backbone over the split are not wired on Flower yet: a
+``fedrec run --engine flower`` FELLRec config runs each client's model whole on
+its node.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from fedrec.flower.client import FedrecClientApp, node_queries, partition
+from fedrec.flower.records import from_record, to_record
+from fedrec.flower.store import NodeStore
+from fedrec.models.split import Message, SplitModel
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """What both sides build identically: model, split depth, data, optimiser."""
+
+    titles: list[str] = field(default_factory=list)
+    path: str = "tiny"  # a causal LM: "tiny", "smollm2" or a local HF dir
+    k: int = 1
+    lora_rank: int = 4
+    lr: float = 0.05
+    steps: int = 2
+    batch: int = 2
+    seed: int = 0
+
+
+class SplitParty:
+    """One side's model: the LM with LoRA, its split, which parameters train."""
+
+    def __init__(self, spec: SplitSpec) -> None:
+        from fedrec.models.causal_lm import load_causal_lm
+
+        self.spec = spec
+        lm, self.tok = load_causal_lm(spec.path, spec.titles, seed=spec.seed)
+        self.model = _with_lora(lm.double(), spec)
+        self.split = SplitModel(self.model, spec.k)
+        server = self.split.server_parameters()
+        trainable = [
+            (n, p) for n, p in self.model.named_parameters() if p.requires_grad
+        ]
+        self.server_params = {n: p for n, p in trainable if id(p) in server}
+        self.client_params = {n: p for n, p in trainable if id(p) not in server}
+        self.initial = snapshot(dict(trainable))  # every copy starts here
+
+    def batch(self, client: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Client ``client``'s prompts at ``step`` (its own titles), padded right."""
+        from fedrec.models.causal_lm import prompt
+
+        t, n = self.spec.titles, len(self.spec.titles)
+        texts = []
+        for b in range(self.spec.batch):
+            start = (client * 7 + (step * self.spec.batch + b) * 3) % n
+            hist = [t[(start + j) % n] for j in range(3)]
+            texts.append(prompt(hist, t[(start + 3) % n]))
+        enc = self.tok(texts, return_tensors="pt", padding=True)
+        return enc["input_ids"], enc["attention_mask"]
+
+    @staticmethod
+    def loss_fn(ids: torch.Tensor, mask: torch.Tensor) -> Any:
+        """Next-token cross-entropy over the unpadded tokens."""
+
+        def loss(logits: torch.Tensor) -> torch.Tensor:
+            labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+            return nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1)
+            )
+
+        return loss
+
+
+def sgd(params: dict[str, nn.Parameter], lr: float) -> None:
+    """``p ← p − lr·∇p`` for every parameter with a gradient; clears them."""
+    with torch.no_grad():
+        for p in params.values():
+            if p.grad is not None:
+                p -= lr * p.grad
+                p.grad = None
+
+
+def load(params: dict[str, nn.Parameter], values: dict[str, torch.Tensor]) -> None:
+    """Copy ``values`` into ``params`` (a client's or the server's copy)."""
+    with torch.no_grad():
+        for n, p in params.items():
+            p.copy_(values[n])
+
+
+def snapshot(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+    """Detached copies of ``params``."""
+    return {n: p.detach().clone() for n, p in params.items()}
+
+
+def train_in_process(spec: SplitSpec, n_clients: int) -> dict[str, Any]:
+    """The reference: every client's steps through the split in one process.
+
+    Returns the losses (``[step][client]``) and each client's server-side
+    parameters at the end.
+    """
+    party = SplitParty(spec)
+    clients = [dict(party.initial) for _ in range(n_clients)]
+    losses = []
+    for step in range(spec.steps):
+        row = []
+        for c in range(n_clients):
+            load({**party.client_params, **party.server_params}, clients[c])
+            ids, mask = party.batch(c, step)
+            loss, _ = party.split.step(ids, mask, party.loss_fn(ids, mask))
+            sgd({**party.client_params, **party.server_params}, spec.lr)
+            clients[c] = snapshot({**party.client_params, **party.server_params})
+            row.append(float(loss))
+        losses.append(row)
+    server = [{n: c[n] for n in party.server_params} for c in clients]
+    return {"losses": losses, "server": server}
+
+
+_PARTIES: dict[str, SplitParty] = {}
+
+
+def party_for(spec: SplitSpec) -> SplitParty:
+    """One party per process and spec (building the model is the slow part)."""
+    key = json.dumps(asdict(spec), sort_keys=True)
+    if key not in _PARTIES:
+        _PARTIES[key] = SplitParty(spec)
+    return _PARTIES[key]
+
+
+class SplitClientApp(FedrecClientApp):
+    """A node's side of the split; pickles as (its factory, its spec)."""
+
+    def __init__(self, spec: SplitSpec) -> None:
+        super().__init__(None, mods=[])
+        self.spec = spec
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        return split_client_app, (self.spec,)
+
+
+_APPS: dict[str, SplitClientApp] = {}
+
+
+def split_client_app(spec: SplitSpec) -> SplitClientApp:
+    """The ClientApp of a split run (one per process and spec)."""
+    key = json.dumps(asdict(spec), sort_keys=True)
+    if key not in _APPS:
+        _APPS[key] = _build_client(spec)
+    return _APPS[key]
+
+
+def _build_client(spec: SplitSpec) -> SplitClientApp:
+    from flwr.app import Context, MetricRecord, RecordDict
+    from flwr.app import Message as FlwrMessage
+
+    app = SplitClientApp(spec)
+
+    def state(context: Context) -> tuple[SplitParty, NodeStore, int]:
+        """The party with this node's parameters loaded; its store; its client."""
+        party, client = party_for(spec), partition(context)[0]
+        store = NodeStore.of(context, client)
+        saved = store.load() or party.initial  # the first message: the model's
+        load(party.client_params, saved)
+        for n, p in party.client_params.items():  # tail gradients, until the head's
+            g = saved.get(f"grad:{n}")
+            p.grad = None if g is None else g.clone()
+        return party, store, client
+
+    def reply(msg: FlwrMessage, tensors: dict[str, torch.Tensor], **metrics: float):
+        content = RecordDict({"wire": to_record(tensors)})
+        if metrics:
+            content["metrics"] = MetricRecord(metrics)
+        return FlwrMessage(content=content, reply_to=msg)
+
+    @app.train("split_head")
+    def head(msg: FlwrMessage, context: Context) -> FlwrMessage:
+        party, _, client = state(context)
+        ids, mask = party.batch(client, int(msg.content["config"]["step"]))
+        up = party.split.head_forward(ids, mask)
+        return reply(msg, _as_dict(up))
+
+    @app.train("split_tail")
+    def tail(msg: FlwrMessage, context: Context) -> FlwrMessage:
+        party, store, client = state(context)
+        ids, mask = party.batch(client, int(msg.content["config"]["step"]))
+        down = _as_message(from_record(msg.content["wire"]))
+        loss, grad = party.split.tail_backward(down, party.loss_fn(ids, mask))
+        grads = {
+            f"grad:{n}": p.grad
+            for n, p in party.client_params.items()
+            if p.grad is not None
+        }
+        store.save({**snapshot(party.client_params), **grads})
+        return reply(msg, {"tensor": grad.tensor}, loss=float(loss))
+
+    @app.train("split_back")
+    def back(msg: FlwrMessage, context: Context) -> FlwrMessage:
+        party, store, client = state(context)
+        ids, mask = party.batch(client, int(msg.content["config"]["step"]))
+        grad = Message(from_record(msg.content["wire"])["tensor"])
+        party.split.head_backward(ids, mask, grad)
+        sgd(party.client_params, spec.lr)  # tail + head gradients, one step
+        store.save(snapshot(party.client_params))
+        return reply(msg, {})
+
+    node_queries(app)
+    return app
+
+
+def split_server_app(spec: SplitSpec, nodes: int, result: dict[str, Any]) -> Any:
+    """The ServerApp: drives every client's steps, runs the middle blocks.
+
+    ``result`` receives ``losses`` (``[step][client]``), each client's
+    server-side parameters (``server``), what the server received (``received``:
+    tensor names per message type) and the bytes on the wire.
+    """
+    from flwr.app import ConfigRecord, Context, RecordDict
+    from flwr.app import Message as FlwrMessage
+    from flwr.serverapp import Grid, ServerApp
+
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        from fedrec.flower.server import _discover, _finish
+
+        opts = {"node-timeout": 300.0, "round-timeout": 600.0}
+        host = _discover(grid, nodes, opts)
+        party = party_for(spec)
+        mine = [{n: party.initial[n] for n in party.server_params} for _ in host]
+        received: dict[str, set[str]] = {}
+        wire, losses = 0, []
+
+        def ask(c: int, kind: str, step: int, tensors: dict[str, torch.Tensor]):
+            nonlocal wire
+            content = RecordDict(
+                {"wire": to_record(tensors), "config": ConfigRecord({"step": step})}
+            )
+            out = FlwrMessage(content, host[c], f"train.{kind}")
+            (rep,) = grid.send_and_receive([out], timeout=opts["round-timeout"])
+            if rep.has_error():
+                raise RuntimeError(f"client {c} {kind}: {rep.error.reason}")
+            got = from_record(rep.content["wire"])
+            received.setdefault(kind, set()).update(got)
+            wire += sum(t.numel() * t.element_size() for t in tensors.values())
+            wire += sum(t.numel() * t.element_size() for t in got.values())
+            return got, rep.content.metric_records.get("metrics", {})
+
+        t0 = time.perf_counter()
+        for step in range(spec.steps):
+            row = []
+            for c in sorted(host):
+                load(party.server_params, mine[c])
+                up, _ = ask(c, "split_head", step, {})
+                leaf, mid = party.split.server_forward(_as_message(up))
+                g_down, m = ask(c, "split_tail", step, _as_dict(mid, detach=True))
+                g_up = party.split.server_backward(leaf, mid, _as_message(g_down))
+                sgd(party.server_params, spec.lr)
+                mine[c] = snapshot(party.server_params)
+                ask(c, "split_back", step, {"tensor": g_up.tensor})
+                row.append(float(m["loss"]))
+            losses.append(row)
+        _finish(grid, host, opts)
+        result.update(
+            losses=losses,
+            server=mine,
+            received={k: sorted(v) for k, v in received.items()},
+            wire_bytes=wire,
+            train_s=time.perf_counter() - t0,
+        )
+
+    return app
+
+
+def run_split_simulation(spec: SplitSpec, n_clients: int) -> dict[str, Any]:
+    """Split training on ``n_clients`` simulated SuperNodes (one client each)."""
+    import os
+
+    from flwr.simulation import run_simulation
+
+    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
+    result: dict[str, Any] = {}
+    run_simulation(
+        server_app=split_server_app(spec, n_clients, result),
+        client_app=split_client_app(spec),
+        num_supernodes=n_clients,
+        backend_config={"client_resources": {"num_cpus": 1}},
+    )
+    return result
+
+
+def _with_lora(lm: nn.Module, spec: SplitSpec) -> nn.Module:
+    """LoRA on the attention projections; only LoRA trains."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(spec.seed + 1)
+    cfg = LoraConfig(
+        r=spec.lora_rank,
+        lora_alpha=2 * spec.lora_rank,
+        lora_dropout=0.0,
+        target_modules=["q_proj", "v_proj"],
+    )
+    model = get_peft_model(lm, cfg).eval()
+    with torch.no_grad():  # B ≠ 0, so the adapters change the function at once
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.05)
+    return model
+
+
+def _as_dict(msg: Message, detach: bool = False) -> dict[str, torch.Tensor]:
+    out = {"tensor": msg.tensor.detach() if detach else msg.tensor}
+    if msg.attention_mask is not None:
+        out["attention_mask"] = msg.attention_mask
+    if msg.position_ids is not None:
+        out["position_ids"] = msg.position_ids
+    return out
+
+
+def _as_message(d: dict[str, torch.Tensor]) -> Message:
+    return Message(d["tensor"], d.get("attention_mask"), d.get("position_ids"))
