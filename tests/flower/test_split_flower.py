@@ -8,7 +8,7 @@ import torch
 pytest.importorskip("flwr")
 pytest.importorskip("peft")
 
-TITLES = [f"Movie {w} ({1990 + i})" for i, w in enumerate("abcdefghijkl")]
+TITLES = tuple(f"Movie {w} ({1990 + i})" for i, w in enumerate("abcdefghijkl"))
 
 
 @pytest.mark.slow

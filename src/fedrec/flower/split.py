@@ -31,9 +31,9 @@ its node.
 
 from __future__ import annotations
 
-import json
+import functools
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -49,7 +49,7 @@ from fedrec.models.split import Message, SplitModel
 class SplitSpec:
     """What both sides build identically: model, split depth, data, optimiser."""
 
-    titles: list[str] = field(default_factory=list)
+    titles: tuple[str, ...] = ()
     path: str = "tiny"  # a causal LM: "tiny", "smollm2" or a local HF dir
     k: int = 1
     lora_rank: int = 4
@@ -66,7 +66,7 @@ class SplitParty:
         from fedrec.models.causal_lm import load_causal_lm
 
         self.spec = spec
-        lm, self.tok = load_causal_lm(spec.path, spec.titles, seed=spec.seed)
+        lm, self.tok = load_causal_lm(spec.path, list(spec.titles), seed=spec.seed)
         self.model = _with_lora(lm.double(), spec)
         self.split = SplitModel(self.model, spec.k)
         server = self.split.server_parameters()
@@ -147,15 +147,10 @@ def train_in_process(spec: SplitSpec, n_clients: int) -> dict[str, Any]:
     return {"losses": losses, "server": server}
 
 
-_PARTIES: dict[str, SplitParty] = {}
-
-
+@functools.cache
 def party_for(spec: SplitSpec) -> SplitParty:
     """One party per process and spec (building the model is the slow part)."""
-    key = json.dumps(asdict(spec), sort_keys=True)
-    if key not in _PARTIES:
-        _PARTIES[key] = SplitParty(spec)
-    return _PARTIES[key]
+    return SplitParty(spec)
 
 
 class SplitClientApp(FedrecClientApp):
@@ -169,15 +164,10 @@ class SplitClientApp(FedrecClientApp):
         return split_client_app, (self.spec,)
 
 
-_APPS: dict[str, SplitClientApp] = {}
-
-
+@functools.cache
 def split_client_app(spec: SplitSpec) -> SplitClientApp:
     """The ClientApp of a split run (one per process and spec)."""
-    key = json.dumps(asdict(spec), sort_keys=True)
-    if key not in _APPS:
-        _APPS[key] = _build_client(spec)
-    return _APPS[key]
+    return _build_client(spec)
 
 
 def _build_client(spec: SplitSpec) -> SplitClientApp:
