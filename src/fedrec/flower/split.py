@@ -180,7 +180,7 @@ def _build_client(spec: SplitSpec) -> SplitClientApp:
         """The party with this node's parameters loaded; its store; its client."""
         party, client = party_for(spec), partition(context)[0]
         store = NodeStore.of(context, client)
-        saved = store.load() or party.initial  # the first message: the model's
+        saved = store.load() or party.initial  # nothing saved yet: the model
         load(party.client_params, saved)
         for n, p in party.client_params.items():  # tail gradients, until the head's
             g = saved.get(f"grad:{n}")
