@@ -1,6 +1,6 @@
 """Per-client overhead of fedrec on Flower vs a trivial echo ClientApp, in one run.
 
-    .venv/bin/python bench/flower.py --clients 100 1000 --nodes 10 --rounds 3
+    .venv/bin/python bench/flower.py --clients 100 1000 --rounds 11 --repeats 3
 
 For each number of clients (one user each, FedPA on synthetic data, every client
 every round), three runs on the same config:
@@ -13,8 +13,22 @@ every round), three runs on the same config:
 - **echo on Flower**: the same ServerApp (same messages, same aggregation) with
   a trivial ClientApp that returns what it received; its ``train_s`` per client
   is Flower's own per-client cost for these messages.
+- **busy echo on Flower**: the echo app, but each message first keeps the
+  node's core busy (a Python loop) for as long as fedrec's
+  ``client_update`` took on average per message. Its ``train_s`` minus that
+  busy time is Flower's cost *when the nodes compute*: on this 2-core machine a
+  computing worker slows Ray's dispatch and the server's threads. The difference
+  between fedrec's overhead and this one is what fedrec's own glue costs.
 - **embedded**: ``train_round`` of the in-process engine, per client (the
   compute itself, for scale).
+
+Flower's simulation moves new messages from the SuperLink to the workers every
+100 ms, so a round first waits 0–100 ms for that pickup, depending on where it
+starts in the cycle. That wait is the same for every app on average, but which
+part of it a run gets is chance: three runs of the same code measured ratios of
+1.30 to 1.55 with it. The bench sets the pickup poll to 1 ms for all three runs
+(``--pickup-poll``; 0.1 is Flower's own), so the numbers compare the apps,
+not their luck with the cycle.
 
 Also reported: ``fedrec_node_glue`` — the time a node spends in fedrec's train
 handler outside ``client_update`` (store, records), per client.
@@ -62,8 +76,17 @@ def config(n_users: int, rounds: int) -> dict[str, Any]:
     ).to_dict()
 
 
-def echo_client_app() -> Any:
-    """A trivial ClientApp: answers the partition query, echoes what it received."""
+def echo_client_app(busy_s: float = 0.0) -> Any:
+    """A trivial ClientApp: answers the partition query, echoes what it received.
+
+    With ``busy_s`` > 0, each train message first keeps one core busy for
+    ``busy_s`` seconds (reported as ``compute_s``, as fedrec reports
+    ``client_update``). Only names imported here are used: the simulation
+    pickles this app by value with every message, and a global like ``torch``
+    makes that 10× slower (1.5 vs 0.2 ms a message), which would bill the echo for it.
+    """
+    from time import perf_counter
+
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
 
@@ -81,7 +104,11 @@ def echo_client_app() -> Any:
     @app.train()
     def train(msg, context):
         n = len(msg.content["config"]["clients"])
-        metrics = MetricRecord({"losses": [0.0] * n, "compute_s": 0.0})
+        t0 = perf_counter()
+        while perf_counter() - t0 < busy_s:  # a busy core, as a computing node's
+            pass
+        compute_s = perf_counter() - t0 if busy_s else 0.0
+        metrics = MetricRecord({"losses": [0.0] * n, "compute_s": compute_s})
         content = RecordDict({"uploads": msg.content["received"], "metrics": metrics})
         return Message(content, reply_to=msg)
 
@@ -92,7 +119,9 @@ def echo_client_app() -> Any:
     return app
 
 
-def flower_rounds(raw: dict[str, Any], nodes: int, echo: bool) -> list[dict[str, Any]]:
+def flower_rounds(
+    raw: dict[str, Any], nodes: int, echo: bool, busy_s: float = 0.0
+) -> list[dict[str, Any]]:
     from flwr.simulation import run_simulation
 
     from fedrec.flower.apps import flower_apps
@@ -102,11 +131,26 @@ def flower_rounds(raw: dict[str, Any], nodes: int, echo: bool) -> list[dict[str,
     server_app, client_app = flower_apps(raw, nodes, history)
     run_simulation(
         server_app=server_app,
-        client_app=echo_client_app() if echo else client_app,
+        client_app=echo_client_app(busy_s) if echo else client_app,
         num_supernodes=nodes,
         backend_config={"client_resources": {"num_cpus": os.cpu_count() or 1}},
     )
     return history
+
+
+def set_pickup_poll(seconds: float) -> None:
+    """Flower's simulation loop that hands new messages to the workers, polling
+    every ``seconds`` instead of its fixed 100 ms (flwr 1.41's loop otherwise)."""
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    def add_messages_to_queue(state, queue, nodes_mapping, f_stop):  # type: ignore[no-untyped-def]
+        while not f_stop.is_set():
+            for node_id in nodes_mapping:
+                for msg in state.get_message_ins(node_id=node_id, limit=1):
+                    queue.put(msg)
+            f_stop.wait(seconds)
+
+    vce_api.add_messages_to_queue = add_messages_to_queue
 
 
 def per_client(history: list[dict[str, Any]], key: str) -> float:
@@ -115,58 +159,81 @@ def per_client(history: list[dict[str, Any]], key: str) -> float:
     )
 
 
+def measure(n: int, nodes: int, rounds: int) -> dict[str, Any]:
+    """One row: the three Flower runs and the embedded engine at ``n`` clients."""
+    raw = config(n, rounds)
+    t0 = time.perf_counter()
+    fedrec = flower_rounds(raw, nodes, echo=False)
+    echo = flower_rounds(raw, nodes, echo=True)
+    per_msg = statistics.median(h["client_compute_s"] for h in fedrec[1:])
+    busy = flower_rounds(raw, nodes, echo=True, busy_s=per_msg / nodes)
+    eng = build_engine(config_from_raw(raw))
+    embedded = [eng.train_round(r) for r in range(rounds)]
+    row = {
+        "clients": fedrec[0]["clients"],
+        "nodes": nodes,
+        "fedrec_overhead_ms_per_client": 1e3 * per_client(fedrec, "client_compute_s"),
+        "echo_ms_per_client": 1e3 * per_client(echo, "none"),
+        "busy_echo_ms_per_client": 1e3 * per_client(busy, "client_compute_s"),
+        "fedrec_node_glue_ms_per_client": 1e3
+        * statistics.median(
+            (h["client_node_s"] - h["client_compute_s"]) / h["clients"]
+            for h in fedrec[1:]
+        ),
+        "fedrec_compute_ms_per_client": 1e3
+        * statistics.median(h["client_compute_s"] / h["clients"] for h in fedrec[1:]),
+        "fedrec_round_train_s": statistics.median(h["train_s"] for h in fedrec[1:]),
+        "echo_round_train_s": statistics.median(h["train_s"] for h in echo[1:]),
+        "embedded_ms_per_client": 1e3 * per_client(embedded, "none"),
+        "wall_s": time.perf_counter() - t0,
+    }
+    fo = row["fedrec_overhead_ms_per_client"]
+    row["overhead_ratio"] = fo / row["echo_ms_per_client"]
+    row["overhead_ratio_vs_busy_echo"] = fo / row["busy_echo_ms_per_client"]
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+
+
+def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and range over the repeats of one client count."""
+    out: dict[str, Any] = {"clients": rows[0]["clients"], "repeats": len(rows)}
+    for key in ("overhead_ratio", "overhead_ratio_vs_busy_echo"):
+        vals = [r[key] for r in rows]
+        mid = statistics.median(vals)
+        out[key] = {"median": mid, "min": min(vals), "max": max(vals)}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--clients", type=int, nargs="+", default=[100, 1000])
     p.add_argument("--nodes", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--pickup-poll", type=float, default=0.001)
     p.add_argument("--out", default="bench/results/flower.json")
     args = p.parse_args()
-    rows = []
+    set_pickup_poll(args.pickup_poll)
+    rows, summaries = [], []
     for n in args.clients:
-        raw = config(n, args.rounds)
-        t0 = time.perf_counter()
-        fedrec = flower_rounds(raw, args.nodes, echo=False)
-        echo = flower_rounds(raw, args.nodes, echo=True)
-        eng = build_engine(config_from_raw(raw))
-        embedded = [eng.train_round(r) for r in range(args.rounds)]
-        row = {
-            "clients": fedrec[0]["clients"],
-            "nodes": args.nodes,
-            "fedrec_overhead_ms_per_client": 1e3
-            * per_client(fedrec, "client_compute_s"),
-            "echo_ms_per_client": 1e3 * per_client(echo, "none"),
-            "fedrec_node_glue_ms_per_client": 1e3
-            * statistics.median(
-                (h["client_node_s"] - h["client_compute_s"]) / h["clients"]
-                for h in fedrec[1:]
-            ),
-            "fedrec_compute_ms_per_client": 1e3
-            * statistics.median(
-                h["client_compute_s"] / h["clients"] for h in fedrec[1:]
-            ),
-            "fedrec_round_train_s": statistics.median(h["train_s"] for h in fedrec[1:]),
-            "echo_round_train_s": statistics.median(h["train_s"] for h in echo[1:]),
-            "embedded_ms_per_client": 1e3 * per_client(embedded, "none"),
-            "wall_s": time.perf_counter() - t0,
-        }
-        row["overhead_ratio"] = (
-            row["fedrec_overhead_ms_per_client"] / row["echo_ms_per_client"]
-        )
-        rows.append(
-            {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
-        )
-        print(json.dumps(rows[-1]))
+        mine = []
+        for _ in range(args.repeats):
+            mine.append(measure(n, args.nodes, args.rounds))
+            print(json.dumps(mine[-1]), flush=True)
+        rows += mine
+        summaries.append(summary(mine))
     result = {
+        "summary": summaries,
         "rows": rows,
         "rounds": args.rounds,
         "counted_rounds": args.rounds - 1,
+        "pickup_poll_s": args.pickup_poll,
         "torch_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "command": "bench/flower.py --clients "
         + " ".join(map(str, args.clients))
-        + f" --nodes {args.nodes} --rounds {args.rounds}",
+        + f" --nodes {args.nodes} --rounds {args.rounds} --repeats {args.repeats}"
+        + f" --pickup-poll {args.pickup_poll}",
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -11,26 +11,66 @@ pytest.importorskip("peft")
 TITLES = tuple(f"Movie {w} ({1990 + i})" for i, w in enumerate("abcdefghijkl"))
 
 
+def test_balance_is_fellrec_mixing_of_whole_thetas():
+    """Two clients, hand-computed: s = (cos + 1)/2, w = tanh(α / softmax(l/τ)^(1/β))."""
+    from fedrec.flower.split import balance
+
+    a = {"x": torch.tensor([1.0, 0.0], dtype=torch.float64)}
+    b = {"x": torch.tensor([0.0, 1.0], dtype=torch.float64)}
+    out = balance([a, b], [1.0, 1.0], rnd=0)
+    s = 0.5  # cos = 0
+    w = torch.tanh(torch.tensor(0.7 / 0.5**0.2, dtype=torch.float64))  # equal losses
+    mix_a = (a["x"] + w * s * b["x"]) / (1 + w * s)
+    torch.testing.assert_close(out[0]["x"], mix_a)
+    torch.testing.assert_close(out[1]["x"], mix_a.flip(0))
+
+
+def test_optimise_carries_adam_state_like_torch_adam():
+    """Two steps through ``optimise`` (state handed back and forth) = torch's Adam."""
+    from torch import nn
+
+    from fedrec.flower.split import SplitSpec, optimise
+
+    spec = SplitSpec(lr=0.1)
+    ours = {"w": nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))}
+    ref = nn.Parameter(ours["w"].detach().clone())
+    adam = torch.optim.Adam([ref], lr=0.1)
+    state: dict = {}
+    for g in ([0.5, -1.0], [2.0, 0.25]):
+        ours["w"].grad = torch.tensor(g, dtype=torch.float64)
+        state = optimise(ours, state, spec)
+        ref.grad = torch.tensor(g, dtype=torch.float64)
+        adam.step()
+        torch.testing.assert_close(ours["w"].detach(), ref.detach())
+    assert ours["w"].grad is None and int(state["t"]) == 2
+    assert set(state) == {"m:w", "v:w", "t"}
+
+
 @pytest.mark.slow
-def test_split_training_over_flower_equals_in_process():
+def test_split_rounds_over_flower_equal_in_process():
     from fedrec.flower.split import SplitSpec, run_split_simulation, train_in_process
 
-    spec = SplitSpec(titles=TITLES, k=2, steps=3, batch=2, lr=0.1)
+    spec = SplitSpec(titles=TITLES, k=2, steps=2, rounds=2, batch=2, lr=0.02)
     ref = train_in_process(spec, n_clients=2)
     got = run_split_simulation(spec, n_clients=2)
 
-    assert len(got["losses"]) == 3
-    for g, r in zip(got["losses"], ref["losses"], strict=True):  # [step][client]
+    assert len(got["losses"]) == 4  # [round · steps + step][client]
+    for g, r in zip(got["losses"], ref["losses"], strict=True):
         assert g == pytest.approx(r, abs=1e-10)
-    assert ref["losses"][2][0] < ref["losses"][0][0]  # it trains
-    for c in range(2):  # each client's server-side adapters, after every step
+    assert ref["losses"][3][0] < ref["losses"][0][0]  # it trains
+    for c in range(2):  # each client's server-side adapters, after the balance
         assert set(got["server"][c]) == set(ref["server"][c]) and ref["server"][c]
         for n, t in ref["server"][c].items():
             torch.testing.assert_close(got["server"][c][n], t, rtol=0, atol=1e-10)
-    # only hidden states (with mask and positions) and gradients reached the server
+    # hidden states (with mask and positions), gradients, and once a round the
+    # node-side adapters for the balance: never token ids, labels or logits
+    lora = sorted(got["client_params"])
+    assert lora and all("lora_" in n for n in lora)
     assert got["received"] == {
         "split_head": ["attention_mask", "position_ids", "tensor"],
         "split_tail": ["tensor"],
         "split_back": [],
+        "split_upload": lora,
+        "split_load": [],
     }
     assert got["wire_bytes"] > 0

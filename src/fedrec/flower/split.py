@@ -12,21 +12,29 @@ is three message exchanges, the parts of :meth:`SplitModel.step`:
   the node's own labels; it keeps the tail gradients and replies
   ``∂loss/∂h_{L−1}`` and the loss;
 - ``train.split_back`` (carries ``∂loss/∂h_k``) — ``head_backward``, then one
-  SGD step of all the node's parameters (tail and head gradients together, as
-  tied embeddings need); an empty reply.
+  optimiser step of all the node's parameters (tail and head gradients
+  together, as tied embeddings need); an empty reply.
 
 Between the tail and the head backward the server runs ``server_forward`` /
-``server_backward`` and its own SGD step. Token ids, labels and logits never
-leave a node; a node's parameters and pending gradients live in its
-:class:`~fedrec.flower.store.NodeStore`, so any worker can serve any message.
-The in-process reference (:func:`train_in_process`) runs the same parts in one
-process; the Flower run equals it (``tests/flower/test_split_flower.py``).
+``server_backward`` and its own optimiser step (the engine's Adam; each
+side keeps its moments: the node in its store, the server per client). Token
+ids, labels and logits never leave a node; a node's parameters, pending
+gradients and moments live in its :class:`~fedrec.flower.store.NodeStore`, so
+any worker can serve any message.
 
-Scope: the split *training* protocol for the generative (causal LM) backbone,
-with plain SGD. Evaluation, FELLRec's aggregation across clients and the
-discriminative backbone over the split are not wired on Flower yet: a
-``fedrec run --engine flower`` FELLRec config runs each client's model whole on
-its node.
+A federated round is ``steps`` such steps of every client, then FELLRec's
+dynamic balance (:class:`~fedrec.methods.fellrec.FELLRec`'s ``aggregate``, the
+embedded engine's code) over each client's whole ``θ_i``: its node uploads the
+node-side adapters (``train.split_upload``), the server joins them with the
+server-side ones it holds, mixes, keeps the server side and sends each node its
+mixed node side (``train.split_load``). The in-process reference
+(:func:`train_in_process`) runs the same parts in one process; the Flower run
+equals it (``tests/flower/test_split_flower.py``).
+
+Scope: training rounds of the generative (causal LM) backbone.
+Evaluation (generation through the split) and the discriminative backbone
+over the split are not wired on Flower yet: a ``fedrec run --engine flower``
+FELLRec config runs each client's model whole on its node.
 """
 
 from __future__ import annotations
@@ -39,9 +47,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from fedrec.errors import FedrecError
+from fedrec.fl.stacked import StackedAdam
+from fedrec.fl.strategy import RoundContext
 from fedrec.flower.client import FedrecClientApp, node_queries, partition
 from fedrec.flower.records import from_record, to_record
 from fedrec.flower.store import NodeStore
+from fedrec.methods.fellrec import FELLRec, FELLRecConfig
 from fedrec.models.split import Message, SplitModel
 
 
@@ -53,8 +65,10 @@ class SplitSpec:
     path: str = "tiny"  # a causal LM: "tiny", "smollm2" or a local HF dir
     k: int = 1
     lora_rank: int = 4
-    lr: float = 0.05
-    steps: int = 2
+    lr: float = 0.01
+    optimizer: str = "adam"  # or "sgd"; the engine's StackedAdam, reset each round
+    steps: int = 2  # local steps of every client per round
+    rounds: int = 1  # each ends with FELLRec's dynamic balance
     batch: int = 2
     seed: int = 0
 
@@ -103,13 +117,42 @@ class SplitParty:
         return loss
 
 
-def sgd(params: dict[str, nn.Parameter], lr: float) -> None:
-    """``p ← p − lr·∇p`` for every parameter with a gradient; clears them."""
+def optimise(
+    params: dict[str, nn.Parameter], state: dict[str, torch.Tensor], spec: SplitSpec
+) -> dict[str, torch.Tensor]:
+    """One step of the engine's optimiser on every parameter with a gradient.
+
+    :class:`~fedrec.fl.stacked.StackedAdam` (``spec.optimizer``) on a batch of
+    one client; the gradients are cleared. ``state`` holds the moments and the
+    step count (``m:<name>``, ``v:<name>``, ``t``; empty at a round's start, as
+    the embedded engine starts a fresh optimiser each round); the new state is
+    returned for the caller to keep — a node in its store, the server per
+    client. Adam is elementwise, so a client's two sides stepping apart equal
+    one optimiser over both.
+    """
+    live = {n: p for n, p in params.items() if p.grad is not None}
     with torch.no_grad():
-        for p in params.values():
-            if p.grad is not None:
-                p -= lr * p.grad
-                p.grad = None
+        views = {n: p.data.unsqueeze(0) for n, p in live.items()}  # write through
+        opt = StackedAdam(views, spec.lr, spec.optimizer)
+        if state:
+            opt.m = {n: state[f"m:{n}"].unsqueeze(0).clone() for n in live}
+            opt.v = {n: state[f"v:{n}"].unsqueeze(0).clone() for n in live}
+            opt.t = state["t"].clone()
+        grads = {n: p.grad.unsqueeze(0) for n, p in live.items()}  # type: ignore[union-attr]
+        opt.step(views, grads, torch.ones(1, dtype=torch.bool))
+    for p in live.values():
+        p.grad = None
+    if spec.optimizer == "sgd":
+        return {}
+    return {
+        **{f"m:{n}": opt.m[n][0] for n in live},
+        **{f"v:{n}": opt.v[n][0] for n in live},
+        "t": opt.t,
+    }
+
+
+def _opt_state(saved: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in saved.items() if k.startswith(("m:", "v:")) or k == "t"}
 
 
 def load(params: dict[str, nn.Parameter], values: dict[str, torch.Tensor]) -> None:
@@ -124,27 +167,59 @@ def snapshot(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in params.items()}
 
 
-def train_in_process(spec: SplitSpec, n_clients: int) -> dict[str, Any]:
-    """The reference: every client's steps through the split in one process.
+def balance(
+    thetas: list[dict[str, torch.Tensor]], losses: list[float], rnd: int
+) -> list[dict[str, torch.Tensor]]:
+    """FELLRec's dynamic balance of the clients' whole ``θ_i`` after round ``rnd``.
 
-    Returns the losses (``[step][client]``) and each client's server-side
-    parameters at the end.
+    ``thetas[i]``: client ``i``'s trainable tensors (node and server side),
+    ``losses[i]``: its mean training loss of the round. The embedded engine's
+    :meth:`FELLRec.aggregate` with its default options, every client uploading.
+    """
+    n = len(thetas)
+    stacked = {k: torch.stack([t[k] for t in thetas]) for k in thetas[0]}
+    ctx = RoundContext(
+        round=rnd,
+        clients=torch.arange(n),
+        weights=torch.ones(n, dtype=torch.float64),
+        groups={},
+        n_groups={},
+        losses=torch.tensor(losses, dtype=torch.float64),
+    )
+    mixed = FELLRec(FELLRecConfig()).aggregate(stacked, stacked, None, ctx)  # type: ignore[arg-type]
+    return [{k: v[i] for k, v in mixed.items()} for i in range(n)]
+
+
+def train_in_process(spec: SplitSpec, n_clients: int) -> dict[str, Any]:
+    """The reference: every client's steps and rounds through the split, one process.
+
+    Returns the losses (``[round · steps + step][client]``) and each client's
+    server-side parameters at the end.
     """
     party = SplitParty(spec)
+    both = {**party.client_params, **party.server_params}
     clients = [dict(party.initial) for _ in range(n_clients)]
-    losses = []
-    for step in range(spec.steps):
-        row = []
-        for c in range(n_clients):
-            load({**party.client_params, **party.server_params}, clients[c])
-            ids, mask = party.batch(c, step)
-            loss, _ = party.split.step(ids, mask, party.loss_fn(ids, mask))
-            sgd({**party.client_params, **party.server_params}, spec.lr)
-            clients[c] = snapshot({**party.client_params, **party.server_params})
-            row.append(float(loss))
-        losses.append(row)
+    losses: list[list[float]] = []
+    for rnd in range(spec.rounds):
+        opt: list[dict[str, torch.Tensor]] = [{} for _ in range(n_clients)]
+        for step in range(rnd * spec.steps, (rnd + 1) * spec.steps):
+            row = []
+            for c in range(n_clients):
+                load(both, clients[c])
+                ids, mask = party.batch(c, step)
+                loss, _ = party.split.step(ids, mask, party.loss_fn(ids, mask))
+                opt[c] = optimise(both, opt[c], spec)
+                clients[c] = snapshot(both)
+                row.append(float(loss))
+            losses.append(row)
+        clients = balance(clients, _round_means(losses, spec), rnd)
     server = [{n: c[n] for n in party.server_params} for c in clients]
     return {"losses": losses, "server": server}
+
+
+def _round_means(losses: list[list[float]], spec: SplitSpec) -> list[float]:
+    """Each client's mean loss over the last round's steps."""
+    return torch.tensor(losses[-spec.steps :]).mean(0).tolist()
 
 
 @functools.cache
@@ -176,8 +251,13 @@ def _build_client(spec: SplitSpec) -> SplitClientApp:
 
     app = SplitClientApp(spec)
 
-    def state(context: Context) -> tuple[SplitParty, NodeStore, int]:
-        """The party with this node's parameters loaded; its store; its client."""
+    def state(
+        context: Context,
+    ) -> tuple[SplitParty, NodeStore, int, dict[str, torch.Tensor]]:
+        """The party, its parameters and pending gradients loaded from the store.
+
+        Also returns the store, the node's client and its optimiser state.
+        """
         party, client = party_for(spec), partition(context)[0]
         store = NodeStore.of(context, client)
         saved = store.load() or party.initial  # nothing saved yet: the model
@@ -185,7 +265,7 @@ def _build_client(spec: SplitSpec) -> SplitClientApp:
         for n, p in party.client_params.items():  # tail gradients, until the head's
             g = saved.get(f"grad:{n}")
             p.grad = None if g is None else g.clone()
-        return party, store, client
+        return party, store, client, _opt_state(saved)
 
     def reply(msg: FlwrMessage, tensors: dict[str, torch.Tensor], **metrics: float):
         content = RecordDict({"wire": to_record(tensors)})
@@ -195,14 +275,14 @@ def _build_client(spec: SplitSpec) -> SplitClientApp:
 
     @app.train("split_head")
     def head(msg: FlwrMessage, context: Context) -> FlwrMessage:
-        party, _, client = state(context)
+        party, _, client, _ = state(context)
         ids, mask = party.batch(client, int(msg.content["config"]["step"]))
         up = party.split.head_forward(ids, mask)
         return reply(msg, _as_dict(up))
 
     @app.train("split_tail")
     def tail(msg: FlwrMessage, context: Context) -> FlwrMessage:
-        party, store, client = state(context)
+        party, store, client, opt = state(context)
         ids, mask = party.batch(client, int(msg.content["config"]["step"]))
         down = _as_message(from_record(msg.content["wire"]))
         loss, grad = party.split.tail_backward(down, party.loss_fn(ids, mask))
@@ -211,17 +291,34 @@ def _build_client(spec: SplitSpec) -> SplitClientApp:
             for n, p in party.client_params.items()
             if p.grad is not None
         }
-        store.save({**snapshot(party.client_params), **grads})
+        store.save({**snapshot(party.client_params), **grads, **opt})
         return reply(msg, {"tensor": grad.tensor}, loss=float(loss))
 
     @app.train("split_back")
     def back(msg: FlwrMessage, context: Context) -> FlwrMessage:
-        party, store, client = state(context)
+        party, store, client, opt = state(context)
         ids, mask = party.batch(client, int(msg.content["config"]["step"]))
         grad = Message(from_record(msg.content["wire"])["tensor"])
         party.split.head_backward(ids, mask, grad)
-        sgd(party.client_params, spec.lr)  # tail + head gradients, one step
-        store.save(snapshot(party.client_params))
+        opt = optimise(party.client_params, opt, spec)  # tail + head gradients
+        store.save({**snapshot(party.client_params), **opt})
+        return reply(msg, {})
+
+    @app.train("split_upload")
+    def upload(msg: FlwrMessage, context: Context) -> FlwrMessage:
+        party, _, _, _ = state(context)
+        return reply(msg, snapshot(party.client_params))
+
+    @app.train("split_load")
+    def load_mixed(msg: FlwrMessage, context: Context) -> FlwrMessage:
+        party, store, _, _ = state(context)
+        mixed = from_record(msg.content["wire"])
+        if set(mixed) != set(party.client_params):
+            raise FedrecError(
+                f"split_load: expected {sorted(party.client_params)}, "
+                f"got {sorted(mixed)}"
+            )
+        store.save(mixed)  # and no optimiser state: the next round starts afresh
         return reply(msg, {})
 
     node_queries(app)
@@ -231,9 +328,10 @@ def _build_client(spec: SplitSpec) -> SplitClientApp:
 def split_server_app(spec: SplitSpec, nodes: int, result: dict[str, Any]) -> Any:
     """The ServerApp: drives every client's steps, runs the middle blocks.
 
-    ``result`` receives ``losses`` (``[step][client]``), each client's
-    server-side parameters (``server``), what the server received (``received``:
-    tensor names per message type) and the bytes on the wire.
+    ``result`` receives ``losses`` (``[round · steps + step][client]``), each
+    client's server-side parameters (``server``), the names of the node-side
+    ones (``client_params``), what the server received (``received``: tensor
+    names per message type) and the bytes on the wire.
     """
     from flwr.app import ConfigRecord, Context, RecordDict
     from flwr.app import Message as FlwrMessage
@@ -267,24 +365,33 @@ def split_server_app(spec: SplitSpec, nodes: int, result: dict[str, Any]) -> Any
             wire += sum(t.numel() * t.element_size() for t in got.values())
             return got, rep.content.metric_records.get("metrics", {})
 
-        t0 = time.perf_counter()
-        for step in range(spec.steps):
-            row = []
-            for c in sorted(host):
-                load(party.server_params, mine[c])
-                up, _ = ask(c, "split_head", step, {})
-                leaf, mid = party.split.server_forward(_as_message(up))
-                g_down, m = ask(c, "split_tail", step, _as_dict(mid, detach=True))
-                g_up = party.split.server_backward(leaf, mid, _as_message(g_down))
-                sgd(party.server_params, spec.lr)
-                mine[c] = snapshot(party.server_params)
-                ask(c, "split_back", step, {"tensor": g_up.tensor})
-                row.append(float(m["loss"]))
-            losses.append(row)
+        t0, clients = time.perf_counter(), sorted(host)
+        for rnd in range(spec.rounds):
+            opt: dict[int, dict[str, torch.Tensor]] = {c: {} for c in clients}
+            for step in range(rnd * spec.steps, (rnd + 1) * spec.steps):
+                row = []
+                for c in clients:
+                    load(party.server_params, mine[c])
+                    up, _ = ask(c, "split_head", step, {})
+                    leaf, mid = party.split.server_forward(_as_message(up))
+                    down = _as_dict(mid, detach=True)
+                    g_down, m = ask(c, "split_tail", step, down)
+                    g_up = party.split.server_backward(leaf, mid, _as_message(g_down))
+                    opt[c] = optimise(party.server_params, opt[c], spec)
+                    mine[c] = snapshot(party.server_params)
+                    ask(c, "split_back", step, {"tensor": g_up.tensor})
+                    row.append(float(m["loss"]))
+                losses.append(row)
+            thetas = [{**ask(c, "split_upload", -1, {})[0], **mine[c]} for c in clients]
+            mixed = balance(thetas, _round_means(losses, spec), rnd)
+            for c, theta in zip(clients, mixed, strict=True):
+                mine[c] = {n: theta[n] for n in party.server_params}
+                ask(c, "split_load", -1, {n: theta[n] for n in party.client_params})
         _finish(grid, host, opts)
         result.update(
             losses=losses,
             server=mine,
+            client_params=sorted(party.client_params),
             received={k: sorted(v) for k, v in received.items()},
             wire_bytes=wire,
             train_s=time.perf_counter() - t0,
