@@ -28,13 +28,12 @@ import torch
 from fedrec.config import config_from_raw
 from fedrec.errors import FedrecError
 from fedrec.flower.mods import SCORES, UPLOADS
+from fedrec.flower.pacing import ReplyPacer
 from fedrec.flower.records import arrays, from_record, to_record
 from fedrec.flower.runconfig import engine_for, eval_splits, raw_of
 
 log = logging.getLogger("fedrec.flower")
 DEFAULTS = {"min-nodes": 1, "node-timeout": 300.0, "round-timeout": 600.0}
-# reply polling: from 2 ms, ×1.5 while nothing arrives, at most 10 ms
-_POLL = (0.002, 0.01)
 
 
 def server_app_for(
@@ -247,19 +246,19 @@ def _collect(
 
     A node that answers with an error (it died — the SuperLink then answers for
     it —, the audit refused, the app raised) or not within ``round-timeout`` is
-    logged and left out. Replies are matched to partitions by message id. The
-    pause between polls starts at 2 ms after each reply and backs off to 50 ms,
-    so a round ends within milliseconds of its last reply.
+    logged and left out. Replies are matched to partitions by message id. Polls
+    are paced to the replies' arrival (:class:`~fedrec.flower.pacing.ReplyPacer`),
+    so a round ends about a millisecond after its last reply.
     """
     part_of = {n: p for p, n in host.items()}
     ids = list(grid.push_messages(msgs))
     waiting = {
         i: part_of[m.metadata.dst_node_id] for i, m in zip(ids, msgs, strict=True)
     }
-    got, end, pause = {}, time.monotonic() + float(opts["round-timeout"]), _POLL[0]
+    got, end, pacer = {}, time.monotonic() + float(opts["round-timeout"]), ReplyPacer()
     while waiting and time.monotonic() < end:
         replies = list(grid.pull_messages(list(waiting)))
-        pause = _POLL[0] if replies else min(pause * 1.5, _POLL[1])
+        pacer.seen(time.monotonic(), len(replies))
         for rep in replies:
             p = waiting.pop(rep.metadata.reply_to_message_id)
             if rep.has_error():
@@ -273,7 +272,7 @@ def _collect(
             else:
                 got[p] = rep.content
         if waiting:
-            time.sleep(pause)
+            time.sleep(pacer.pause(time.monotonic()))
     for p in waiting.values():
         log.warning("round %d %s: no reply from partition %d in time", rnd, kind, p)
     return got
