@@ -21,7 +21,7 @@ from fedrec import tables
 from fedrec.config import ExperimentConfig, load_config
 from fedrec.errors import FedrecError
 from fedrec.registry import method_names
-from fedrec.runs import Run, run_experiment, run_flower
+from fedrec.runs import resume_run, run_experiment, run_flower
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,7 +108,7 @@ def _run(args: argparse.Namespace) -> None:
             raise FedrecError(
                 "--resume takes the run directory only (its config is kept)"
             )
-        summary = Run.resume(args.resume).execute(not args.quiet)
+        summary = resume_run(args.resume, not args.quiet)
     else:
         if not args.config:
             raise FedrecError("give a CONFIG file or --resume RUN_DIR")

@@ -34,7 +34,7 @@ from fedrec.atomic import atomic_write
 from fedrec.build import build_engine, load_checkpoint
 from fedrec.config import ExperimentConfig, config_from_raw
 from fedrec.data.dataset import InteractionData
-from fedrec.errors import CheckpointError, ConfigError
+from fedrec.errors import CheckpointError, ConfigError, FedrecError
 from fedrec.fl.simulate import EmbeddedEngine
 
 log = logging.getLogger("fedrec")
@@ -363,11 +363,14 @@ def run_flower(
     cfg: ExperimentConfig,
     run_dir: Path | None = None,
     nodes: int = 3,
+    resume: bool = False,
 ) -> dict[str, Any]:
-    """Run ``cfg`` on Flower's simulation engine; same run directory files.
+    """Run ``cfg`` on Flower's simulation engine; its summary.
 
-    No checkpoint is written (resume is the embedded engine's for now).
+    The ServerApp keeps the run directory (the embedded engine's files, a
+    checkpoint after every round); ``resume`` continues a killed run there.
     """
+    from fedrec.flower.server import check_run_dir
     from fedrec.flower.simulation import run_flower_simulation
 
     if run_dir is None:
@@ -375,15 +378,36 @@ def run_flower(
         run_dir = (
             Path(cfg.run.out_dir) / f"{cfg.run.name}-flower-s{cfg.run.seed}-{stamp}"
         )
-    if (run_dir / "summary.json").exists():
-        raise CheckpointError(f"{run_dir} already holds a finished run")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_json(run_dir / "config.json", cfg.to_dict())
-    write_json(
-        run_dir / "env.json", {**environment(cfg), "engine": "flower", "nodes": nodes}
-    )
-    history = run_flower_simulation(cfg, nodes)
-    return finish_run(run_dir, cfg, history, engine="flower", nodes=nodes)
+    check_run_dir(run_dir, resume)
+    stopped = ""
+    try:
+        run_flower_simulation(cfg, nodes, run_dir, resume)
+    except FedrecError:
+        raise
+    except Exception as e:  # the ServerApp died: its checkpoint stays
+        stopped = f" ({type(e).__name__}: {e})"
+        cause: Exception | None = e
+    else:
+        cause = None
+    if not (run_dir / "summary.json").exists():
+        raise FedrecError(
+            f"the Flower run stopped before its last round{stopped}; continue "
+            f"it with `fedrec run --resume {run_dir}`"
+        ) from cause
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def resume_run(run_dir: Path, progress: bool = True) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` on the engine it started on."""
+    try:
+        env = json.loads((run_dir / "env.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        env = {}
+    if env.get("engine") != "flower":
+        return Run.resume(run_dir).execute(progress)
+    cfg_path = run_dir / "config.json"
+    cfg = config_from_raw(json.loads(cfg_path.read_text()), str(cfg_path))
+    return run_flower(cfg, run_dir, int(env["min-nodes"]), resume=True)
 
 
 def run_experiment(

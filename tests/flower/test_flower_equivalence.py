@@ -104,4 +104,5 @@ def test_cli_runs_on_flower_and_writes_a_run_directory(tmp_path):
     s = json.loads((out / "summary.json").read_text())
     assert s["engine"] == "flower" and s["rounds"] == 2 and 0 <= s["test_auc"] <= 1
     assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
-    assert json.loads((out / "env.json").read_text())["nodes"] == 2
+    assert json.loads((out / "env.json").read_text())["min-nodes"] == 2
+    assert (out / "checkpoint.pt").exists()

@@ -136,3 +136,21 @@ def test_client_app_pickles_as_a_reference_to_its_factory():
     blob = cloudpickle.dumps(app)
     assert len(blob) < 500  # the factory's name and the config, no closures
     assert cloudpickle.loads(blob) is app  # same process: the cached app
+
+
+def test_round_tagged_saves_let_a_resumed_round_read_the_older_file(tmp_path):
+    """Nodes saved round 2 (generation 3), the server died before recording it:
+    round 2 again reads generation 2 and overwrites the stale generation 3."""
+    from fedrec.flower import store as S
+
+    st = S.NodeStore(tmp_path / "node", keep=True)
+    assert st.load(at_most=0) is None  # round 0: nothing saved, the model
+    for rnd in range(3):
+        st.save({"w": torch.full((2,), float(rnd))}, generation=rnd + 1)
+    assert st.load()["w"].tolist() == [2.0, 2.0]  # newest: round 2's
+    assert st.load(at_most=2)["w"].tolist() == [1.0, 1.0]  # round 2 again
+    st.save({"w": torch.full((2,), 7.0)}, generation=3)  # the stale one goes
+    assert [S._HEADER.unpack(f.read_bytes()[:16])[0] for f in st.files] == [3, 2]
+    assert st.load()["w"].tolist() == [7.0, 7.0]
+    assert st.load(at_most=2)["w"].tolist() == [1.0, 1.0]
+    assert st.load(at_most=1) is None  # round 0's save was overwritten

@@ -75,6 +75,12 @@ def hosted(context: Any, n_clients: int) -> torch.Tensor:
     return torch.arange(p, n_clients, parts)
 
 
+def store_of(msg: Any, context: Any) -> NodeStore:
+    """The node's store for the run of ``msg`` (the server sends its key)."""
+    cfg = msg.content.config_records.get("config", {})
+    return NodeStore.of(context, partition(context)[0], str(cfg.get("store", "")))
+
+
 def node_queries(app: Any) -> None:
     """Register ``query`` (the node's partition) and ``query.finish`` (run over)."""
     from flwr.app import ConfigRecord, Context, Message, RecordDict
@@ -87,7 +93,7 @@ def node_queries(app: Any) -> None:
 
     @app.query("finish")
     def finish(msg: Message, context: Context) -> Message:
-        NodeStore.of(context, partition(context)[0]).finish()
+        store_of(msg, context).finish()
         return Message(content=RecordDict(), reply_to=msg)
 
 
@@ -107,9 +113,12 @@ def _build(raw: dict[str, Any] | None) -> FedrecClientApp:
 
     app = FedrecClientApp(raw, mods=[wire_audit(shared), upload_mods(engine_of)])
 
-    def bank(context: Context, eng: Any) -> dict[str, torch.Tensor]:
-        """Private tensors of the node's clients, one row per hosted client."""
-        stored = NodeStore.of(context, partition(context)[0]).load()
+    def bank(store: NodeStore, at_most: int, context: Context, eng: Any):
+        """Private tensors of the node's clients, one row per hosted client.
+
+        As saved by round ``at_most - 1`` (see :mod:`fedrec.flower.store`).
+        """
+        stored = store.load(at_most)
         if stored is None:  # every client starts from the model
             return eng.store.get(hosted(context, eng.fed.n_clients))
         return stored
@@ -120,20 +129,21 @@ def _build(raw: dict[str, Any] | None) -> FedrecClientApp:
     def train(msg: Message, context: Context) -> Message:
         start = time.perf_counter()
         eng, cfg = engine_of(context), msg.content["config"]
+        rnd, store = int(cfg["round"]), store_of(msg, context)
         clients = torch.as_tensor(list(cfg["clients"]), dtype=torch.long)
-        mine = bank(context, eng)
+        mine = bank(store, rnd, context, eng)
         slots = clients // partition(context)[1]
         private = {n: b[slots] for n, b in mine.items()}
         received = from_record(msg.content["received"])
         t0 = time.perf_counter()
         uploads, private, losses = eng.client_update(
-            int(cfg["round"]), clients, received, private, mods=False
+            rnd, clients, received, private, mods=False
         )
         compute_s = time.perf_counter() - t0
         # the private state stays on this node (new tensors: the store may
         # hand out its cached ones, never changed in place)
         mine = {n: b.index_put((slots,), private[n]) for n, b in mine.items()}
-        NodeStore.of(context, partition(context)[0]).save(mine)
+        store.save(mine, generation=rnd + 1)
         content = RecordDict({UPLOADS: to_record(uploads)})
         metrics = {"losses": losses.tolist(), "compute_s": compute_s}
         metrics["node_s"] = time.perf_counter() - start  # handler, all but the mods
@@ -142,9 +152,10 @@ def _build(raw: dict[str, Any] | None) -> FedrecClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        eng = engine_of(context)
+        eng, rnd = engine_of(context), int(msg.content["config"]["round"])
         mine = hosted(context, eng.fed.n_clients)
-        params = {**from_record(msg.content["received"]), **bank(context, eng)}
+        private = bank(store_of(msg, context), rnd + 1, context, eng)
+        params = {**from_record(msg.content["received"]), **private}
         out = {}
         for split in eval_splits(eng):
             scores = eng.task.client_scores(split, [(mine, params)], eng.cfg.train)

@@ -13,7 +13,11 @@ _RUN_CONFIGS: dict[str, dict[str, Any]] = {}
 
 
 def engine_for(raw: dict[str, Any]) -> Any:
-    """One engine (data, model, strategy) per process and config."""
+    """One engine (data, model, strategy) per process and config, for nodes.
+
+    A node only reads it (its clients' state comes in messages and its store);
+    the ServerApp builds its own per run, as it changes the server state.
+    """
     from fedrec.build import build_engine
 
     key = json.dumps(raw, sort_keys=True)

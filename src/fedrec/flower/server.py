@@ -19,18 +19,21 @@ from __future__ import annotations
 import logging
 import resource
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from fedrec.atomic import atomic_write
+from fedrec.build import build_engine, load_checkpoint
 from fedrec.config import config_from_raw
-from fedrec.errors import FedrecError
+from fedrec.errors import CheckpointError, FedrecError
 from fedrec.flower.mods import SCORES, UPLOADS
 from fedrec.flower.pacing import ReplyPacer
 from fedrec.flower.records import arrays, from_record, to_record
-from fedrec.flower.runconfig import engine_for, eval_splits, raw_of
+from fedrec.flower.runconfig import eval_splits, raw_of
 
 log = logging.getLogger("fedrec.flower")
 DEFAULTS = {"min-nodes": 1, "node-timeout": 300.0, "round-timeout": 600.0}
@@ -40,11 +43,15 @@ def server_app_for(
     raw: dict[str, Any] | None = None,
     nodes: int | None = None,
     history: list[dict[str, Any]] | None = None,
+    out: Path | None = None,
+    resume: bool = False,
 ) -> Any:
     """The ServerApp for config ``raw`` (``None``: from the run config).
 
     ``nodes`` overrides the run config's ``min-nodes``; ``history`` receives
-    each round's metrics.
+    each round's metrics (a resumed run's earlier rounds first). ``out`` (else
+    the run config's ``out``) is the run directory; ``resume`` (else the run
+    config's) continues the run whose checkpoint it holds.
     """
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
@@ -58,26 +65,35 @@ def server_app_for(
         if nodes is not None:
             opts["min-nodes"] = nodes
         raw_ = raw_of(raw, context)
-        eng = engine_for(raw_)
-        writer = _RunWriter(Path(str(rc["out"])), raw_, opts) if rc.get("out") else None
+        eng = build_engine(config_from_raw(raw_))  # fresh: this run's own state
+        run_dir = out or (Path(str(rc["out"])) if rc.get("out") else None)
+        writer = None
+        if run_dir is not None:
+            again = resume or str(rc.get("resume", "")).lower() in ("1", "true")
+            writer = _RunWriter(run_dir, raw_, opts, again)
+        key = writer.restore(eng) if writer else ""
+        if history is not None:
+            history.extend(eng.history)
         host = _discover(grid, int(opts["min-nodes"]), opts)
-        for rnd in range(eng.cfg.train.rounds):
+        for rnd in range(eng.round, eng.cfg.train.rounds):
             t0 = time.perf_counter()
             live = _wait_live(grid, host, int(opts["min-nodes"]), opts, rnd)
-            m = _train_round(grid, eng, host, live, rnd, opts)
+            m = _train_round(grid, eng, host, live, rnd, opts, key)
             t1 = time.perf_counter()
-            m.update(_evaluate_round(grid, eng, host, live, rnd, opts))
+            m.update(_evaluate_round(grid, eng, host, live, rnd, opts, key))
             m["eval_s"] = time.perf_counter() - t1
             m["round_s"] = time.perf_counter() - t0
             m["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            eng.history.append(m)
+            eng.round = rnd + 1
             if history is not None:
                 history.append(m)
             if writer:
-                writer.round(m)
+                writer.round(eng, key)
             log.info("round %d: %d/%d clients served", rnd, m["clients"], m["sampled"])
-        _finish(grid, host, opts)
+        _finish(grid, host, opts, key)
         if writer:
-            writer.finish(len(host))
+            writer.finish(eng.history, len(host))
 
     return server_app
 
@@ -89,8 +105,12 @@ def _train_round(
     live: set[int],
     rnd: int,
     opts: dict[str, Any],
+    key: str,
 ) -> dict[str, Any]:
-    """Sample, broadcast to the live nodes, aggregate what came back; the metrics."""
+    """Sample, broadcast to the live nodes, aggregate what came back; the metrics.
+
+    ``key`` names the nodes' stores of this run (stable across a resume).
+    """
     from flwr.app import ConfigRecord, Message, RecordDict
 
     t0 = time.perf_counter()
@@ -102,7 +122,7 @@ def _train_round(
     sel = {p: s for p, s in sel.items() if s.any()}
     msgs = []
     for p, s in sel.items():
-        cfg = ConfigRecord({"round": rnd, "clients": clients[s].tolist()})
+        cfg = ConfigRecord({"round": rnd, "clients": clients[s].tolist(), "store": key})
         part = to_record({n: t[s] for n, t in received.items()})
         msgs.append(
             Message(RecordDict({"received": part, "config": cfg}), host[p], "train")
@@ -142,16 +162,20 @@ def _evaluate_round(
     live: set[int],
     rnd: int,
     opts: dict[str, Any],
+    key: str,
 ) -> dict[str, Any]:
     """Every live node scores its clients; the task pools the scores."""
-    from flwr.app import Message, RecordDict
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    cfg = ConfigRecord({"round": rnd, "store": key})
 
     all_ids, parts, msgs = torch.arange(eng.fed.n_clients), len(host), []
     for p in sorted(live):
         mine = all_ids[all_ids % parts == p]
         g = {a: t[mine] for a, t in eng.groups.items()}
         part = to_record(eng.strategy.broadcast(eng.server, eng.partition, mine, g))
-        msgs.append(Message(RecordDict({"received": part}), host[p], "evaluate"))
+        content = RecordDict({"received": part, "config": cfg})
+        msgs.append(Message(content, host[p], "evaluate"))
     scores = _collect(grid, msgs, host, opts, rnd, "evaluate")
     out: dict[str, Any] = {}
     for split in eval_splits(eng):
@@ -191,14 +215,15 @@ def _discover(grid: Any, need: int, opts: dict[str, Any]) -> dict[int, int]:
     return host
 
 
-def _finish(grid: Any, host: dict[int, int], opts: dict[str, Any]) -> None:
-    """Tell every connected node the run is over (best effort)."""
-    from flwr.app import Message, RecordDict
+def _finish(
+    grid: Any, host: dict[int, int], opts: dict[str, Any], key: str = ""
+) -> None:
+    """Tell every connected node the run (stores ``key``) is over (best effort)."""
+    from flwr.app import ConfigRecord, Message, RecordDict
 
     alive = set(grid.get_node_ids())
-    msgs = [
-        Message(RecordDict(), n, "query.finish") for n in host.values() if n in alive
-    ]
+    content = RecordDict({"config": ConfigRecord({"store": key})})
+    msgs = [Message(content, n, "query.finish") for n in host.values() if n in alive]
     _collect(grid, msgs, host, opts, -1, "finish")
 
 
@@ -279,25 +304,76 @@ def _collect(
 
 
 class _RunWriter:
-    """The run directory of a ``flwr run``: config, env, metrics per round, summary."""
+    """The run directory: config, env, metrics per round, checkpoint, summary.
 
-    def __init__(self, out: Path, raw: dict[str, Any], opts: dict[str, Any]) -> None:
+    ``checkpoint.pt`` (written atomically after every round) holds the
+    server's state — the model, aggregated parameters, history, round — and the
+    key of the nodes' stores; the clients' private tensors stay on the nodes,
+    whose round-tagged saves (:mod:`fedrec.flower.store`) match any round the
+    checkpoint can stand at.
+    """
+
+    def __init__(
+        self, out: Path, raw: dict[str, Any], opts: dict[str, Any], resume: bool
+    ) -> None:
         from fedrec.runs import environment, write_json
 
-        self.out, self.cfg, self.history = out, config_from_raw(raw), []
+        self.out, self.cfg, self.resume = out, config_from_raw(raw), resume
+        self.ckpt = out / "checkpoint.pt"
+        check_run_dir(out, resume)
+        if resume:
+            _same_config(out / "config.json", self.cfg.to_dict())
+            return
         out.mkdir(parents=True, exist_ok=True)
         write_json(out / "config.json", self.cfg.to_dict())
         write_json(
             out / "env.json", {**environment(self.cfg), "engine": "flower", **opts}
         )
 
-    def round(self, m: dict[str, Any]) -> None:
+    def restore(self, eng: Any) -> str:
+        """Load the checkpoint into ``eng`` when resuming; the nodes' store key."""
+        if self.resume and self.ckpt.exists():
+            state = load_checkpoint(self.ckpt)
+            eng.load_state_dict({**eng.state_dict(), **state})
+            log.info("resuming %s at round %d", self.out, eng.round)
+            return str(state["store_key"])
+        return f"fedrec-{uuid.uuid4().hex[:12]}"
+
+    def round(self, eng: Any, key: str) -> None:
+        """After each round: the metrics, then the checkpoint."""
         from fedrec.runs import write_metrics
 
-        self.history.append(m)
-        write_metrics(self.out, self.history)
+        write_metrics(self.out, eng.history)
+        state = {k: v for k, v in eng.state_dict().items() if k != "store"}
+        atomic_write(self.ckpt, lambda p: torch.save({**state, "store_key": key}, p))
 
-    def finish(self, parts: int) -> None:
+    def finish(self, history: list[dict[str, Any]], parts: int) -> None:
+        """Summary and plot."""
         from fedrec.runs import finish_run
 
-        finish_run(self.out, self.cfg, self.history, engine="flower", nodes=parts)
+        finish_run(self.out, self.cfg, history, engine="flower", nodes=parts)
+
+
+def check_run_dir(out: Path, resume: bool) -> None:
+    """``out`` can take this run: new and free, or (``resume``) a killed one."""
+    if (out / "summary.json").exists():
+        raise CheckpointError(f"{out} already holds a finished run")
+    if resume and not (out / "config.json").exists():
+        raise CheckpointError(f"{out} is not a run directory (no config.json)")
+    if not resume and (out / "checkpoint.pt").exists():
+        raise CheckpointError(
+            f"{out} already holds a run: continue it with "
+            f"`fedrec run --resume {out}` (or run config resume=true)"
+        )
+
+
+def _same_config(path: Path, want: dict[str, Any]) -> None:
+    """A run directory to resume must hold the same config."""
+    import json
+
+    try:
+        have = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: corrupt ({e})") from None
+    if have != json.loads(json.dumps(want)):
+        raise CheckpointError(f"{path} holds another config than this run's")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from fedrec.config import ExperimentConfig
@@ -10,18 +11,22 @@ from fedrec.flower.apps import flower_apps
 
 
 def run_flower_simulation(
-    cfg: ExperimentConfig, num_nodes: int = 3
+    cfg: ExperimentConfig,
+    num_nodes: int = 3,
+    out: Path | None = None,
+    resume: bool = False,
 ) -> list[dict[str, Any]]:
     """Run ``cfg`` on ``num_nodes`` simulated SuperNodes; the per-round metrics.
 
     Node ``i`` gets ``partition-id = i`` of ``num-partitions = num_nodes`` and
-    hosts the clients ``c ≡ i (mod num_nodes)``.
+    hosts the clients ``c ≡ i (mod num_nodes)``. With ``out``, the ServerApp
+    keeps the run directory there (and continues it, with ``resume``).
     """
     from flwr.simulation import run_simulation
 
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     history: list[dict[str, Any]] = []
-    server_app, client_app = flower_apps(cfg.to_dict(), num_nodes, history)
+    server_app, client_app = flower_apps(cfg.to_dict(), num_nodes, history, out, resume)
     run_simulation(
         server_app=server_app,
         client_app=client_app,

@@ -18,13 +18,21 @@ with ``pread`` and opens nothing. It also keeps what it saved or loaded last
 and reuses it while the newest generation on disk is still its own, so a node
 served by one long-lived worker reads only the headers per message.
 
+Generations are the fedrec ServerApp's rounds: round ``t``'s train saves
+generation ``t + 1`` and reads the newest ``<= t``. A server that died after
+the nodes saved round ``t`` but before it checkpointed that round resumes at
+round ``t``: the nodes read the older file (generation ``t``) and overwrite the
+newer one, so a resumed run continues exactly where its checkpoint stands.
+
 Where: the node config's ``store`` directory (a deployment chooses where its
 users' personalised models live; kept after the run), else a temporary
-directory (``$FEDREC_NODE_STORE`` or the system's), removed when the run ends.
+directory (``$FEDREC_NODE_STORE`` or the system's), removed when the run ends
+(a killed run's stays, for its resume).
 """
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import struct
@@ -53,32 +61,39 @@ class NodeStore:
         self._fds: list[int | None] = [None, None]  # opened once the files exist
 
     @classmethod
-    def of(cls, context: Any, partition_id: int) -> NodeStore:
-        """The store of this node (``context``, ``partition_id``) in this run."""
+    def of(cls, context: Any, partition_id: int, key: str = "") -> NodeStore:
+        """The store of this node (``context``, ``partition_id``) in this run.
+
+        ``key`` names the run's stores (the ServerApp sends it, stable across a
+        resume); empty: ``run-<run id>``, which a resumed run would not find.
+        """
         base, env = (
             context.node_config.get("store"),
             os.environ.get("FEDREC_NODE_STORE"),
         )
-        key = (base, env, context.run_id, partition_id)
-        if key not in _STORES:
+        key = key or f"run-{context.run_id}"
+        cache_key = (base, env, key, partition_id)
+        if cache_key not in _STORES:
             keep = bool(base)
             if not base:
                 base = Path(env or tempfile.gettempdir()) / "fedrec-nodes"
-            root = Path(str(base)) / f"run-{context.run_id}-p{partition_id}"
-            _STORES[key] = cls(root, keep)
-        return _STORES[key]
+            root = Path(str(base)) / f"{key}-p{partition_id}"
+            _STORES[cache_key] = cls(root, keep)
+        return _STORES[cache_key]
 
-    def load(self) -> dict[str, torch.Tensor] | None:
-        """The last saved tensors, or ``None`` before the node's first save.
+    def load(self, at_most: int | None = None) -> dict[str, torch.Tensor] | None:
+        """The newest saved tensors (of generation ``<= at_most``), or ``None``.
 
         The tensors may be this process's cached ones (when no other process
         saved since): callers must not change them in place.
         """
         gens = self._generations()
-        newest = max(range(2), key=lambda i: gens[i][0])
-        gen, length = gens[newest]
-        if gen == 0:
+        limit = math.inf if at_most is None else at_most
+        fits = [i for i in range(2) if 0 < gens[i][0] <= limit]
+        if not fits:
             return None
+        newest = max(fits, key=lambda i: gens[i][0])
+        gen, length = gens[newest]
         hit = _CACHE.get(self.root)
         if hit is not None and hit[0] == gen:  # nobody saved since this process did
             return dict(hit[1])
@@ -96,10 +111,19 @@ class NodeStore:
         _CACHE[self.root] = (gen, tensors)
         return dict(tensors)
 
-    def save(self, tensors: dict[str, torch.Tensor]) -> None:
-        """Replace the stored tensors (a kill leaves the previous ones)."""
+    def save(
+        self, tensors: dict[str, torch.Tensor], generation: int | None = None
+    ) -> None:
+        """Save ``tensors`` as ``generation`` (default: one past the newest).
+
+        The file overwritten is one holding ``generation`` or later (left by a
+        run that died before its server recorded that round), else the older
+        one; a kill at any point leaves the other file intact.
+        """
         gens = self._generations()
-        older = min(range(2), key=lambda i: gens[i][0])
+        generation = generation or max(g for g, _ in gens) + 1
+        ahead = [i for i in range(2) if gens[i][0] >= generation] or [0, 1]
+        older = min(ahead, key=lambda i: gens[i][0])
         parts = pack(tensors)
         length = sum(len(p) for p in parts)
         fd = self._fds[older]
@@ -111,7 +135,6 @@ class NodeStore:
         os.pwritev(fd, parts, _HEADER.size)
         if os.fstat(fd).st_size > _HEADER.size + length:
             os.ftruncate(fd, _HEADER.size + length)
-        generation = max(g for g, _ in gens) + 1
         os.pwrite(fd, _HEADER.pack(generation, length), 0)  # commits the save
         _CACHE[self.root] = (generation, dict(tensors))
 
