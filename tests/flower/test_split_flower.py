@@ -66,11 +66,17 @@ def test_split_rounds_over_flower_equal_in_process():
     # node-side adapters for the balance: never token ids, labels or logits
     lora = sorted(got["client_params"])
     assert lora and all("lora_" in n for n in lora)
+    hidden = ["attention_mask", "position_ids", "tensor"]
     assert got["received"] == {
-        "split_head": ["attention_mask", "position_ids", "tensor"],
-        "split_tail": ["tensor"],
-        "split_back": [],
-        "split_upload": lora,
-        "split_load": [],
+        "train.split_head": hidden,
+        "train.split_tail": ["tensor"],
+        "train.split_back": [],
+        "train.split_upload": lora,
+        "train.split_load": [],
+        "evaluate.split_head": hidden,
+        "evaluate.split_tail": [],  # the held-out loss comes as a metric
     }
+    # evaluation through the split: each client's held-out loss, final model
+    assert len(ref["eval_losses"]) == 2
+    assert got["eval_losses"] == pytest.approx(ref["eval_losses"], abs=1e-10)
     assert got["wire_bytes"] > 0

@@ -27,14 +27,21 @@ dynamic balance (:class:`~fedrec.methods.fellrec.FELLRec`'s ``aggregate``, the
 embedded engine's code) over each client's whole ``θ_i``: its node uploads the
 node-side adapters (``train.split_upload``), the server joins them with the
 server-side ones it holds, mixes, keeps the server side and sends each node its
-mixed node side (``train.split_load``). The in-process reference
-(:func:`train_in_process`) runs the same parts in one process; the Flower run
-equals it (``tests/flower/test_split_flower.py``).
+mixed node side (``train.split_load``).
 
-Scope: training rounds of the generative (causal LM) backbone.
-Evaluation (generation through the split) and the discriminative backbone
-over the split are not wired on Flower yet: a ``fedrec run --engine flower``
-FELLRec config runs each client's model whole on its node.
+After the last round (``spec.evaluate``), each client's held-out loss through
+the split, forward only: ``evaluate.split_head`` (``h_k`` of its held-out
+batch), the server's blocks, ``evaluate.split_tail`` (the node's loss on its
+own labels, back as a metric).
+
+The in-process reference (:func:`train_in_process`) runs the same parts in one
+process; the Flower run equals it (``tests/flower/test_split_flower.py``).
+
+Scope: the generative (causal LM) backbone, trained and scored by its
+next-token loss. Generation through the split (one message pair per token,
+:meth:`SplitModel.greedy` in one process) and the discriminative backbone over
+the split are not wired on Flower: a ``fedrec run --engine flower`` FELLRec
+config runs each client's model whole on its node.
 """
 
 from __future__ import annotations
@@ -71,6 +78,10 @@ class SplitSpec:
     rounds: int = 1  # each ends with FELLRec's dynamic balance
     batch: int = 2
     seed: int = 0
+    evaluate: bool = True  # each client's held-out loss after the last round
+
+
+EVAL_STEP = -1
 
 
 class SplitParty:
@@ -92,7 +103,11 @@ class SplitParty:
         self.initial = snapshot(dict(trainable))  # every copy starts here
 
     def batch(self, client: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Client ``client``'s prompts at ``step`` (its own titles), padded right."""
+        """Client ``client``'s prompts at ``step`` (its own titles), padded right.
+
+        Step ``EVAL_STEP`` (−1) is the client's held-out batch: training steps
+        count from 0.
+        """
         from fedrec.models.causal_lm import prompt
 
         t, n = self.spec.titles, len(self.spec.titles)
@@ -193,8 +208,9 @@ def balance(
 def train_in_process(spec: SplitSpec, n_clients: int) -> dict[str, Any]:
     """The reference: every client's steps and rounds through the split, one process.
 
-    Returns the losses (``[round · steps + step][client]``) and each client's
-    server-side parameters at the end.
+    Returns the losses (``[round · steps + step][client]``), each client's
+    server-side parameters at the end and (``spec.evaluate``) each client's
+    held-out loss under its final model (``eval_losses``).
     """
     party = SplitParty(spec)
     both = {**party.client_params, **party.server_params}
@@ -214,7 +230,12 @@ def train_in_process(spec: SplitSpec, n_clients: int) -> dict[str, Any]:
             losses.append(row)
         clients = balance(clients, _round_means(losses, spec), rnd)
     server = [{n: c[n] for n in party.server_params} for c in clients]
-    return {"losses": losses, "server": server}
+    held_out = []
+    for c in range(n_clients) if spec.evaluate else ():
+        load(both, clients[c])
+        ids, mask = party.batch(c, EVAL_STEP)
+        held_out.append(float(party.loss_fn(ids, mask)(party.split.forward(ids, mask))))
+    return {"losses": losses, "server": server, "eval_losses": held_out}
 
 
 def _round_means(losses: list[list[float]], spec: SplitSpec) -> list[float]:
@@ -321,6 +342,21 @@ def _build_client(spec: SplitSpec) -> SplitClientApp:
         store.save(mixed)  # and no optimiser state: the next round starts afresh
         return reply(msg, {})
 
+    @app.evaluate("split_head")
+    def eval_head(msg: FlwrMessage, context: Context) -> FlwrMessage:
+        party, _, client, _ = state(context)
+        ids, mask = party.batch(client, EVAL_STEP)
+        return reply(msg, _as_dict(party.split.head_forward(ids, mask)))
+
+    @app.evaluate("split_tail")
+    def eval_tail(msg: FlwrMessage, context: Context) -> FlwrMessage:
+        party, _, client, _ = state(context)
+        ids, mask = party.batch(client, EVAL_STEP)
+        with torch.no_grad():
+            down = _as_message(from_record(msg.content["wire"]))
+            loss = party.loss_fn(ids, mask)(party.split.client_tail(down))
+        return reply(msg, {}, loss=float(loss))
+
     node_queries(app)
     return app
 
@@ -329,6 +365,7 @@ def split_server_app(spec: SplitSpec, nodes: int, result: dict[str, Any]) -> Any
     """The ServerApp: drives every client's steps, runs the middle blocks.
 
     ``result`` receives ``losses`` (``[round · steps + step][client]``), each
+    client's held-out loss after the last round (``eval_losses``), each
     client's server-side parameters (``server``), the names of the node-side
     ones (``client_params``), what the server received (``received``: tensor
     names per message type) and the bytes on the wire.
@@ -355,7 +392,7 @@ def split_server_app(spec: SplitSpec, nodes: int, result: dict[str, Any]) -> Any
             content = RecordDict(
                 {"wire": to_record(tensors), "config": ConfigRecord({"step": step})}
             )
-            out = FlwrMessage(content, host[c], f"train.{kind}")
+            out = FlwrMessage(content, host[c], kind)
             (rep,) = grid.send_and_receive([out], timeout=opts["round-timeout"])
             if rep.has_error():
                 raise RuntimeError(f"client {c} {kind}: {rep.error.reason}")
@@ -372,24 +409,35 @@ def split_server_app(spec: SplitSpec, nodes: int, result: dict[str, Any]) -> Any
                 row = []
                 for c in clients:
                     load(party.server_params, mine[c])
-                    up, _ = ask(c, "split_head", step, {})
+                    up, _ = ask(c, "train.split_head", step, {})
                     leaf, mid = party.split.server_forward(_as_message(up))
                     down = _as_dict(mid, detach=True)
-                    g_down, m = ask(c, "split_tail", step, down)
+                    g_down, m = ask(c, "train.split_tail", step, down)
                     g_up = party.split.server_backward(leaf, mid, _as_message(g_down))
                     opt[c] = optimise(party.server_params, opt[c], spec)
                     mine[c] = snapshot(party.server_params)
-                    ask(c, "split_back", step, {"tensor": g_up.tensor})
+                    ask(c, "train.split_back", step, {"tensor": g_up.tensor})
                     row.append(float(m["loss"]))
                 losses.append(row)
-            thetas = [{**ask(c, "split_upload", -1, {})[0], **mine[c]} for c in clients]
+            ups = [ask(c, "train.split_upload", -1, {})[0] for c in clients]
+            thetas = [{**u, **mine[c]} for c, u in zip(clients, ups, strict=True)]
             mixed = balance(thetas, _round_means(losses, spec), rnd)
             for c, theta in zip(clients, mixed, strict=True):
                 mine[c] = {n: theta[n] for n in party.server_params}
-                ask(c, "split_load", -1, {n: theta[n] for n in party.client_params})
+                back = {n: theta[n] for n in party.client_params}
+                ask(c, "train.split_load", -1, back)
+        held_out = []
+        for c in clients if spec.evaluate else ():
+            load(party.server_params, mine[c])
+            up, _ = ask(c, "evaluate.split_head", -1, {})
+            with torch.no_grad():
+                mid = party.split.server(_as_message(up))
+            _, m = ask(c, "evaluate.split_tail", -1, _as_dict(mid))
+            held_out.append(float(m["loss"]))
         _finish(grid, host, opts)
         result.update(
             losses=losses,
+            eval_losses=held_out,
             server=mine,
             client_params=sorted(party.client_params),
             received={k: sorted(v) for k, v in received.items()},
