@@ -1,6 +1,6 @@
 """Per-client overhead of fedrec on Flower vs a trivial echo ClientApp, in one run.
 
-    .venv/bin/python bench/flower.py --clients 100 1000 --rounds 11 --repeats 3
+    .venv/bin/python bench/flower.py --clients 100 1000 --rounds 21 --repeats 3
 
 For each number of clients (one user each, FedPA on synthetic data, every client
 every round), three runs on the same config:
@@ -30,6 +30,14 @@ part of it a run gets is chance: three runs of the same code measured ratios of
 (``--pickup-poll``; 0.1 is Flower's own), so the numbers compare the apps,
 not their luck with the cycle.
 
+Each row runs in one of two **placements**, interleaved repeat by repeat:
+``shared`` (every process may use every CPU) and ``pinned`` (the node worker
+on a CPU of its own, the server side and Ray on the rest; see
+:func:`placement`). On 2 cores, shared lets a computing node slow the server
+side's threads — the busy echo pays it, the plain echo does not — which a
+deployment, with nodes on their own machines, never sees. Pinned emulates that
+deployment on one box.
+
 Also reported: ``fedrec_node_glue`` — the time a node spends in fedrec's train
 handler outside ``client_update`` (store, records), per client.
 
@@ -48,10 +56,13 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads; see above
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -129,11 +140,16 @@ def flower_rounds(
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     history: list[dict[str, Any]] = []
     server_app, client_app = flower_apps(raw, nodes, history)
+    cpus = len(os.sched_getaffinity(0))
     run_simulation(
         server_app=server_app,
         client_app=echo_client_app(busy_s) if echo else client_app,
         num_supernodes=nodes,
-        backend_config={"client_resources": {"num_cpus": os.cpu_count() or 1}},
+        # one actor: it asks for every CPU this process may use (one if pinned)
+        backend_config={
+            "client_resources": {"num_cpus": cpus},
+            "init_args": {"num_cpus": cpus},
+        },
     )
     return history
 
@@ -153,24 +169,68 @@ def set_pickup_poll(seconds: float) -> None:
     vce_api.add_messages_to_queue = add_messages_to_queue
 
 
+@contextlib.contextmanager
+def placement(pinned: bool) -> Iterator[None]:
+    """With ``pinned``: the node workers on the last CPU, all else on the others.
+
+    Emulates on one box a deployment, where nodes compute on their own
+    machines: this thread (and so the ServerApp, Flower's simulation threads,
+    and Ray's raylet, GCS and workers, started per run and inheriting it) gets
+    the other CPUs, and a watcher thread moves every thread of each
+    ``ray::ClientAppActor`` process to the last CPU as it appears. Linux only.
+    """
+    if not pinned:
+        yield
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    node_cpu, rest = {cpus[-1]}, set(cpus[:-1]) or {cpus[-1]}
+    stop, seen = threading.Event(), set()
+
+    def watch() -> None:
+        while not stop.wait(0.2):
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit() or pid in seen:
+                    continue
+                try:
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    if cmd.startswith(b"ray::ClientAppActor"):
+                        for tid in os.listdir(f"/proc/{pid}/task"):
+                            os.sched_setaffinity(int(tid), node_cpu)
+                        seen.add(pid)
+                except (FileNotFoundError, ProcessLookupError, PermissionError):
+                    pass
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    os.sched_setaffinity(0, rest)
+    try:
+        yield
+    finally:
+        stop.set()
+        watcher.join()
+        os.sched_setaffinity(0, set(cpus))
+
+
 def per_client(history: list[dict[str, Any]], key: str) -> float:
     return statistics.median(
         (h["train_s"] - h.get(key, 0.0)) / h["clients"] for h in history[1:]
     )
 
 
-def measure(n: int, nodes: int, rounds: int) -> dict[str, Any]:
+def measure(n: int, nodes: int, rounds: int, pinned: bool) -> dict[str, Any]:
     """One row: the three Flower runs and the embedded engine at ``n`` clients."""
     raw = config(n, rounds)
     t0 = time.perf_counter()
-    fedrec = flower_rounds(raw, nodes, echo=False)
-    echo = flower_rounds(raw, nodes, echo=True)
-    per_msg = statistics.median(h["client_compute_s"] for h in fedrec[1:])
-    busy = flower_rounds(raw, nodes, echo=True, busy_s=per_msg / nodes)
+    with placement(pinned):
+        fedrec = flower_rounds(raw, nodes, echo=False)
+        echo = flower_rounds(raw, nodes, echo=True)
+        per_msg = statistics.median(h["client_compute_s"] for h in fedrec[1:])
+        busy = flower_rounds(raw, nodes, echo=True, busy_s=per_msg / nodes)
     eng = build_engine(config_from_raw(raw))
     embedded = [eng.train_round(r) for r in range(rounds)]
     row = {
         "clients": fedrec[0]["clients"],
+        "placement": "pinned" if pinned else "shared",
         "nodes": nodes,
         "fedrec_overhead_ms_per_client": 1e3 * per_client(fedrec, "client_compute_s"),
         "echo_ms_per_client": 1e3 * per_client(echo, "none"),
@@ -195,7 +255,11 @@ def measure(n: int, nodes: int, rounds: int) -> dict[str, Any]:
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Median and range over the repeats of one client count."""
-    out: dict[str, Any] = {"clients": rows[0]["clients"], "repeats": len(rows)}
+    out: dict[str, Any] = {
+        "clients": rows[0]["clients"],
+        "placement": rows[0]["placement"],
+        "repeats": len(rows),
+    }
     for key in ("overhead_ratio", "overhead_ratio_vs_busy_echo"):
         vals = [r[key] for r in rows]
         mid = statistics.median(vals)
@@ -210,17 +274,26 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--pickup-poll", type=float, default=0.001)
+    p.add_argument(
+        "--placements",
+        nargs="+",
+        choices=["shared", "pinned"],
+        default=["shared", "pinned"],
+        help="shared: all processes on all CPUs; pinned: node workers on their own",
+    )
     p.add_argument("--out", default="bench/results/flower.json")
     args = p.parse_args()
     set_pickup_poll(args.pickup_poll)
     rows, summaries = [], []
     for n in args.clients:
-        mine = []
-        for _ in range(args.repeats):
-            mine.append(measure(n, args.nodes, args.rounds))
-            print(json.dumps(mine[-1]), flush=True)
-        rows += mine
-        summaries.append(summary(mine))
+        mine: dict[str, list[dict[str, Any]]] = {p: [] for p in args.placements}
+        for _ in range(args.repeats):  # placements interleaved: drift hits both
+            for p in args.placements:
+                mine[p].append(measure(n, args.nodes, args.rounds, p == "pinned"))
+                print(json.dumps(mine[p][-1]), flush=True)
+        for p in args.placements:
+            rows += mine[p]
+            summaries.append(summary(mine[p]))
     result = {
         "summary": summaries,
         "rows": rows,
@@ -233,7 +306,8 @@ def main() -> None:
         "command": "bench/flower.py --clients "
         + " ".join(map(str, args.clients))
         + f" --nodes {args.nodes} --rounds {args.rounds} --repeats {args.repeats}"
-        + f" --pickup-poll {args.pickup_poll}",
+        + f" --pickup-poll {args.pickup_poll} --placements "
+        + " ".join(args.placements),
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
