@@ -12,31 +12,20 @@ from fedrec.errors import CheckpointError, FedrecError
 pytest.importorskip("flwr")
 pytest.importorskip("ray")
 
-RAW = {
-    "data": {"options": {"n_users": 30, "n_items": 40, "seed": 2}},
-    "model": {"dim": 4, "layers": [8, 4]},
-    "train": {
-        "rounds": 3,
-        "lr": 0.05,
-        "batch_size": 8,
-        "client_fraction": 0.6,
-        "dtype": "float64",
-    },
-    "method": {"name": "fedpa", "group_attrs": ["group"], "adapter_lr": 0.01},
-}
-
 
 def _rounds(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
 
 
 @pytest.mark.slow
-def test_killed_flower_run_resumes_to_the_uninterrupted_metrics(tmp_path, monkeypatch):
+def test_killed_flower_run_resumes_to_the_uninterrupted_metrics(
+    tmp_path, monkeypatch, small_raw
+):
     from fedrec.flower import server as S
     from fedrec.runs import resume_run, run_flower
 
     monkeypatch.setenv("FEDREC_NODE_STORE", str(tmp_path / "nodes"))
-    cfg = config_from_raw(RAW)
+    cfg = config_from_raw(small_raw())  # FedPA
     whole = tmp_path / "whole"
     run_flower(cfg, whole, nodes=2)
 
