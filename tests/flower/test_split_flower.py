@@ -46,11 +46,31 @@ def test_optimise_carries_adam_state_like_torch_adam():
     assert set(state) == {"m:w", "v:w", "t"}
 
 
+def test_node_side_greedy_steps_equal_kv_cached_greedy():
+    """Decoding a token per message pair (no cache, prefix recomputed) gives
+    the tokens of ``SplitModel.greedy`` with KV caches on both sides."""
+    from fedrec.flower.split import SplitParty, SplitSpec
+
+    party = SplitParty(SplitSpec(titles=TITLES, k=2))
+    ids, target = party.gen_prompt(1)
+    assert target in TITLES and ids.shape[0] == 1
+    out, logp = ids, 0.0
+    for _ in range(4):
+        up = party.split.head_forward(out, torch.ones_like(out))
+        with torch.no_grad():
+            out, lp = party.gen_step(party.split.server(up), out)
+        logp += lp
+    want, _ = party.split.greedy(ids, torch.ones_like(ids), 4, kv_cache=True)
+    assert torch.equal(out, want) and logp < 0
+
+
 @pytest.mark.slow
 def test_split_rounds_over_flower_equal_in_process():
     from fedrec.flower.split import SplitSpec, run_split_simulation, train_in_process
 
-    spec = SplitSpec(titles=TITLES, k=2, steps=2, rounds=2, batch=2, lr=0.02)
+    spec = SplitSpec(
+        titles=TITLES, k=2, steps=2, rounds=2, batch=2, lr=0.02, gen_tokens=3
+    )
     ref = train_in_process(spec, n_clients=2)
     got = run_split_simulation(spec, n_clients=2)
 
@@ -75,8 +95,15 @@ def test_split_rounds_over_flower_equal_in_process():
         "train.split_load": [],
         "evaluate.split_head": hidden,
         "evaluate.split_tail": [],  # the held-out loss comes as a metric
+        "evaluate.split_gen_head": hidden,
+        "evaluate.split_gen_tail": [],  # tokens stay on the node
     }
     # evaluation through the split: each client's held-out loss, final model
     assert len(ref["eval_losses"]) == 2
     assert got["eval_losses"] == pytest.approx(ref["eval_losses"], abs=1e-10)
+    # greedy decoding through the split: the node reports only logp and hit
+    assert len(ref["generated"]) == 2 and len(ref["generated"][0]["tokens"]) == 3
+    for g, r in zip(got["generated"], ref["generated"], strict=True):
+        assert g["logp"] == pytest.approx(r["logp"], abs=1e-10) and r["logp"] < 0
+        assert g["hit"] == r["hit"]
     assert got["wire_bytes"] > 0

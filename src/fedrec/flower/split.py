@@ -32,16 +32,21 @@ mixed node side (``train.split_load``).
 After the last round (``spec.evaluate``), each client's held-out loss through
 the split, forward only: ``evaluate.split_head`` (``h_k`` of its held-out
 batch), the server's blocks, ``evaluate.split_tail`` (the node's loss on its
-own labels, back as a metric).
+own labels, back as a metric). With ``spec.gen_tokens``, each client also
+decodes its held-out next title greedily, a message pair per token
+(``evaluate.split_gen_head`` / ``evaluate.split_gen_tail``, the prefix
+recomputed each time: the node keeps the tokens in its store, the server
+nothing between messages); the node answers only the summed log-probability
+and whether the title matches — the title never leaves it.
 
 The in-process reference (:func:`train_in_process`) runs the same parts in one
 process; the Flower run equals it (``tests/flower/test_split_flower.py``).
 
-Scope: the generative (causal LM) backbone, trained and scored by its
-next-token loss. Generation through the split (one message pair per token,
-:meth:`SplitModel.greedy` in one process) and the discriminative backbone over
-the split are not wired on Flower: a ``fedrec run --engine flower`` FELLRec
-config runs each client's model whole on its node.
+Scope: the generative (causal LM) backbone on ``SplitSpec``'s title lists.
+Not wired on Flower: grounding the generated title to the item catalogue
+(BIGRec's ranking metrics), the discriminative backbone over the split, and
+``fedrec run`` configs: a FELLRec config on ``--engine flower`` runs each
+client's model whole on its node.
 """
 
 from __future__ import annotations
@@ -79,6 +84,7 @@ class SplitSpec:
     batch: int = 2
     seed: int = 0
     evaluate: bool = True  # each client's held-out loss after the last round
+    gen_tokens: int = 0  # > 0: also decode each client's next title greedily
 
 
 EVAL_STEP = -1
@@ -118,6 +124,35 @@ class SplitParty:
             texts.append(prompt(hist, t[(start + 3) % n]))
         enc = self.tok(texts, return_tensors="pt", padding=True)
         return enc["input_ids"], enc["attention_mask"]
+
+    def gen_prompt(self, client: int) -> tuple[torch.Tensor, str]:
+        """A held-out prompt ``(1, L)`` of client ``client``, and its answer.
+
+        The first history of the held-out batch, up to the answer's opening
+        quote; the answer is the title that follows it.
+        """
+        from fedrec.models.causal_lm import prompt
+
+        t, n = self.spec.titles, len(self.spec.titles)
+        start = (client * 7 + EVAL_STEP * self.spec.batch * 3) % n
+        hist = [t[(start + j) % n] for j in range(3)]
+        ids = self.tok([prompt(hist) + '"'], return_tensors="pt")["input_ids"]
+        return ids, t[(start + 3) % n]
+
+    def gen_step(self, down: Message, ids: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Node: the tail on ``h_{L−1}``; ``ids`` plus the greedy next token.
+
+        Also returns that token's log-probability.
+        """
+        with torch.no_grad():
+            logp = torch.log_softmax(self.split.client_tail(down)[0, -1], -1)
+        nxt = int(logp.argmax())
+        return torch.cat([ids, torch.tensor([[nxt]])], 1), float(logp[nxt])
+
+    def gen_result(self, ids: torch.Tensor, n_prompt: int, target: str) -> float:
+        """1.0 when the decoded title (up to its closing quote) is ``target``."""
+        text = self.tok.decode(ids[0, n_prompt:], skip_special_tokens=True)
+        return float(text.split('"')[0].strip() == target)
 
     @staticmethod
     def loss_fn(ids: torch.Tensor, mask: torch.Tensor) -> Any:
@@ -210,7 +245,9 @@ def train_in_process(spec: SplitSpec, n_clients: int) -> dict[str, Any]:
 
     Returns the losses (``[round · steps + step][client]``), each client's
     server-side parameters at the end and (``spec.evaluate``) each client's
-    held-out loss under its final model (``eval_losses``).
+    held-out loss under its final model (``eval_losses``), and
+    (``spec.gen_tokens``) its greedy decoding: ``generated[c]`` holds the
+    tokens, their summed log-probability and the hit.
     """
     party = SplitParty(spec)
     both = {**party.client_params, **party.server_params}
@@ -235,7 +272,26 @@ def train_in_process(spec: SplitSpec, n_clients: int) -> dict[str, Any]:
         load(both, clients[c])
         ids, mask = party.batch(c, EVAL_STEP)
         held_out.append(float(party.loss_fn(ids, mask)(party.split.forward(ids, mask))))
-    return {"losses": losses, "server": server, "eval_losses": held_out}
+    gen = []
+    for c in range(n_clients) if spec.gen_tokens else ():
+        load(both, clients[c])
+        ids, target = party.gen_prompt(c)
+        out, logp = ids, 0.0
+        for _ in range(spec.gen_tokens):  # the same parts as over Flower
+            up = party.split.head_forward(out, torch.ones_like(out))
+            with torch.no_grad():
+                down = party.split.server(up)
+            out, lp = party.gen_step(down, out)
+            logp += lp
+        hit = party.gen_result(out, ids.shape[1], target)
+        tokens = out[0, ids.shape[1] :].tolist()
+        gen.append({"tokens": tokens, "logp": logp, "hit": hit})
+    return {
+        "losses": losses,
+        "server": server,
+        "eval_losses": held_out,
+        "generated": gen,
+    }
 
 
 def _round_means(losses: list[list[float]], spec: SplitSpec) -> list[float]:
@@ -357,6 +413,35 @@ def _build_client(spec: SplitSpec) -> SplitClientApp:
             loss = party.loss_fn(ids, mask)(party.split.client_tail(down))
         return reply(msg, {}, loss=float(loss))
 
+    def generated(store: NodeStore, client: int, step: int):
+        """(prompt ids, target, tokens so far, their log-probability)."""
+        saved = store.load() or {}
+        ids, target = party_for(spec).gen_prompt(client)
+        if step == 0:
+            return ids, target, ids, 0.0
+        return ids, target, saved["gen:ids"], float(saved["gen:logp"])
+
+    @app.evaluate("split_gen_head")
+    def gen_head(msg: FlwrMessage, context: Context) -> FlwrMessage:
+        party, store, client, _ = state(context)
+        step = int(msg.content["config"]["step"])
+        out = generated(store, client, step)[2]
+        return reply(msg, _as_dict(party.split.head_forward(out, torch.ones_like(out))))
+
+    @app.evaluate("split_gen_tail")
+    def gen_tail(msg: FlwrMessage, context: Context) -> FlwrMessage:
+        party, store, client, _ = state(context)
+        step = int(msg.content["config"]["step"])
+        ids, target, out, logp = generated(store, client, step)
+        out, lp = party.gen_step(_as_message(from_record(msg.content["wire"])), out)
+        saved = store.load() or party.initial
+        total = torch.tensor(logp + lp, dtype=torch.float64)
+        store.save({**saved, "gen:ids": out, "gen:logp": total})
+        if step < spec.gen_tokens - 1:
+            return reply(msg, {})
+        hit = party.gen_result(out, ids.shape[1], target)
+        return reply(msg, {}, logp=float(total), hit=hit)  # the title stays here
+
     node_queries(app)
     return app
 
@@ -434,10 +519,20 @@ def split_server_app(spec: SplitSpec, nodes: int, result: dict[str, Any]) -> Any
                 mid = party.split.server(_as_message(up))
             _, m = ask(c, "evaluate.split_tail", -1, _as_dict(mid))
             held_out.append(float(m["loss"]))
+        generated = []
+        for c in clients if spec.gen_tokens else ():
+            load(party.server_params, mine[c])
+            for t in range(spec.gen_tokens):  # the node keeps the tokens
+                up, _ = ask(c, "evaluate.split_gen_head", t, {})
+                with torch.no_grad():
+                    mid = party.split.server(_as_message(up))
+                _, m = ask(c, "evaluate.split_gen_tail", t, _as_dict(mid))
+            generated.append({"logp": float(m["logp"]), "hit": float(m["hit"])})
         _finish(grid, host, opts)
         result.update(
             losses=losses,
             eval_losses=held_out,
+            generated=generated,
             server=mine,
             client_params=sorted(party.client_params),
             received={k: sorted(v) for k, v in received.items()},
