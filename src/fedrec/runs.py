@@ -379,21 +379,18 @@ def run_flower(
             Path(cfg.run.out_dir) / f"{cfg.run.name}-flower-s{cfg.run.seed}-{stamp}"
         )
     check_run_dir(run_dir, resume)
-    stopped = ""
+    stopped = (
+        "the Flower run stopped before its last round; continue it with "
+        f"`fedrec run --resume {run_dir}`"
+    )
     try:
         run_flower_simulation(cfg, nodes, run_dir, resume)
     except FedrecError:
         raise
     except Exception as e:  # the ServerApp died: its checkpoint stays
-        stopped = f" ({type(e).__name__}: {e})"
-        cause: Exception | None = e
-    else:
-        cause = None
+        raise FedrecError(f"{stopped} ({type(e).__name__}: {e})") from e
     if not (run_dir / "summary.json").exists():
-        raise FedrecError(
-            f"the Flower run stopped before its last round{stopped}; continue "
-            f"it with `fedrec run --resume {run_dir}`"
-        ) from cause
+        raise FedrecError(stopped)
     return json.loads((run_dir / "summary.json").read_text())
 
 
