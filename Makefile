@@ -27,7 +27,7 @@ data:
 		$(SHARED)/data/fetch-ml-100k $(ML100K); fi
 
 test: $(STAMP) data
-	FEDREC_ML100K_DIR=$(ML100K) $(PY) -m pytest -n 2 -q
+	FEDREC_ML100K_DIR=$(ML100K) $(PY) -m pytest -n 2 --dist worksteal -q
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

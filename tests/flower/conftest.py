@@ -1,11 +1,22 @@
-"""What the Flower tests share: a small synthetic experiment."""
+"""What the Flower tests share: a small synthetic experiment, a deployment."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
 
 FEDPA = {"name": "fedpa", "group_attrs": ["group"], "adapter_lr": 0.01}
 
@@ -30,3 +41,134 @@ def small_raw() -> Callable[[dict[str, Any]], dict[str, Any]]:
         }
 
     return raw
+
+
+class Deployment:
+    """A SuperLink and SuperNodes on loopback, each its own process group.
+
+    ``start`` launches a Flower binary (logs in ``logs/``), ``flwr`` runs the
+    CLI against this SuperLink, ``wait_for`` polls while every process lives.
+    ``stop_all`` kills every group still running, by its pid.
+    """
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.home, self.logs = tmp_path / "flwr", tmp_path / "logs"
+        self.home.mkdir()
+        self.logs.mkdir()
+        self.link = free_port()
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "test"\n\n[superlink.test]\n'
+            f'address = "127.0.0.1:{self.link}"\ninsecure = true\n'
+        )
+        self.env = {
+            **os.environ,
+            "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+            "FLWR_HOME": str(self.home),
+            "FEDREC_NODE_STORE": str(tmp_path / "stores"),
+            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+            "FLWR_DISABLE_UPDATE_CHECK": "1",
+        }
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, name: str, *args: str) -> subprocess.Popen:
+        p = subprocess.Popen(
+            [str(BIN / name), *args],
+            env=self.env,
+            cwd=ROOT,
+            stdout=open(self.logs / f"{name}-{len(self.procs)}.log", "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its children (SuperExec, apps) share the group
+        )
+        self.procs.append(p)
+        return p
+
+    def up(self, nodes: int) -> list[subprocess.Popen]:
+        """The SuperLink and ``nodes`` SuperNodes (partitions 0..nodes-1)."""
+        link = ["--insecure", "--host", "127.0.0.1", "--port", str(self.link)]
+        self.start("flower-superlink", *link)
+        return [
+            self.start(
+                "flower-supernode",
+                "--insecure",
+                "--superlink",
+                f"127.0.0.1:{self.link}",
+                "--node-config",
+                f"partition-id={i} num-partitions={nodes}",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(free_port()),
+            )
+            for i in range(nodes)
+        ]
+
+    def flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [str(BIN / "flwr"), *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def submit(self, run_config: str) -> int:
+        """``flwr run`` of the fedrec app; the run id."""
+        done = self.flwr("run", str(ROOT), "test", "--run-config", run_config)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return int(done.stdout.split("Successfully started run")[1].split()[0])
+
+    def wait_for(self, cond: Callable[[], Any], timeout: float, what: str) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if cond():
+                return
+            dead = [p.args[0] for p in self.procs if p.poll() is not None]
+            assert not dead, f"{dead} exited while waiting for {what}"
+            time.sleep(1)
+        raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+    def kill(self, p: subprocess.Popen) -> None:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        self.procs.remove(p)
+
+    def stop_all(self) -> None:
+        for p in self.procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait(timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[Deployment]:
+    """A loopback deployment whose processes are all killed afterwards."""
+    if shutil.which("flower-superlink", path=str(BIN)) is None:
+        pytest.skip("no flwr CLI")
+    d = Deployment(tmp_path)
+    try:
+        yield d
+    finally:
+        d.stop_all()
+
+
+@pytest.fixture
+def demo_config(tmp_path: Path) -> Callable[..., Path]:
+    """``rounds -> path``: ``configs/flower-demo.toml`` with 120 users."""
+
+    def write(rounds: int, extra: str = "") -> Path:
+        text = (ROOT / "configs" / "flower-demo.toml").read_text()
+        text = text.replace("rounds = 5", f"rounds = {rounds}{extra}")
+        cfg = tmp_path / "fedpa.toml"
+        cfg.write_text(text.replace("n_users = 300", "n_users = 120"))
+        return cfg
+
+    return write
