@@ -43,6 +43,36 @@ def small_raw() -> Callable[[dict[str, Any]], dict[str, Any]]:
     return raw
 
 
+@pytest.fixture
+def fellrec_raw() -> Callable[..., dict[str, Any]]:
+    """``(backbone, **sections) -> config``: FELLRec on 40 synthetic users, 3
+    random user-group clients, 2 rounds of a 12-row sample each."""
+
+    def raw(backbone: dict[str, Any], **sections: Any) -> dict[str, Any]:
+        return {
+            "data": {
+                "kind": "synthetic",
+                "options": {"n_users": 40, "n_items": 30, "seed": 4},
+                "split": "global_temporal",
+                "clients": "random",
+                "n_clients": 3,
+            },
+            "backbone": {"path": "tiny", **backbone},
+            "train": {
+                "rounds": 2,
+                "engine": "loop",
+                "batch_size": 8,
+                "lr": 0.05,
+                "max_rows_per_client": 12,
+            },
+            "eval": {"select_metric": "ndcg@10", "max_samples": 4},
+            "method": {"name": "fellrec"},
+            **sections,
+        }
+
+    return raw
+
+
 class Deployment:
     """A SuperLink and SuperNodes on loopback, each its own process group.
 

@@ -35,30 +35,12 @@ def test_flower_simulation_equals_embedded_engine(method, small_raw):
 
 
 @pytest.mark.slow
-def test_fellrec_on_flower_equals_embedded_engine():
+def test_fellrec_on_flower_equals_embedded_engine(fellrec_raw):
     """FELLRec (tiny text encoder): 3 user-group clients, one per SuperNode."""
     pytest.importorskip("transformers")
     from fedrec.flower.simulation import run_flower_simulation
 
-    raw = {
-        "data": {
-            "kind": "synthetic",
-            "options": {"n_users": 40, "n_items": 30, "seed": 4},
-            "split": "global_temporal",
-            "clients": "random",
-            "n_clients": 3,
-        },
-        "backbone": {"kind": "text-encoder", "path": "tiny", "max_len": 48},
-        "train": {
-            "rounds": 2,
-            "engine": "loop",
-            "batch_size": 8,
-            "lr": 0.05,
-            "max_rows_per_client": 16,
-        },
-        "eval": {"select_metric": "ndcg@10", "max_samples": 8},
-        "method": {"name": "fellrec"},
-    }
+    raw = fellrec_raw({"kind": "text-encoder", "max_len": 48})
     flower = run_flower_simulation(config_from_raw(raw), num_nodes=3)
     eng = build_engine(config_from_raw(raw))
     embedded = [eng.run_round(r) for r in range(2)]

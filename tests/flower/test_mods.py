@@ -76,6 +76,29 @@ def test_wire_audit_refuses_a_private_tensor_and_passes_shared_ones(identity):
     assert not refused.has_content()  # nothing of the reply is sent
 
 
+def test_wire_audit_passes_hidden_states_and_refuses_logits(identity):
+    """A split node may send ``<client>/<field>`` hidden states, nothing else."""
+    from flwr.app import Message, RecordDict
+
+    from fedrec.flower.mods import AUDIT_ERROR, wire_audit
+    from fedrec.flower.records import to_record
+
+    audit = wire_audit(lambda ctx: set())
+    msg = _train_message(None, torch.arange(1), {})
+    h = torch.ones(1, 3, 4)
+
+    def send(hidden):
+        content = RecordDict({"hidden": to_record(hidden)})
+        return audit(msg, _Ctx(), lambda m, c: Message(content, reply_to=m))
+
+    fine = {"0/tensor": h, "0/attention_mask": h[..., 0], "12/tensor": h}
+    assert not send(fine).has_error()
+    for bad in ("0/logits", "tensor", "x/tensor"):
+        refused = send({**fine, bad: h})
+        assert refused.has_error() and refused.error.code == AUDIT_ERROR
+        assert bad in refused.error.reason
+
+
 def test_ldp_client_mod_releases_exactly_the_embedded_engines_upload(identity):
     from fedrec.flower.mods import upload_mods
     from fedrec.flower.records import from_record

@@ -29,16 +29,15 @@ def test_optimise_carries_adam_state_like_torch_adam():
     """Two steps through ``optimise`` (state handed back and forth) = torch's Adam."""
     from torch import nn
 
-    from fedrec.flower.split import SplitSpec, optimise
+    from fedrec.flower.split import optimise
 
-    spec = SplitSpec(lr=0.1)
     ours = {"w": nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))}
     ref = nn.Parameter(ours["w"].detach().clone())
     adam = torch.optim.Adam([ref], lr=0.1)
     state: dict = {}
     for g in ([0.5, -1.0], [2.0, 0.25]):
         ours["w"].grad = torch.tensor(g, dtype=torch.float64)
-        state = optimise(ours, state, spec)
+        state = optimise(ours, state, 0.1)
         ref.grad = torch.tensor(g, dtype=torch.float64)
         adam.step()
         torch.testing.assert_close(ours["w"].detach(), ref.detach())

@@ -274,13 +274,17 @@ class GenRecTask(SeqRecTask):
         state: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean token cross-entropy of the prompts with their answers, (b,) samples."""
+        ids, am = self.prompts(rows)
+        return functional_call(self.model, self._on(params), (ids, am)).cpu()
+
+    def prompts(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and mask ``(b, L)`` of training rows' prompts with answers."""
         s, titles = self.fed.samples["train"], self.model.titles
         texts = [
             prompt([titles[i] for i in s.history[r]], titles[int(s.targets[r][0])])
             for r in rows.tolist()
         ]
-        ids, am = self.model.encode(texts)
-        return functional_call(self.model, self._on(params), (ids, am)).cpu()
+        return self.model.encode(texts)
 
     @torch.no_grad()
     def scores(self, params: Params, histories: list[np.ndarray]) -> torch.Tensor:

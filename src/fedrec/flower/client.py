@@ -75,10 +75,15 @@ def hosted(context: Any, n_clients: int) -> torch.Tensor:
     return torch.arange(p, n_clients, parts)
 
 
-def store_of(msg: Any, context: Any) -> NodeStore:
-    """The node's store for the run of ``msg`` (the server sends its key)."""
+def store_of(msg: Any, context: Any, suffix: str = "") -> NodeStore:
+    """The node's store for the run of ``msg`` (the server sends its key).
+
+    ``suffix`` names another store of the same run (``"-split"``: the split's
+    scratch).
+    """
     cfg = msg.content.config_records.get("config", {})
-    return NodeStore.of(context, partition(context)[0], str(cfg.get("store", "")))
+    key = str(cfg.get("store", ""))
+    return NodeStore.of(context, partition(context)[0], key + suffix if key else "")
 
 
 def node_queries(app: Any) -> None:
@@ -94,11 +99,14 @@ def node_queries(app: Any) -> None:
     @app.query("finish")
     def finish(msg: Message, context: Context) -> Message:
         store_of(msg, context).finish()
+        store_of(msg, context, "-split").finish()  # the split's scratch, if any
         return Message(content=RecordDict(), reply_to=msg)
 
 
 def _build(raw: dict[str, Any] | None) -> FedrecClientApp:
     from flwr.app import Context, Message, MetricRecord, RecordDict
+
+    from fedrec.flower import split_run
 
     engines: dict[str, Any] = {}  # this app's engine per run config
 
@@ -124,6 +132,7 @@ def _build(raw: dict[str, Any] | None) -> FedrecClientApp:
         return stored
 
     node_queries(app)
+    split_run.register(app, engine_of)  # a generative config with backbone.split_k
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -18,8 +18,10 @@ from fedrec.flower.records import from_record, names, to_record
 log = logging.getLogger("fedrec.flower")
 
 AUDIT_ERROR = 451  # code of the error reply sent instead of a refused message
-# the records a fedrec ClientApp may send: uploads (parameters), scores (eval)
-UPLOADS, SCORES = "uploads", "scores"
+# the records a fedrec ClientApp may send: uploads (parameters), scores (eval),
+# hidden (the split's hidden states and their gradients, "<client>/<field>")
+UPLOADS, SCORES, HIDDEN = "uploads", "scores", "hidden"
+HIDDEN_FIELDS = {"tensor", "attention_mask", "position_ids"}
 
 Mod = Callable[[Any, Any, Callable[[Any, Any], Any]], Any]
 
@@ -28,9 +30,11 @@ def wire_audit(shared: Callable[[Any], set[str]]) -> Mod:
     """Refuse any reply that carries a tensor the method did not declare shared.
 
     ``shared(context)`` gives the parameter names the method uploads. A reply
-    may hold the array records ``uploads`` (names ⊆ shared) and ``scores``
-    (evaluation outputs, not parameters); anything else — a private tensor, an
-    unknown record — is not sent: the server gets an error reply naming it.
+    may hold the array records ``uploads`` (names ⊆ shared), ``scores``
+    (evaluation outputs, not parameters) and ``hidden`` (a split model's hidden
+    states or their gradients: ``"<client>/<field>"``, the fields of
+    :class:`~fedrec.models.split.Message`); anything else — a private tensor,
+    an unknown record — is not sent: the server gets an error reply naming it.
     """
 
     def mod(msg: Any, context: Any, call_next: Callable[[Any, Any], Any]) -> Any:
@@ -40,9 +44,14 @@ def wire_audit(shared: Callable[[Any], set[str]]) -> Mod:
         if reply.has_error():
             return reply
         records = reply.content.array_records
-        refused = sorted(f"record {k!r}" for k in records if k not in (UPLOADS, SCORES))
+        known = (UPLOADS, SCORES, HIDDEN)
+        refused = sorted(f"record {k!r}" for k in records if k not in known)
         if UPLOADS in records:
             refused += sorted(set(names(records[UPLOADS])) - shared(context))
+        if HIDDEN in records:
+            refused += sorted(
+                n for n in names(records[HIDDEN]) if not _is_hidden_field(n)
+            )
         if refused:
             reason = f"wire audit refused to send {', '.join(refused)} (not shared)"
             log.error("node %s: %s", context.node_id, reason)
@@ -50,6 +59,11 @@ def wire_audit(shared: Callable[[Any], set[str]]) -> Mod:
         return reply
 
     return mod
+
+
+def _is_hidden_field(name: str) -> bool:
+    client, _, field = name.partition("/")
+    return client.isdigit() and field in HIDDEN_FIELDS
 
 
 def upload_mods(engine_of: Callable[[Any], Any]) -> Mod:

@@ -56,6 +56,8 @@ def server_app_for(
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
 
+    from fedrec.flower import split_run
+
     server_app = ServerApp()
 
     @server_app.main()
@@ -75,10 +77,11 @@ def server_app_for(
         if history is not None:
             history.extend(eng.history)
         host = _discover(grid, int(opts["min-nodes"]), opts)
+        train = split_run.train_round if split_run.uses_split(eng) else _train_round
         for rnd in range(eng.round, eng.cfg.train.rounds):
             t0 = time.perf_counter()
             live = _wait_live(grid, host, int(opts["min-nodes"]), opts, rnd)
-            m = _train_round(grid, eng, host, live, rnd, opts, key)
+            m = train(grid, eng, host, live, rnd, opts, key)
             t1 = time.perf_counter()
             m.update(_evaluate_round(grid, eng, host, live, rnd, opts, key))
             m["eval_s"] = time.perf_counter() - t1
@@ -139,6 +142,31 @@ def _train_round(
         compute_s += float(rep["metrics"]["compute_s"])
         node_s += float(rep["metrics"].get("node_s", 0.0))
         served |= sel[p]
+    failed = (set(sel) - set(replies)) | (set(host) - live)
+    m = close_round(eng, rnd, clients, served, uploads, received, losses, t0, failed)
+    m.update(
+        client_compute_s=compute_s,  # inside client_update, summed over nodes
+        client_node_s=node_s,  # inside the train handler, summed over nodes
+    )
+    return m
+
+
+def close_round(
+    eng: Any,
+    rnd: int,
+    clients: torch.Tensor,
+    served: torch.Tensor,
+    uploads: dict[str, torch.Tensor],
+    received: dict[str, torch.Tensor],
+    losses: torch.Tensor,
+    t0: float,
+    failed: set[int],
+) -> dict[str, Any]:
+    """Aggregate what the ``served`` clients uploaded; the round's train metrics.
+
+    ``uploads``, ``received`` ``(C, ...)`` and ``losses`` ``(C,)`` cover every
+    sampled client (``served``: bool ``(C,)``); ``failed``: partitions left out.
+    """
     kept, uploads = clients[served], {n: t[served] for n, t in uploads.items()}
     rec = {n: t[served] for n, t in received.items()}
     ok = eng.server_update(rnd, kept, uploads, rec, {}, losses[served])
@@ -147,10 +175,8 @@ def _train_round(
     )
     m.update(
         sampled=len(clients),
-        failed_partitions=sorted((set(sel) - set(replies)) | (set(host) - live)),
+        failed_partitions=sorted(failed),
         received_on_server=sorted(uploads),  # what crossed the wire up
-        client_compute_s=compute_s,  # inside client_update, summed over nodes
-        client_node_s=node_s,  # inside the train handler, summed over nodes
     )
     return m
 

@@ -42,11 +42,10 @@ and whether the title matches — the title never leaves it.
 The in-process reference (:func:`train_in_process`) runs the same parts in one
 process; the Flower run equals it (``tests/flower/test_split_flower.py``).
 
-Scope: the generative (causal LM) backbone on ``SplitSpec``'s title lists.
-Not wired on Flower: grounding the generated title to the item catalogue
-(BIGRec's ranking metrics), the discriminative backbone over the split, and
-``fedrec run`` configs: a FELLRec config on ``--engine flower`` runs each
-client's model whole on its node.
+Scope: the generative (causal LM) backbone on ``SplitSpec``'s title lists —
+the protocol-level reference, which also evaluates and decodes through the
+split. ``fedrec run`` configs with ``backbone.split_k`` train over Flower with
+:mod:`fedrec.flower.split_run` (the embedded engine's rounds).
 """
 
 from __future__ import annotations
@@ -168,12 +167,16 @@ class SplitParty:
 
 
 def optimise(
-    params: dict[str, nn.Parameter], state: dict[str, torch.Tensor], spec: SplitSpec
+    params: dict[str, nn.Parameter],
+    state: dict[str, torch.Tensor],
+    lr: float | dict[str, float],
+    kind: str = "adam",
 ) -> dict[str, torch.Tensor]:
     """One step of the engine's optimiser on every parameter with a gradient.
 
-    :class:`~fedrec.fl.stacked.StackedAdam` (``spec.optimizer``) on a batch of
-    one client; the gradients are cleared. ``state`` holds the moments and the
+    :class:`~fedrec.fl.stacked.StackedAdam` (``kind``: adam or sgd; ``lr``
+    one rate or one per name) on a batch of one client; the gradients are
+    cleared. ``state`` holds the moments and the
     step count (``m:<name>``, ``v:<name>``, ``t``; empty at a round's start, as
     the embedded engine starts a fresh optimiser each round); the new state is
     returned for the caller to keep — a node in its store, the server per
@@ -183,7 +186,7 @@ def optimise(
     live = {n: p for n, p in params.items() if p.grad is not None}
     with torch.no_grad():
         views = {n: p.data.unsqueeze(0) for n, p in live.items()}  # write through
-        opt = StackedAdam(views, spec.lr, spec.optimizer)
+        opt = StackedAdam(views, lr, kind)
         if state:
             opt.m = {n: state[f"m:{n}"].unsqueeze(0).clone() for n in live}
             opt.v = {n: state[f"v:{n}"].unsqueeze(0).clone() for n in live}
@@ -192,7 +195,7 @@ def optimise(
         opt.step(views, grads, torch.ones(1, dtype=torch.bool))
     for p in live.values():
         p.grad = None
-    if spec.optimizer == "sgd":
+    if kind == "sgd":
         return {}
     return {
         **{f"m:{n}": opt.m[n][0] for n in live},
@@ -261,7 +264,7 @@ def train_in_process(spec: SplitSpec, n_clients: int) -> dict[str, Any]:
                 load(both, clients[c])
                 ids, mask = party.batch(c, step)
                 loss, _ = party.split.step(ids, mask, party.loss_fn(ids, mask))
-                opt[c] = optimise(both, opt[c], spec)
+                opt[c] = optimise(both, opt[c], spec.lr, spec.optimizer)
                 clients[c] = snapshot(both)
                 row.append(float(loss))
             losses.append(row)
@@ -377,7 +380,7 @@ def _build_client(spec: SplitSpec) -> SplitClientApp:
         ids, mask = party.batch(client, int(msg.content["config"]["step"]))
         grad = Message(from_record(msg.content["wire"])["tensor"])
         party.split.head_backward(ids, mask, grad)
-        opt = optimise(party.client_params, opt, spec)  # tail + head gradients
+        opt = optimise(party.client_params, opt, spec.lr, spec.optimizer)  # tail + head
         store.save({**snapshot(party.client_params), **opt})
         return reply(msg, {})
 
@@ -499,7 +502,9 @@ def split_server_app(spec: SplitSpec, nodes: int, result: dict[str, Any]) -> Any
                     down = _as_dict(mid, detach=True)
                     g_down, m = ask(c, "train.split_tail", step, down)
                     g_up = party.split.server_backward(leaf, mid, _as_message(g_down))
-                    opt[c] = optimise(party.server_params, opt[c], spec)
+                    opt[c] = optimise(
+                        party.server_params, opt[c], spec.lr, spec.optimizer
+                    )
                     mine[c] = snapshot(party.server_params)
                     ask(c, "train.split_back", step, {"tensor": g_up.tensor})
                     row.append(float(m["loss"]))

@@ -214,10 +214,23 @@ class GenerativeRecommender(NoDropout):
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Mean causal-LM cross-entropy of a batch (every non-pad token is a label)."""
-        labels = ids.masked_fill(mask == 0, -100)
         if not self.split_k:
+            labels = ids.masked_fill(mask == 0, -100)
             return self.lm(input_ids=ids, attention_mask=mask, labels=labels).loss
         logits = wired_forward(SplitModel(self.lm, self.split_k), ids, mask, self.wire)
+        return self.logits_loss(logits, ids, mask)
+
+    @staticmethod
+    def logits_loss(
+        logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Next-token cross-entropy of ``(b, L, V)`` logits, in float32.
+
+        Token ``t+1`` is the label of position ``t``; padding (``mask == 0``) is
+        no label. What the split's client tail computes from its logits (the
+        unsplit path gets the same from the LM's own ``labels`` loss).
+        """
+        labels = ids.masked_fill(mask == 0, -100)
         return nn.functional.cross_entropy(
             logits[:, :-1].flatten(0, 1).float(),
             labels[:, 1:].flatten(),

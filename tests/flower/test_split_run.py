@@ -1,0 +1,63 @@
+"""A generative FELLRec config with ``backbone.split_k`` over Flower (split_run)."""
+
+from __future__ import annotations
+
+import pytest
+
+from fedrec.build import build_engine
+from fedrec.config import config_from_raw
+
+pytest.importorskip("flwr")
+pytest.importorskip("transformers")
+
+GEN = {"kind": "causal-lm", "max_len": 256, "max_new_tokens": 8, "split_k": 2}
+
+
+@pytest.mark.slow
+def test_split_config_on_flower_equals_the_embedded_engine(fellrec_raw):
+    """3 clients on 2 nodes (node 0 serves two per message), 2 rounds."""
+    from fedrec.flower.simulation import run_flower_simulation
+
+    raw = fellrec_raw(GEN)
+    flower = run_flower_simulation(config_from_raw(raw), num_nodes=2)
+    eng = build_engine(config_from_raw(raw))
+    embedded = [eng.run_round(r) for r in range(2)]
+    for f, e in zip(flower, embedded, strict=True):
+        for key in ("train_loss", "val_ndcg@10", "test_ndcg@10", "test_recall@10"):
+            assert f[key] == pytest.approx(e[key], abs=1e-5), (f["round"], key)
+        assert f["clients"] == 3 and f["failed_partitions"] == []
+        assert f["split_hidden_bytes"] > 0
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"split_k_per_client": [1, 2, 1]}, "split_k_per_client"),
+        ({"ldp_epsilon": 5.0, "ldp_clip": 1.0}, "LDP"),
+    ],
+)
+def test_what_the_flower_split_cannot_run_is_refused_by_name(
+    fellrec_raw, change, named
+):
+    from fedrec.errors import ConfigError
+    from fedrec.flower.split_run import sides, uses_split
+
+    privacy = "ldp_epsilon" in change
+    raw = fellrec_raw(GEN if privacy else {**GEN, **change})
+    eng = build_engine(config_from_raw({**raw, "privacy": change} if privacy else raw))
+    assert uses_split(eng)
+    with pytest.raises(ConfigError, match=named):
+        sides(eng)
+
+
+def test_the_split_sides_hold_every_trainable_parameter_once(fellrec_raw):
+    from fedrec.flower.split_run import sides
+
+    eng = build_engine(config_from_raw(fellrec_raw(GEN)))
+    s = sides(eng)
+    assert set(s.node) | set(s.server) == set(eng.partition.uploaded)
+    assert not set(s.node) & set(s.server)
+    # 4 blocks, k = 2: the server holds blocks [2, 3), the node 0, 1 and 3
+    assert s.server and all(".layers.2." in n for n in s.server)
+    for block in (0, 1, 3):
+        assert any(f".layers.{block}." in n for n in s.node)
