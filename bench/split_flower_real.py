@@ -30,7 +30,14 @@ SETS = [
     "data.n_clients=3",
     "train.max_rows_per_client=4",
 ]
-KEYS = ["train_loss", "val_ndcg@10", "val_recall@10", "split_hidden_bytes"]
+KEYS = [
+    "train_loss",
+    "val_ndcg@10",
+    "val_recall@10",
+    "split_hidden_bytes",
+    "train_s",
+    "eval_s",
+]
 
 
 def main() -> None:
