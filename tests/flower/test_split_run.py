@@ -61,3 +61,22 @@ def test_the_split_sides_hold_every_trainable_parameter_once(fellrec_raw):
     assert s.server and all(".layers.2." in n for n in s.server)
     for block in (0, 1, 3):
         assert any(f".layers.{block}." in n for n in s.node)
+
+
+def test_node_scratch_keeps_clients_and_kinds_apart_and_names_a_gap():
+    import torch
+
+    from fedrec.errors import FedrecError
+    from fedrec.flower.split_run import _of, _params, _put
+
+    saved: dict = {}
+    _put(saved, 1, {"w": torch.ones(2)})
+    _put(saved, 1, {"w": torch.zeros(2)}, "grad:")
+    _put(saved, 12, {"w": torch.full((2,), 3.0)})
+    assert _params(saved, 1)["w"].tolist() == [1.0, 1.0]
+    assert _of(saved, 1, "grad:")["w"].tolist() == [0.0, 0.0]
+    assert _params(saved, 12)["w"].tolist() == [3.0, 3.0]  # not client 1's
+    _put(saved, 1, {}, "grad:")  # the head's backward used them
+    assert set(saved) == {"1|p:w", "12|p:w"}
+    with pytest.raises(FedrecError, match="no state of client 2"):
+        _params(saved, 2)

@@ -45,7 +45,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedrec.errors import ConfigError
+from fedrec.errors import ConfigError, FedrecError
 from fedrec.fl.partition import PRIVATE
 from fedrec.flower.client import store_of
 from fedrec.flower.mods import HIDDEN, UPLOADS
@@ -131,6 +131,17 @@ def _of(saved: Tensors, client: int, prefix: str = "p:") -> Tensors:
     return {k[len(head) :]: v for k, v in saved.items() if k.startswith(head)}
 
 
+def _params(saved: Tensors, client: int) -> Tensors:
+    """Client ``client``'s node-side parameters in the scratch; refuses a gap."""
+    values = _of(saved, client)
+    if not values:
+        raise FedrecError(
+            f"split: this node holds no state of client {client} mid-round "
+            "(restarted, or its store was removed); it sits the round out"
+        )
+    return values
+
+
 def _put(saved: Tensors, client: int, values: Tensors, prefix: str = "p:") -> None:
     for k in [k for k in saved if k.startswith(f"{client}|{prefix}")]:
         del saved[k]
@@ -170,7 +181,7 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
         out: Tensors = {}
         for c in clients:
             ids, mask = eng.task.prompts(_rows(eng, rnd, c, step))
-            with swapped_in(eng.model, _of(saved, c)):
+            with swapped_in(eng.model, _params(saved, c)):
                 up = s.split.head_forward(ids, mask)
             out.update({f"{c}/{k}": v for k, v in _as_dict(up).items()})
         return reply(msg, {HIDDEN: out})
@@ -182,7 +193,7 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
         out, losses = {}, []
         for c in cfg["clients"]:
             ids, mask = eng.task.prompts(_rows(eng, rnd, c, step))
-            with swapped_in(eng.model, _of(saved, c)):
+            with swapped_in(eng.model, _params(saved, c)):
                 msg_c = _as_message(_per_client(down, c))
                 loss, grad = s.split.tail_backward(msg_c, _loss_fn(ids, mask))
                 grads = {n: p.grad for n, p in s.node.items() if p.grad is not None}
@@ -202,7 +213,7 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
         for c in cfg["clients"]:
             ids, mask = eng.task.prompts(_rows(eng, rnd, c, step))
             pending = _of(saved, c, "grad:")
-            with swapped_in(eng.model, _of(saved, c)):
+            with swapped_in(eng.model, _params(saved, c)):
                 for n, p in s.node.items():
                     g = pending.get(n)
                     p.grad = None if g is None else g.clone()
