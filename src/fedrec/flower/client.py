@@ -12,6 +12,9 @@ hosts the clients ``c ≡ p (mod P)``. Their private tensors live in the node's
   then the wire audit);
 - ``evaluate``: the task's per-row scores (``client_scores``) of every hosted
   client, for the server to pool;
+- ``train.split_head`` / ``train.split_tail`` / ``train.split_back``: the
+  steps of a generative config with ``backbone.split_k``, the FELLRec split
+  (:mod:`fedrec.flower.split_run`);
 - ``query.finish``: the run is over (a temporary store is removed).
 """
 
