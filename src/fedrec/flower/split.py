@@ -1,187 +1,139 @@
-"""FELLRec's flexible storage over Flower: server blocks in the ServerApp.
+"""FELLRec's flexible storage over Flower: a config with ``backbone.split_k``.
 
-Each SuperNode (``partition-id = c``) is client ``c``: it holds the causal LM's
-embeddings, blocks ``[0, k)``, the last block and the head; the ServerApp
-holds blocks ``[k, L−1)`` — one copy of their trainable parameters per client
-(models are personalised, fellrec.md §5.1). One training step of client ``c``
-is three message exchanges, the parts of :meth:`SplitModel.step`:
+A generative (causal-LM) config with ``backbone.split_k = k`` on
+``--engine flower`` runs through FELLRec's split (fellrec.md §5): each
+client's node runs the embeddings, blocks ``[0, k)``, the last block and the
+head on its own prompts; the ServerApp runs blocks ``[k, L−1)`` with that
+client's own adapters. Token ids, labels, logits and generated titles never
+leave a node: only the ``hidden`` record (hidden states and their gradients,
+``"<i>/<field>"`` with ``i`` a client or an evaluated row, checked by the wire
+audit) and the node-side adapters cross.
 
-- ``train.split_head`` — the node runs ``head_forward`` on its own batch and
-  replies ``h_k``, the attention mask and the position ids;
-- ``train.split_tail`` (carries ``h_{L−1}``) — ``tail_backward``: the loss on
-  the node's own labels; it keeps the tail gradients and replies
-  ``∂loss/∂h_{L−1}`` and the loss;
-- ``train.split_back`` (carries ``∂loss/∂h_k``) — ``head_backward``, then one
-  optimiser step of all the node's parameters (tail and head gradients
-  together, as tied embeddings need); an empty reply.
+**Training** (:func:`fedrec.flower.split_server.train_round`) is the embedded
+engine's round — the same sampled clients, mini-batch plans
+(``client_plans``), fresh Adam with the method's learning rates, then
+``server_update`` (update guard, FELLRec's dynamic balance) — with each step's
+forward and backward cut into messages, one of each kind per node and step for
+all of its clients that have a batch then (the parts of
+:meth:`~fedrec.models.split.SplitModel.step`):
 
-Between the tail and the head backward the server runs ``server_forward`` /
-``server_backward`` and its own optimiser step (the engine's Adam; each
-side keeps its moments: the node in its store, the server per client). Token
-ids, labels and logits never leave a node; a node's parameters, pending
-gradients and moments live in its :class:`~fedrec.flower.store.NodeStore`, so
-any worker can serve any message.
+- ``train.split_head`` (round, step, clients; at step 0 also each client's
+  node-side θ_i) — the node replies ``h_k`` (with mask and positions);
+- ``train.split_tail`` (``h_{L−1}``) — the loss on the node's own labels and
+  ``∂loss/∂h_{L−1}``; the node keeps its tail gradients;
+- ``train.split_back`` (``∂loss/∂h_k``) — the head backward and the node's
+  optimiser step; a client's last step replies its node-side θ_i (its upload).
 
-A federated round is ``steps`` such steps of every client, then FELLRec's
-dynamic balance (:class:`~fedrec.methods.fellrec.FELLRec`'s ``aggregate``, the
-embedded engine's code) over each client's whole ``θ_i``: its node uploads the
-node-side adapters (``train.split_upload``), the server joins them with the
-server-side ones it holds, mixes, keeps the server side and sends each node its
-mixed node side (``train.split_load``).
+The server steps each client's server-side θ_i with its own Adam state
+between the tail and the back message, recomputing its blocks' forward for the
+backward, so no graph is held across messages.
 
-After the last round (``spec.evaluate``), each client's held-out loss through
-the split, forward only: ``evaluate.split_head`` (``h_k`` of its held-out
-batch), the server's blocks, ``evaluate.split_tail`` (the node's loss on its
-own labels, back as a metric). With ``spec.gen_tokens``, each client also
-decodes its held-out next title greedily, a message pair per token
-(``evaluate.split_gen_head`` / ``evaluate.split_gen_tail``, the prefix
-recomputed each time: the node keeps the tokens in its store, the server
-nothing between messages); the node answers only the summed log-probability
-and whether the title matches — the title never leaves it.
+**Evaluation** (:func:`fedrec.flower.split_server.evaluate_round`) decodes
+each evaluated row's title greedily through the split, a message pair per
+token for all of a node's open rows: ``evaluate.split_gen_head`` (step 0 also
+carries each client's node-side θ_i; the node replies ``h_k`` of the row's
+prompt and the tokens so far) and ``evaluate.split_gen_tail`` (``h_{L−1}``:
+the node takes the next token, keeps it, and replies which rows are still
+open). Nodes keep no KV cache between messages (a deployed SuperNode starts a
+fresh process per message), so each step recomputes the prefix on both sides:
+the tokens equal :meth:`~fedrec.models.split.SplitModel.greedy`'s with its
+caches (tested). When a node's rows are all done, its last reply holds their
+top-K metrics: the node grounds its titles to items itself (the frozen base
+model's last hidden states, as in one process) and the server pools.
 
-The in-process reference (:func:`train_in_process`) runs the same parts in one
-process; the Flower run equals it (``tests/flower/test_split_flower.py``).
-
-Scope: the generative (causal LM) backbone on ``SplitSpec``'s title lists —
-the protocol-level reference, which also evaluates and decodes through the
-split. ``fedrec run`` configs with ``backbone.split_k`` train over Flower with
-:mod:`fedrec.flower.split_run` (the embedded engine's rounds).
+Between messages a node keeps each client's node-side parameters, pending
+gradients, moments and tokens in a scratch
+:class:`~fedrec.flower.store.NodeStore` (the run's, ``-split``), so any worker
+can serve any message and one model serves every client (adapters are swapped
+in). Not on Flower: per-client depths (``backbone.split_k_per_client``), the
+discriminative backbone's split (a text-encoder config runs the split on each
+node), LDP, and methods with private parameters (FELLRec has none).
 """
 
 from __future__ import annotations
 
 import functools
-import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from fedrec.errors import FedrecError
+from fedrec.errors import ConfigError, FedrecError
+from fedrec.fl.partition import PRIVATE
 from fedrec.fl.stacked import StackedAdam
-from fedrec.fl.strategy import RoundContext
-from fedrec.flower.client import FedrecClientApp, node_queries, partition
-from fedrec.flower.records import from_record, to_record
-from fedrec.flower.store import NodeStore
-from fedrec.methods.fellrec import FELLRec, FELLRecConfig
-from fedrec.models.split import Message, SplitModel
+from fedrec.flower.runconfig import eval_splits
+from fedrec.models.split import SplitModel
+
+Tensors = dict[str, torch.Tensor]
 
 
-@dataclass(frozen=True)
-class SplitSpec:
-    """What both sides build identically: model, split depth, data, optimiser."""
+@dataclass
+class Sides:
+    """Where a config engine's trainable parameters sit in the split.
 
-    titles: tuple[str, ...] = ()
-    path: str = "tiny"  # a causal LM: "tiny", "smollm2" or a local HF dir
-    k: int = 1
-    lora_rank: int = 4
-    lr: float = 0.01
-    optimizer: str = "adam"  # or "sgd"; the engine's StackedAdam, reset each round
-    steps: int = 2  # local steps of every client per round
-    rounds: int = 1  # each ends with FELLRec's dynamic balance
-    batch: int = 2
-    seed: int = 0
-    evaluate: bool = True  # each client's held-out loss after the last round
-    gen_tokens: int = 0  # > 0: also decode each client's next title greedily
+    ``node``: embeddings side, blocks ``[0, k)``, block ``L−1`` and the head;
+    ``server``: blocks ``[k, L−1)``. Names are the engine's (its partition's).
+    """
+
+    split: SplitModel
+    node: dict[str, nn.Parameter]
+    server: dict[str, nn.Parameter]
+    lr: dict[str, float]
+    optimizer: str
 
 
-EVAL_STEP = -1
+def uses_split(eng: Any) -> bool:
+    """Whether ``eng`` trains a generative backbone through the split."""
+    from fedrec.fl.seq import GenRecTask
+
+    return isinstance(eng.task, GenRecTask) and eng.model.split_k > 0
 
 
-class SplitParty:
-    """One side's model: the LM with LoRA, its split, which parameters train."""
-
-    def __init__(self, spec: SplitSpec) -> None:
-        from fedrec.models.causal_lm import load_causal_lm
-
-        self.spec = spec
-        lm, self.tok = load_causal_lm(spec.path, list(spec.titles), seed=spec.seed)
-        self.model = _with_lora(lm.double(), spec)
-        self.split = SplitModel(self.model, spec.k)
-        server = self.split.server_parameters()
-        trainable = [
-            (n, p) for n, p in self.model.named_parameters() if p.requires_grad
-        ]
-        self.server_params = {n: p for n, p in trainable if id(p) in server}
-        self.client_params = {n: p for n, p in trainable if id(p) not in server}
-        self.initial = snapshot(dict(trainable))  # every copy starts here
-
-    def batch(self, client: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Client ``client``'s prompts at ``step`` (its own titles), padded right.
-
-        Step ``EVAL_STEP`` (−1) is the client's held-out batch: training steps
-        count from 0.
-        """
-        from fedrec.models.causal_lm import prompt
-
-        t, n = self.spec.titles, len(self.spec.titles)
-        texts = []
-        for b in range(self.spec.batch):
-            start = (client * 7 + (step * self.spec.batch + b) * 3) % n
-            hist = [t[(start + j) % n] for j in range(3)]
-            texts.append(prompt(hist, t[(start + 3) % n]))
-        enc = self.tok(texts, return_tensors="pt", padding=True)
-        return enc["input_ids"], enc["attention_mask"]
-
-    def gen_prompt(self, client: int) -> tuple[torch.Tensor, str]:
-        """A held-out prompt ``(1, L)`` of client ``client``, and its answer.
-
-        The first history of the held-out batch, up to the answer's opening
-        quote; the answer is the title that follows it.
-        """
-        from fedrec.models.causal_lm import prompt
-
-        t, n = self.spec.titles, len(self.spec.titles)
-        start = (client * 7 + EVAL_STEP * self.spec.batch * 3) % n
-        hist = [t[(start + j) % n] for j in range(3)]
-        ids = self.tok([prompt(hist) + '"'], return_tensors="pt")["input_ids"]
-        return ids, t[(start + 3) % n]
-
-    def gen_step(self, down: Message, ids: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """Node: the tail on ``h_{L−1}``; ``ids`` plus the greedy next token.
-
-        Also returns that token's log-probability.
-        """
-        with torch.no_grad():
-            logp = torch.log_softmax(self.split.client_tail(down)[0, -1], -1)
-        nxt = int(logp.argmax())
-        return torch.cat([ids, torch.tensor([[nxt]])], 1), float(logp[nxt])
-
-    def gen_result(self, ids: torch.Tensor, n_prompt: int, target: str) -> float:
-        """1.0 when the decoded title (up to its closing quote) is ``target``."""
-        text = self.tok.decode(ids[0, n_prompt:], skip_special_tokens=True)
-        return float(text.split('"')[0].strip() == target)
-
-    @staticmethod
-    def loss_fn(ids: torch.Tensor, mask: torch.Tensor) -> Any:
-        """Next-token cross-entropy over the unpadded tokens."""
-
-        def loss(logits: torch.Tensor) -> torch.Tensor:
-            labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-            return nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), labels.reshape(-1)
-            )
-
-        return loss
+@functools.cache
+def sides(eng: Any) -> Sides:
+    """The split of ``eng``'s model; refuses what the Flower split cannot run."""
+    why = (
+        "backbone.split_k_per_client (one k for every client on Flower)"
+        if eng.task.split_ks
+        else "privacy (LDP)"
+        if eng.mods
+        else "private parameters"
+        if eng.partition.names(PRIVATE)
+        else ""
+    )
+    if why:
+        raise ConfigError(f"the FELLRec split over Flower does not support {why}")
+    split = SplitModel(eng.model.lm, eng.model.split_k)
+    on_server = split.server_parameters()
+    named = dict(eng.model.named_parameters())
+    up = eng.partition.uploaded
+    tc = eng.cfg.train
+    return Sides(
+        split,
+        node={n: named[n] for n in up if id(named[n]) not in on_server},
+        server={n: named[n] for n in up if id(named[n]) in on_server},
+        lr={n: eng.strategy.learning_rate(n, tc.lr) for n in up},
+        optimizer=tc.optimizer,
+    )
 
 
 def optimise(
     params: dict[str, nn.Parameter],
-    state: dict[str, torch.Tensor],
+    state: Tensors,
     lr: float | dict[str, float],
     kind: str = "adam",
-) -> dict[str, torch.Tensor]:
+) -> Tensors:
     """One step of the engine's optimiser on every parameter with a gradient.
 
     :class:`~fedrec.fl.stacked.StackedAdam` (``kind``: adam or sgd; ``lr``
     one rate or one per name) on a batch of one client; the gradients are
-    cleared. ``state`` holds the moments and the
-    step count (``m:<name>``, ``v:<name>``, ``t``; empty at a round's start, as
-    the embedded engine starts a fresh optimiser each round); the new state is
-    returned for the caller to keep — a node in its store, the server per
-    client. Adam is elementwise, so a client's two sides stepping apart equal
-    one optimiser over both.
+    cleared. ``state`` holds the moments and the step count (``m:<name>``,
+    ``v:<name>``, ``t``; empty at a round's start, as the embedded engine
+    starts a fresh optimiser each round); the new state is returned for the
+    caller to keep — a node in its scratch, the server per client. Adam is
+    elementwise, so a client's two sides stepping apart equal one optimiser
+    over both.
     """
     live = {n: p for n, p in params.items() if p.grad is not None}
     with torch.no_grad():
@@ -204,394 +156,64 @@ def optimise(
     }
 
 
-def _opt_state(saved: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: v for k, v in saved.items() if k.startswith(("m:", "v:")) or k == "t"}
-
-
-def load(params: dict[str, nn.Parameter], values: dict[str, torch.Tensor]) -> None:
-    """Copy ``values`` into ``params`` (a client's or the server's copy)."""
-    with torch.no_grad():
-        for n, p in params.items():
-            p.copy_(values[n])
-
-
-def snapshot(params: dict[str, nn.Parameter]) -> dict[str, torch.Tensor]:
+def snapshot(params: dict[str, nn.Parameter]) -> Tensors:
     """Detached copies of ``params``."""
     return {n: p.detach().clone() for n, p in params.items()}
 
 
-def balance(
-    thetas: list[dict[str, torch.Tensor]], losses: list[float], rnd: int
-) -> list[dict[str, torch.Tensor]]:
-    """FELLRec's dynamic balance of the clients' whole ``θ_i`` after round ``rnd``.
+def rows_of(eng: Any, rnd: int, client: int, step: int) -> torch.Tensor:
+    """Training rows of ``client``'s mini-batch ``step`` in round ``rnd``."""
+    return torch.as_tensor(eng.client_plans(rnd, torch.tensor([client]))[0][step])
 
-    ``thetas[i]``: client ``i``'s trainable tensors (node and server side),
-    ``losses[i]``: its mean training loss of the round. The embedded engine's
-    :meth:`FELLRec.aggregate` with its default options, every client uploading.
+
+def eval_items(eng: Any, clients: list[int]) -> list[tuple[str, int, int]]:
+    """``(split, client, row)`` of every row ``clients`` evaluate.
+
+    In the order both sides number them (``"<i>/<field>"`` of ``hidden``).
     """
-    n = len(thetas)
-    stacked = {k: torch.stack([t[k] for t in thetas]) for k in thetas[0]}
-    ctx = RoundContext(
-        round=rnd,
-        clients=torch.arange(n),
-        weights=torch.ones(n, dtype=torch.float64),
-        groups={},
-        n_groups={},
-        losses=torch.tensor(losses, dtype=torch.float64),
-    )
-    mixed = FELLRec(FELLRecConfig()).aggregate(stacked, stacked, None, ctx)  # type: ignore[arg-type]
-    return [{k: v[i] for k, v in mixed.items()} for i in range(n)]
+    return [
+        (split, c, int(r))
+        for split in eval_splits(eng)
+        for c in clients
+        for r in eng.task.eval_rows(split, c)
+    ]
 
 
-def train_in_process(spec: SplitSpec, n_clients: int) -> dict[str, Any]:
-    """The reference: every client's steps and rounds through the split, one process.
+# -------------------------------------------------- the wire and the scratch
+def hidden(record: Tensors, i: int) -> Tensors:
+    """``{field: tensor}`` of entry ``i`` of a ``hidden`` record (``"<i>/<field>"``)."""
+    head = f"{i}/"
+    return {k[len(head) :]: v for k, v in record.items() if k.startswith(head)}
 
-    Returns the losses (``[round · steps + step][client]``), each client's
-    server-side parameters at the end and (``spec.evaluate``) each client's
-    held-out loss under its final model (``eval_losses``), and
-    (``spec.gen_tokens``) its greedy decoding: ``generated[c]`` holds the
-    tokens, their summed log-probability and the hit.
+
+def hidden_record(per_item: dict[int, Tensors]) -> Tensors:
+    """The ``hidden`` record of ``{i: {field: tensor}}``."""
+    return {f"{i}/{k}": v for i, t in per_item.items() for k, v in t.items()}
+
+
+def scratch_of(saved: Tensors, i: int, prefix: str = "p:") -> Tensors:
+    """Entry ``i``'s tensors (``"<i>|<prefix><name>"``) in a node's scratch.
+
+    Prefixes: ``p:`` a client's parameters, ``grad:`` its pending gradients,
+    ``opt:`` its optimiser state; ``tok:`` an evaluated row's tokens.
     """
-    party = SplitParty(spec)
-    both = {**party.client_params, **party.server_params}
-    clients = [dict(party.initial) for _ in range(n_clients)]
-    losses: list[list[float]] = []
-    for rnd in range(spec.rounds):
-        opt: list[dict[str, torch.Tensor]] = [{} for _ in range(n_clients)]
-        for step in range(rnd * spec.steps, (rnd + 1) * spec.steps):
-            row = []
-            for c in range(n_clients):
-                load(both, clients[c])
-                ids, mask = party.batch(c, step)
-                loss, _ = party.split.step(ids, mask, party.loss_fn(ids, mask))
-                opt[c] = optimise(both, opt[c], spec.lr, spec.optimizer)
-                clients[c] = snapshot(both)
-                row.append(float(loss))
-            losses.append(row)
-        clients = balance(clients, _round_means(losses, spec), rnd)
-    server = [{n: c[n] for n in party.server_params} for c in clients]
-    held_out = []
-    for c in range(n_clients) if spec.evaluate else ():
-        load(both, clients[c])
-        ids, mask = party.batch(c, EVAL_STEP)
-        held_out.append(float(party.loss_fn(ids, mask)(party.split.forward(ids, mask))))
-    gen = []
-    for c in range(n_clients) if spec.gen_tokens else ():
-        load(both, clients[c])
-        ids, target = party.gen_prompt(c)
-        out, logp = ids, 0.0
-        for _ in range(spec.gen_tokens):  # the same parts as over Flower
-            up = party.split.head_forward(out, torch.ones_like(out))
-            with torch.no_grad():
-                down = party.split.server(up)
-            out, lp = party.gen_step(down, out)
-            logp += lp
-        hit = party.gen_result(out, ids.shape[1], target)
-        tokens = out[0, ids.shape[1] :].tolist()
-        gen.append({"tokens": tokens, "logp": logp, "hit": hit})
-    return {
-        "losses": losses,
-        "server": server,
-        "eval_losses": held_out,
-        "generated": gen,
-    }
+    head = f"{i}|{prefix}"
+    return {k[len(head) :]: v for k, v in saved.items() if k.startswith(head)}
 
 
-def _round_means(losses: list[list[float]], spec: SplitSpec) -> list[float]:
-    """Each client's mean loss over the last round's steps."""
-    return torch.tensor(losses[-spec.steps :]).mean(0).tolist()
-
-
-@functools.cache
-def party_for(spec: SplitSpec) -> SplitParty:
-    """One party per process and spec (building the model is the slow part)."""
-    return SplitParty(spec)
-
-
-class SplitClientApp(FedrecClientApp):
-    """A node's side of the split; pickles as (its factory, its spec)."""
-
-    def __init__(self, spec: SplitSpec) -> None:
-        super().__init__(None, mods=[])
-        self.spec = spec
-
-    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
-        return split_client_app, (self.spec,)
-
-
-@functools.cache
-def split_client_app(spec: SplitSpec) -> SplitClientApp:
-    """The ClientApp of a split run (one per process and spec)."""
-    return _build_client(spec)
-
-
-def _build_client(spec: SplitSpec) -> SplitClientApp:
-    from flwr.app import Context, MetricRecord, RecordDict
-    from flwr.app import Message as FlwrMessage
-
-    app = SplitClientApp(spec)
-
-    def state(
-        context: Context,
-    ) -> tuple[SplitParty, NodeStore, int, dict[str, torch.Tensor]]:
-        """The party, its parameters and pending gradients loaded from the store.
-
-        Also returns the store, the node's client and its optimiser state.
-        """
-        party, client = party_for(spec), partition(context)[0]
-        store = NodeStore.of(context, client)
-        saved = store.load() or party.initial  # nothing saved yet: the model
-        load(party.client_params, saved)
-        for n, p in party.client_params.items():  # tail gradients, until the head's
-            g = saved.get(f"grad:{n}")
-            p.grad = None if g is None else g.clone()
-        return party, store, client, _opt_state(saved)
-
-    def reply(msg: FlwrMessage, tensors: dict[str, torch.Tensor], **metrics: float):
-        content = RecordDict({"wire": to_record(tensors)})
-        if metrics:
-            content["metrics"] = MetricRecord(metrics)
-        return FlwrMessage(content=content, reply_to=msg)
-
-    @app.train("split_head")
-    def head(msg: FlwrMessage, context: Context) -> FlwrMessage:
-        party, _, client, _ = state(context)
-        ids, mask = party.batch(client, int(msg.content["config"]["step"]))
-        up = party.split.head_forward(ids, mask)
-        return reply(msg, _as_dict(up))
-
-    @app.train("split_tail")
-    def tail(msg: FlwrMessage, context: Context) -> FlwrMessage:
-        party, store, client, opt = state(context)
-        ids, mask = party.batch(client, int(msg.content["config"]["step"]))
-        down = _as_message(from_record(msg.content["wire"]))
-        loss, grad = party.split.tail_backward(down, party.loss_fn(ids, mask))
-        grads = {
-            f"grad:{n}": p.grad
-            for n, p in party.client_params.items()
-            if p.grad is not None
-        }
-        store.save({**snapshot(party.client_params), **grads, **opt})
-        return reply(msg, {"tensor": grad.tensor}, loss=float(loss))
-
-    @app.train("split_back")
-    def back(msg: FlwrMessage, context: Context) -> FlwrMessage:
-        party, store, client, opt = state(context)
-        ids, mask = party.batch(client, int(msg.content["config"]["step"]))
-        grad = Message(from_record(msg.content["wire"])["tensor"])
-        party.split.head_backward(ids, mask, grad)
-        opt = optimise(party.client_params, opt, spec.lr, spec.optimizer)  # tail + head
-        store.save({**snapshot(party.client_params), **opt})
-        return reply(msg, {})
-
-    @app.train("split_upload")
-    def upload(msg: FlwrMessage, context: Context) -> FlwrMessage:
-        party, _, _, _ = state(context)
-        return reply(msg, snapshot(party.client_params))
-
-    @app.train("split_load")
-    def load_mixed(msg: FlwrMessage, context: Context) -> FlwrMessage:
-        party, store, _, _ = state(context)
-        mixed = from_record(msg.content["wire"])
-        if set(mixed) != set(party.client_params):
-            raise FedrecError(
-                f"split_load: expected {sorted(party.client_params)}, "
-                f"got {sorted(mixed)}"
-            )
-        store.save(mixed)  # and no optimiser state: the next round starts afresh
-        return reply(msg, {})
-
-    @app.evaluate("split_head")
-    def eval_head(msg: FlwrMessage, context: Context) -> FlwrMessage:
-        party, _, client, _ = state(context)
-        ids, mask = party.batch(client, EVAL_STEP)
-        return reply(msg, _as_dict(party.split.head_forward(ids, mask)))
-
-    @app.evaluate("split_tail")
-    def eval_tail(msg: FlwrMessage, context: Context) -> FlwrMessage:
-        party, _, client, _ = state(context)
-        ids, mask = party.batch(client, EVAL_STEP)
-        with torch.no_grad():
-            down = _as_message(from_record(msg.content["wire"]))
-            loss = party.loss_fn(ids, mask)(party.split.client_tail(down))
-        return reply(msg, {}, loss=float(loss))
-
-    def generated(store: NodeStore, client: int, step: int):
-        """(prompt ids, target, tokens so far, their log-probability)."""
-        saved = store.load() or {}
-        ids, target = party_for(spec).gen_prompt(client)
-        if step == 0:
-            return ids, target, ids, 0.0
-        return ids, target, saved["gen:ids"], float(saved["gen:logp"])
-
-    @app.evaluate("split_gen_head")
-    def gen_head(msg: FlwrMessage, context: Context) -> FlwrMessage:
-        party, store, client, _ = state(context)
-        step = int(msg.content["config"]["step"])
-        out = generated(store, client, step)[2]
-        return reply(msg, _as_dict(party.split.head_forward(out, torch.ones_like(out))))
-
-    @app.evaluate("split_gen_tail")
-    def gen_tail(msg: FlwrMessage, context: Context) -> FlwrMessage:
-        party, store, client, _ = state(context)
-        step = int(msg.content["config"]["step"])
-        ids, target, out, logp = generated(store, client, step)
-        out, lp = party.gen_step(_as_message(from_record(msg.content["wire"])), out)
-        saved = store.load() or party.initial
-        total = torch.tensor(logp + lp, dtype=torch.float64)
-        store.save({**saved, "gen:ids": out, "gen:logp": total})
-        if step < spec.gen_tokens - 1:
-            return reply(msg, {})
-        hit = party.gen_result(out, ids.shape[1], target)
-        return reply(msg, {}, logp=float(total), hit=hit)  # the title stays here
-
-    node_queries(app)
-    return app
-
-
-def split_server_app(spec: SplitSpec, nodes: int, result: dict[str, Any]) -> Any:
-    """The ServerApp: drives every client's steps, runs the middle blocks.
-
-    ``result`` receives ``losses`` (``[round · steps + step][client]``), each
-    client's held-out loss after the last round (``eval_losses``), each
-    client's server-side parameters (``server``), the names of the node-side
-    ones (``client_params``), what the server received (``received``: tensor
-    names per message type) and the bytes on the wire.
-    """
-    from flwr.app import ConfigRecord, Context, RecordDict
-    from flwr.app import Message as FlwrMessage
-    from flwr.serverapp import Grid, ServerApp
-
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        from fedrec.flower.server import _discover, _finish
-
-        opts = {"node-timeout": 300.0, "round-timeout": 600.0}
-        host = _discover(grid, nodes, opts)
-        party = party_for(spec)
-        mine = [{n: party.initial[n] for n in party.server_params} for _ in host]
-        received: dict[str, set[str]] = {}
-        wire, losses = 0, []
-
-        def ask(c: int, kind: str, step: int, tensors: dict[str, torch.Tensor]):
-            nonlocal wire
-            content = RecordDict(
-                {"wire": to_record(tensors), "config": ConfigRecord({"step": step})}
-            )
-            out = FlwrMessage(content, host[c], kind)
-            (rep,) = grid.send_and_receive([out], timeout=opts["round-timeout"])
-            if rep.has_error():
-                raise RuntimeError(f"client {c} {kind}: {rep.error.reason}")
-            got = from_record(rep.content["wire"])
-            received.setdefault(kind, set()).update(got)
-            wire += sum(t.numel() * t.element_size() for t in tensors.values())
-            wire += sum(t.numel() * t.element_size() for t in got.values())
-            return got, rep.content.metric_records.get("metrics", {})
-
-        t0, clients = time.perf_counter(), sorted(host)
-        for rnd in range(spec.rounds):
-            opt: dict[int, dict[str, torch.Tensor]] = {c: {} for c in clients}
-            for step in range(rnd * spec.steps, (rnd + 1) * spec.steps):
-                row = []
-                for c in clients:
-                    load(party.server_params, mine[c])
-                    up, _ = ask(c, "train.split_head", step, {})
-                    leaf, mid = party.split.server_forward(_as_message(up))
-                    down = _as_dict(mid, detach=True)
-                    g_down, m = ask(c, "train.split_tail", step, down)
-                    g_up = party.split.server_backward(leaf, mid, _as_message(g_down))
-                    opt[c] = optimise(
-                        party.server_params, opt[c], spec.lr, spec.optimizer
-                    )
-                    mine[c] = snapshot(party.server_params)
-                    ask(c, "train.split_back", step, {"tensor": g_up.tensor})
-                    row.append(float(m["loss"]))
-                losses.append(row)
-            ups = [ask(c, "train.split_upload", -1, {})[0] for c in clients]
-            thetas = [{**u, **mine[c]} for c, u in zip(clients, ups, strict=True)]
-            mixed = balance(thetas, _round_means(losses, spec), rnd)
-            for c, theta in zip(clients, mixed, strict=True):
-                mine[c] = {n: theta[n] for n in party.server_params}
-                back = {n: theta[n] for n in party.client_params}
-                ask(c, "train.split_load", -1, back)
-        held_out = []
-        for c in clients if spec.evaluate else ():
-            load(party.server_params, mine[c])
-            up, _ = ask(c, "evaluate.split_head", -1, {})
-            with torch.no_grad():
-                mid = party.split.server(_as_message(up))
-            _, m = ask(c, "evaluate.split_tail", -1, _as_dict(mid))
-            held_out.append(float(m["loss"]))
-        generated = []
-        for c in clients if spec.gen_tokens else ():
-            load(party.server_params, mine[c])
-            for t in range(spec.gen_tokens):  # the node keeps the tokens
-                up, _ = ask(c, "evaluate.split_gen_head", t, {})
-                with torch.no_grad():
-                    mid = party.split.server(_as_message(up))
-                _, m = ask(c, "evaluate.split_gen_tail", t, _as_dict(mid))
-            generated.append({"logp": float(m["logp"]), "hit": float(m["hit"])})
-        _finish(grid, host, opts)
-        result.update(
-            losses=losses,
-            eval_losses=held_out,
-            generated=generated,
-            server=mine,
-            client_params=sorted(party.client_params),
-            received={k: sorted(v) for k, v in received.items()},
-            wire_bytes=wire,
-            train_s=time.perf_counter() - t0,
+def params_of(saved: Tensors, client: int) -> Tensors:
+    """Client ``client``'s node-side parameters in the scratch; refuses a gap."""
+    values = scratch_of(saved, client)
+    if not values:
+        raise FedrecError(
+            f"split: this node holds no state of client {client} mid-round "
+            "(restarted, or its store was removed); it sits the round out"
         )
-
-    return app
-
-
-def run_split_simulation(spec: SplitSpec, n_clients: int) -> dict[str, Any]:
-    """Split training on ``n_clients`` simulated SuperNodes (one client each)."""
-    import os
-
-    from flwr.simulation import run_simulation
-
-    os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
-    result: dict[str, Any] = {}
-    run_simulation(
-        server_app=split_server_app(spec, n_clients, result),
-        client_app=split_client_app(spec),
-        num_supernodes=n_clients,
-        backend_config={"client_resources": {"num_cpus": 1}},
-    )
-    return result
+    return values
 
 
-def _with_lora(lm: nn.Module, spec: SplitSpec) -> nn.Module:
-    """LoRA on the attention projections; only LoRA trains."""
-    from peft import LoraConfig, get_peft_model
-
-    torch.manual_seed(spec.seed + 1)
-    cfg = LoraConfig(
-        r=spec.lora_rank,
-        lora_alpha=2 * spec.lora_rank,
-        lora_dropout=0.0,
-        target_modules=["q_proj", "v_proj"],
-    )
-    model = get_peft_model(lm, cfg).eval()
-    with torch.no_grad():  # B ≠ 0, so the adapters change the function at once
-        for n, p in model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
-    return model
-
-
-def _as_dict(msg: Message, detach: bool = False) -> dict[str, torch.Tensor]:
-    out = {"tensor": msg.tensor.detach() if detach else msg.tensor}
-    if msg.attention_mask is not None:
-        out["attention_mask"] = msg.attention_mask
-    if msg.position_ids is not None:
-        out["position_ids"] = msg.position_ids
-    return out
-
-
-def _as_message(d: dict[str, torch.Tensor]) -> Message:
-    return Message(d["tensor"], d.get("attention_mask"), d.get("position_ids"))
+def put(saved: Tensors, i: int, values: Tensors, prefix: str = "p:") -> None:
+    """Replace entry ``i``'s ``prefix`` tensors in a node's scratch by ``values``."""
+    for k in [k for k in saved if k.startswith(f"{i}|{prefix}")]:
+        del saved[k]
+    saved.update({f"{i}|{prefix}{n}": t for n, t in values.items()})

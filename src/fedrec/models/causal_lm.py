@@ -287,6 +287,10 @@ class GenerativeRecommender(NoDropout):
                 )
         return Path(self.emb_cache) / f"{h.hexdigest()[:20]}.pt"
 
+    def prompt_texts(self, histories: list[np.ndarray]) -> list[str]:
+        """The recommendation prompt after each history (item codes), no answer."""
+        return [prompt([self.titles[i] for i in h]) for h in histories]
+
     @torch.no_grad()
     def generate_titles(self, histories: list[np.ndarray]) -> list[str]:
         """Decode one title per history.
@@ -296,14 +300,14 @@ class GenerativeRecommender(NoDropout):
         each side, one prompt at a time (prompts are not padded there), the
         bytes counted on ``self.wire``.
         """
-        prompts = [prompt([self.titles[i] for i in h]) for h in histories]
+        prompts = self.prompt_texts(histories)
         if self.split_k:
             split, new = SplitModel(self.lm, self.split_k), []
             for text in prompts:
                 ids, mask = self.encode([text])
                 out, wire = split.greedy(ids, mask, self.max_new_tokens)
                 self.wire.up += wire
-                new.append(_until_eos(out[0, ids.shape[1] :], self.tok.eos_token_id))  # type: ignore[attr-defined]
+                new.append(out[0, ids.shape[1] :].tolist())
         else:
             ids, mask = self.encode(prompts, left_pad=True)
             out = self.lm.generate(
@@ -314,20 +318,31 @@ class GenerativeRecommender(NoDropout):
                 max_new_tokens=self.max_new_tokens,
                 pad_token_id=self.tok.pad_token_id,  # type: ignore[attr-defined]
             )
-            new = [_until_eos(t, self.tok.eos_token_id) for t in out[:, ids.shape[1] :]]  # type: ignore[attr-defined]
-        text = self.tok.batch_decode(new, skip_special_tokens=True)  # type: ignore[attr-defined]
+            new = out[:, ids.shape[1] :].tolist()
+        return self.titles_of(new)
+
+    def titles_of(self, generated: list[list[int]]) -> list[str]:
+        """The title each list of generated token ids spells.
+
+        Up to the end of sequence, its first line, quotes stripped; ``"?"``
+        when empty.
+        """
+        eos = self.tok.eos_token_id  # type: ignore[attr-defined]
+        cut = [t[: t.index(eos)] if eos in t else t for t in generated]
+        text = self.tok.batch_decode(cut, skip_special_tokens=True)  # type: ignore[attr-defined]
         return [t.split("\n")[0].strip().strip('"') or "?" for t in text]
 
     def scores(self, histories: list[np.ndarray]) -> torch.Tensor:
         """``(b, I)`` −L2 distance from each generated title to every item."""
-        gen = self.last_hidden(self.generate_titles(histories))
+        return self.ground(self.generate_titles(histories))
+
+    def ground(self, titles: list[str]) -> torch.Tensor:
+        """``(b, I)`` −L2 distance from each title's embedding to every item's.
+
+        Both are the base model's last hidden states (:meth:`last_hidden`).
+        """
+        gen = self.last_hidden(titles)
         return -torch.cdist(gen, self.item_embeddings().to(gen.device))
-
-
-def _until_eos(tokens: torch.Tensor, eos: int | None) -> list[int]:
-    """Generated token ids up to (not including) the first end-of-sequence."""
-    out = tokens.tolist()
-    return out[: out.index(eos)] if eos is not None and eos in out else out
 
 
 @contextlib.contextmanager

@@ -45,6 +45,21 @@ class Message:
         ]
         return sum(t.numel() * t.element_size() for t in ts)
 
+    def tensors(self, detach: bool = False) -> dict[str, torch.Tensor]:
+        """``{field: tensor}`` of the fields that are set (a record's entries)."""
+        out = {"tensor": self.tensor.detach() if detach else self.tensor}
+        if self.attention_mask is not None:
+            out["attention_mask"] = self.attention_mask
+        if self.position_ids is not None:
+            out["position_ids"] = self.position_ids
+        return out
+
+    @classmethod
+    def of(cls, tensors: dict[str, torch.Tensor]) -> Message:
+        """The message :meth:`tensors` gave."""
+        get = tensors.get
+        return cls(tensors["tensor"], get("attention_mask"), get("position_ids"))
+
 
 def _unwrap(model: nn.Module) -> nn.Module:
     base = getattr(model, "base_model", None)  # PEFT: PeftModel.base_model.model
@@ -176,7 +191,7 @@ class SplitModel:
     # activations while it waits: it recomputes its head forward when the
     # gradient comes back (``head_backward``), so between messages it holds
     # its parameters only — which is what lets a Flower node serve the steps
-    # (``fedrec.flower.split``) with the very same functions.
+    # (``fedrec.flower.split_node``) with the very same functions.
     def head_forward(self, ids: torch.Tensor, mask: torch.Tensor) -> Message:
         """Client: ``h_k``, the message up (no graph kept)."""
         with torch.no_grad():

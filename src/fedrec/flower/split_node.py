@@ -1,0 +1,196 @@
+"""A node's side of the FELLRec split (see :mod:`fedrec.flower.split`).
+
+Training: ``train.split_head`` / ``train.split_tail`` / ``train.split_back``;
+evaluation: ``evaluate.split_gen_head`` / ``evaluate.split_gen_tail``. Each
+message serves every client (or evaluated row) of the node it names; what a
+node holds between messages is in its scratch store.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedrec.fl.seq import concat_scores
+from fedrec.flower.client import store_of
+from fedrec.flower.mods import HIDDEN, SCORES, UPLOADS
+from fedrec.flower.records import from_record, to_record
+from fedrec.flower.split import (
+    Tensors,
+    eval_items,
+    hidden,
+    hidden_record,
+    optimise,
+    params_of,
+    put,
+    rows_of,
+    scratch_of,
+    sides,
+    snapshot,
+)
+from fedrec.models.causal_lm import GenerativeRecommender, swapped_in
+from fedrec.models.split import Message
+
+
+def _loss_fn(ids: torch.Tensor, mask: torch.Tensor) -> Callable[..., torch.Tensor]:
+    return lambda logits: GenerativeRecommender.logits_loss(logits, ids, mask)
+
+
+def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
+    """Register the split's message handlers on a fedrec ClientApp."""
+    from flwr.app import Context, MetricRecord, RecordDict
+    from flwr.app import Message as FlwrMessage
+
+    def setup(msg: FlwrMessage, context: Context):
+        eng = engine_of(context)
+        cfg = msg.content["config"]
+        store = store_of(msg, context, "-split")
+        return eng, sides(eng), int(cfg["round"]), int(cfg["step"]), cfg, store
+
+    def reply(msg: FlwrMessage, records: dict[str, Tensors], **metrics: Any):
+        content = RecordDict({k: to_record(v) for k, v in records.items()})
+        if metrics:
+            content["metrics"] = MetricRecord(metrics)
+        return FlwrMessage(content=content, reply_to=msg)
+
+    def scratch(msg: FlwrMessage, step: int, store: Any, clients: list[int]) -> Tensors:
+        """The node's scratch; at step 0, each client's θ_i as received."""
+        if step:
+            return store.load() or {}
+        got, saved = from_record(msg.content["received"]), {}
+        for i, c in enumerate(clients):
+            put(saved, c, {n: t[i] for n, t in got.items()})
+        store.save(saved)
+        return saved
+
+    # ------------------------------------------------------------ training
+    @app.train("split_head")
+    def head(msg: FlwrMessage, context: Context) -> FlwrMessage:
+        eng, s, rnd, step, cfg, store = setup(msg, context)
+        clients = list(cfg["clients"])
+        saved, out = scratch(msg, step, store, clients), {}
+        for c in clients:
+            ids, mask = eng.task.prompts(rows_of(eng, rnd, c, step))
+            with swapped_in(eng.model, params_of(saved, c)):
+                out[c] = s.split.head_forward(ids, mask).tensors()
+        return reply(msg, {HIDDEN: hidden_record(out)})
+
+    @app.train("split_tail")
+    def tail(msg: FlwrMessage, context: Context) -> FlwrMessage:
+        eng, s, rnd, step, cfg, store = setup(msg, context)
+        saved, down = store.load() or {}, from_record(msg.content[HIDDEN])
+        out, losses = {}, []
+        for c in cfg["clients"]:
+            ids, mask = eng.task.prompts(rows_of(eng, rnd, c, step))
+            with swapped_in(eng.model, params_of(saved, c)):
+                loss, grad = s.split.tail_backward(
+                    Message.of(hidden(down, c)), _loss_fn(ids, mask)
+                )
+                grads = {n: p.grad for n, p in s.node.items() if p.grad is not None}
+                for p in s.node.values():
+                    p.grad = None
+            put(saved, c, grads, "grad:")  # until the head's backward
+            out[c] = {"tensor": grad.tensor}
+            losses.append(float(loss))
+        store.save(saved)
+        return reply(msg, {HIDDEN: hidden_record(out)}, losses=losses)
+
+    @app.train("split_back")
+    def back(msg: FlwrMessage, context: Context) -> FlwrMessage:
+        eng, s, rnd, step, cfg, store = setup(msg, context)
+        saved, up = store.load() or {}, from_record(msg.content[HIDDEN])
+        done: dict[int, Tensors] = {}
+        for c in cfg["clients"]:
+            ids, mask = eng.task.prompts(rows_of(eng, rnd, c, step))
+            pending = scratch_of(saved, c, "grad:")
+            with swapped_in(eng.model, params_of(saved, c)):
+                for n, p in s.node.items():
+                    g = pending.get(n)
+                    p.grad = None if g is None else g.clone()
+                s.split.head_backward(ids, mask, Message(up[f"{c}/tensor"]))
+                opt = optimise(s.node, scratch_of(saved, c, "opt:"), s.lr, s.optimizer)
+                values = snapshot(s.node)
+            put(saved, c, {}, "grad:")
+            put(saved, c, opt, "opt:")
+            put(saved, c, values)
+            done[c] = values
+        store.save(saved)
+        last = list(cfg["last"])  # clients whose local phase ends here: upload
+        if not last:
+            return reply(msg, {})
+        return reply(
+            msg, {UPLOADS: {n: torch.stack([done[c][n] for c in last]) for n in s.node}}
+        )
+
+    # ---------------------------------------------------------- evaluation
+    def prefix(eng: Any, saved: Tensors, item: tuple[str, int, int], i: int):
+        """Row ``i``'s prompt ids ``(1, P)`` and its tokens so far ``(1, T)``."""
+        split, _, row = item
+        history = eng.task.fed.samples[split].history[row]
+        ids, _ = eng.model.encode(eng.model.prompt_texts([history]))
+        return ids, scratch_of(saved, i, "tok:").get("ids", ids[:, :0])
+
+    @app.evaluate("split_gen_head")
+    def gen_head(msg: FlwrMessage, context: Context) -> FlwrMessage:
+        eng, s, _, step, cfg, store = setup(msg, context)
+        clients = list(cfg["clients"])
+        saved, items, out = scratch(msg, step, store, clients), {}, {}
+        items = eval_items(eng, clients)
+        for i in cfg["open"]:
+            ids, new = prefix(eng, saved, items[i], i)
+            seq = torch.cat([ids, new], 1)
+            with swapped_in(eng.model, params_of(saved, items[i][1])):
+                out[i] = s.split.head_forward(seq, torch.ones_like(seq)).tensors()
+        return reply(msg, {HIDDEN: hidden_record(out)})
+
+    @app.evaluate("split_gen_tail")
+    def gen_tail(msg: FlwrMessage, context: Context) -> FlwrMessage:
+        eng, s, _, step, cfg, store = setup(msg, context)
+        clients = list(cfg["clients"])
+        saved, down = store.load() or {}, from_record(msg.content[HIDDEN])
+        items, still = eval_items(eng, clients), []
+        eos = eng.model.tok.eos_token_id
+        for i in cfg["open"]:
+            _, new = prefix(eng, saved, items[i], i)
+            with swapped_in(eng.model, params_of(saved, items[i][1])):
+                with torch.no_grad():
+                    logits = s.split.client_tail(Message.of(hidden(down, i)))
+            nxt = logits[:, -1].argmax(-1, keepdim=True)
+            put(saved, i, {"ids": torch.cat([new, nxt], 1)}, "tok:")
+            if int(nxt) != eos and step + 1 < eng.model.max_new_tokens:
+                still.append(i)
+        store.save(saved)
+        if still or not items:
+            return reply(msg, {}, open=still)
+        return reply(msg, {SCORES: _scores(eng, saved, items)}, open=[])
+
+
+def _scores(eng: Any, saved: Tensors, items: list[tuple[str, int, int]]) -> Tensors:
+    """``"<split>/<metric>"``: per-row top-K metrics of the decoded titles.
+
+    Grounded on this node, in the chunks of one client's rows that
+    :meth:`~fedrec.fl.seq.SeqRecTask.client_scores` scores in one process.
+    """
+    tokens = [
+        scratch_of(saved, i, "tok:")["ids"][0].tolist() for i in range(len(items))
+    ]
+    titles = eng.model.titles_of(tokens)
+    chunks: dict[tuple[str, int], list[int]] = {}
+    for i, (split, c, _) in enumerate(items):
+        chunks.setdefault((split, c), []).append(i)
+    parts: dict[str, list[dict[str, np.ndarray]]] = {}
+    for (split, _), mine in chunks.items():
+        for b in range(0, len(mine), eng.task.batch):
+            idx = mine[b : b + eng.task.batch]
+            rows = np.asarray([items[i][2] for i in idx])
+            scores = eng.model.ground([titles[i] for i in idx])
+            metrics = eng.task.row_metrics(split, rows, scores)
+            parts.setdefault(split, []).append(metrics)
+    return {
+        f"{split}/{k}": torch.as_tensor(v)
+        for split, ps in parts.items()
+        for k, v in concat_scores(ps).items()
+    }

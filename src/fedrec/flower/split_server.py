@@ -1,0 +1,233 @@
+"""The ServerApp's side of the FELLRec split (see :mod:`fedrec.flower.split`).
+
+:func:`train_round` and :func:`evaluate_round` replace the ServerApp's
+unsplit rounds for a config with ``backbone.split_k``; around them the run is
+the same (:mod:`fedrec.flower.server`).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from fedrec.flower.mods import HIDDEN, UPLOADS
+from fedrec.flower.records import from_record, to_record
+from fedrec.flower.split import (
+    Tensors,
+    eval_items,
+    hidden,
+    hidden_record,
+    optimise,
+    sides,
+    snapshot,
+)
+from fedrec.models.causal_lm import swapped_in
+from fedrec.models.split import Message
+
+
+class _Link:
+    """The server's end of one round's split messages; counts hidden-state bytes.
+
+    ``send(kind, {partition: (records, config)})`` sends one message per node
+    and returns ``{partition: reply}`` of the nodes that answered (a failed or
+    late node is logged by the ServerApp's ``_collect`` and left out).
+    """
+
+    def __init__(self, grid: Any, host: dict[int, int], opts: dict, rnd: int, key: str):
+        self.grid, self.host, self.opts, self.rnd, self.key = grid, host, opts, rnd, key
+        self.bytes = 0  # hidden states and their gradients, both ways
+
+    def send(
+        self, kind: str, by_node: dict[int, tuple[dict[str, Tensors], dict[str, Any]]]
+    ) -> dict[int, Any]:
+        from flwr.app import ConfigRecord, RecordDict
+        from flwr.app import Message as FlwrMessage
+
+        from fedrec.flower.server import _collect
+
+        msgs = []
+        for p, (records, cfg) in sorted(by_node.items()):
+            content = RecordDict({k: to_record(v) for k, v in records.items()})
+            content["config"] = ConfigRecord(
+                {**cfg, "round": self.rnd, "store": self.key}
+            )
+            self.bytes += sum(t.nbytes for t in records.get(HIDDEN, {}).values())
+            msgs.append(FlwrMessage(content, self.host[p], kind))
+        got = _collect(self.grid, msgs, self.host, self.opts, self.rnd, kind)
+        for rep in got.values():
+            if HIDDEN in rep.array_records:
+                self.bytes += sum(t.nbytes for t in from_record(rep[HIDDEN]).values())
+        return got
+
+
+def train_round(
+    grid: Any,
+    eng: Any,
+    host: dict[int, int],
+    live: set[int],
+    rnd: int,
+    opts: dict[str, Any],
+    key: str,
+) -> dict[str, Any]:
+    """The split's version of the ServerApp's ``_train_round``; the metrics.
+
+    Clients of a node that fails are left out of the round from that step
+    on (logged, ``failed_partitions``), as in the unsplit round.
+    """
+    from fedrec.flower.server import close_round
+
+    t0, s, parts = time.perf_counter(), sides(eng), len(host)
+    link = _Link(grid, host, opts, rnd, key)
+    clients = eng.sample(rnd)
+    ids = clients.tolist()
+    received, _ = eng.client_params(clients)
+    plans = dict(zip(ids, eng.client_plans(rnd, clients), strict=True))
+    mine = {c: {n: received[n][i] for n in s.server} for i, c in enumerate(ids)}
+    node_side = {c: {n: received[n][i] for n in s.node} for i, c in enumerate(ids)}
+    opt: dict[int, Tensors] = {c: {} for c in ids}
+    loss_sum = dict.fromkeys(ids, 0.0)
+    failed = {p for p in range(parts) if p not in live}
+
+    def send(kind: str, step: int, active: list[int], records: Callable) -> dict:
+        """One message per node with active clients.
+
+        ``records(clients)``: the message's records for them. Returns
+        ``{partition: (reply, its clients)}`` of the nodes that answered.
+        """
+        by_node, of = {}, {}
+        for p in sorted({c % parts for c in active}):
+            cs = of[p] = [c for c in active if c % parts == p]
+            last = [c for c in cs if step == len(plans[c]) - 1]
+            by_node[p] = (records(cs), {"step": step, "clients": cs, "last": last})
+        got = link.send(f"train.{kind}", by_node)
+        failed.update(set(by_node) - set(got))
+        return {p: (rep, of[p]) for p, rep in got.items()}
+
+    def hidden_of(per_client: dict[int, Tensors]) -> Callable:
+        return lambda cs: {HIDDEN: hidden_record({c: per_client[c] for c in cs})}
+
+    for step in range(max((len(p) for p in plans.values()), default=0)):
+        active = [c for c in ids if len(plans[c]) > step and c % parts not in failed]
+
+        def start(cs: list[int], step: int = step) -> dict[str, Tensors]:
+            """Step 0: each client's node-side θ_i, as it received it."""
+            if step:
+                return {}
+            node = {n: torch.stack([node_side[c][n] for c in cs]) for n in s.node}
+            return {"received": node}
+
+        got = send("split_head", step, active, start)
+        ups = {
+            c: Message.of(hidden(from_record(rep[HIDDEN]), c))
+            for rep, cs in got.values()
+            for c in cs
+        }
+        active = [c for c in active if c in ups]
+        downs = {}
+        for c in active:
+            with swapped_in(eng.model, mine[c]), torch.no_grad():
+                downs[c] = s.split.server(ups[c]).tensors()
+        got = send("split_tail", step, active, hidden_of(downs))
+        grads: dict[int, Tensors] = {}
+        for rep, cs in got.values():
+            rec = from_record(rep[HIDDEN])
+            for c, loss in zip(cs, rep["metrics"]["losses"], strict=True):
+                loss_sum[c] += float(loss) * len(plans[c][step])
+                with swapped_in(eng.model, mine[c]):  # the forward again, with graph
+                    leaf, mid = s.split.server_forward(ups[c])
+                    g = s.split.server_backward(leaf, mid, Message(rec[f"{c}/tensor"]))
+                    opt[c] = optimise(s.server, opt[c], s.lr, s.optimizer)
+                    mine[c] = snapshot(s.server)
+                grads[c] = {"tensor": g.tensor}
+        active = [c for c in active if c in grads]
+        got = send("split_back", step, active, hidden_of(grads))
+        for rep, cs in got.values():
+            last = [c for c in cs if step == len(plans[c]) - 1]
+            if last:
+                new = from_record(rep[UPLOADS])
+                for i, c in enumerate(last):
+                    node_side[c] = {n: new[n][i] for n in s.node}
+    served = torch.tensor([c % parts not in failed for c in ids], dtype=torch.bool)
+    rows = {c: sum(len(b) for b in plans[c]) for c in ids}
+    losses = torch.tensor(
+        [loss_sum[c] / rows[c] if rows[c] else float("nan") for c in ids],
+        dtype=torch.float64,
+    )
+    whole = [{**node_side[c], **mine[c]} for c in ids]  # each client's trained θ_i
+    uploads = {n: torch.stack([t[n] for t in whole]) for n in received}
+    m = close_round(eng, rnd, clients, served, uploads, received, losses, t0, failed)
+    m.update(received_on_server=sorted(s.node), split_hidden_bytes=link.bytes)
+    return m
+
+
+def evaluate_round(
+    grid: Any,
+    eng: Any,
+    host: dict[int, int],
+    live: set[int],
+    rnd: int,
+    opts: dict[str, Any],
+    key: str,
+) -> dict[str, Any]:
+    """The split's version of the ServerApp's ``_evaluate_round``; the metrics.
+
+    Every live node's clients decode their evaluated rows through the split,
+    a message pair per token; the nodes ground and score, the server pools.
+    """
+    from fedrec.flower.server import pooled_metrics
+
+    s, parts, link = sides(eng), len(host), _Link(grid, host, opts, rnd, key)
+    all_ids = torch.arange(eng.fed.n_clients)
+    nodes, server_side = {}, {}
+    for p in sorted(live):
+        mine = all_ids[all_ids % parts == p]
+        groups = {a: t[mine] for a, t in eng.groups.items()}
+        theta = eng.strategy.broadcast(eng.server, eng.partition, mine, groups)
+        cs = mine.tolist()
+        server_side.update(
+            {c: {n: theta[n][j] for n in s.server} for j, c in enumerate(cs)}
+        )
+        items = eval_items(eng, cs)
+        if items:
+            nodes[p] = (cs, {n: theta[n] for n in s.node}, items)
+    still = {p: list(range(len(items))) for p, (_, _, items) in nodes.items()}
+    scores = {}
+    for step in range(eng.model.max_new_tokens):
+        if not still:
+            break
+
+        def config(p: int, step: int = step) -> dict[str, Any]:
+            return {"step": step, "clients": nodes[p][0], "open": still[p]}
+
+        heads = link.send(
+            "evaluate.split_gen_head",
+            {
+                p: ({"received": nodes[p][1]} if not step else {}, config(p))
+                for p in still
+            },
+        )
+        downs = {}
+        for p, rep in heads.items():
+            rec, items = from_record(rep[HIDDEN]), nodes[p][2]
+            downs[p] = {}
+            for i in still[p]:
+                with swapped_in(eng.model, server_side[items[i][1]]), torch.no_grad():
+                    downs[p][i] = s.split.server(Message.of(hidden(rec, i))).tensors()
+        tails = link.send(
+            "evaluate.split_gen_tail",
+            {p: ({HIDDEN: hidden_record(d)}, config(p)) for p, d in downs.items()},
+        )
+        for p in list(still):
+            rep = tails.get(p)
+            if rep is not None and list(rep["metrics"]["open"]):
+                still[p] = list(rep["metrics"]["open"])
+                continue
+            del still[p]  # done (its reply holds its scores) or failed (logged)
+            if rep is not None:
+                scores[p] = rep
+    m = pooled_metrics(eng, scores.values())
+    m["split_eval_hidden_bytes"] = link.bytes
+    return m
