@@ -107,9 +107,9 @@ def test_optimise_carries_adam_state_like_torch_adam():
 
 
 def test_decoding_a_token_per_message_pair_equals_kv_cached_greedy(fellrec_raw):
-    """The nodes' decoding (no cache between messages: the prefix recomputed on
-    both sides each token) gives the tokens of ``SplitModel.greedy`` with KV
-    caches, under a client's adapters."""
+    """Decoding with no cache (the prefix recomputed on both sides each token, as
+    a node without its caches does) gives ``SplitModel.greedy``'s tokens with
+    KV caches."""
     import torch
 
     from fedrec.flower.split import sides
@@ -128,3 +128,113 @@ def test_decoding_a_token_per_message_pair_equals_kv_cached_greedy(fellrec_raw):
             nxt = s.split.client_tail(down)[:, -1].argmax(-1, keepdim=True)
         out = torch.cat([out, nxt], 1)
     assert torch.equal(out, want) and out.shape[1] == ids.shape[1] + 6
+
+
+class _InProcessGrid:
+    """A Grid whose nodes are one ClientApp called in this process (node ``p``
+    has id ``100 + p``). ``forget``: drop the nodes' process caches after every
+    message, as a deployed SuperNode (a fresh process per message) would."""
+
+    def __init__(self, app, parts: int, forget: bool) -> None:
+        from flwr.app import Context, RecordDict
+
+        self.app, self.forget, self.replies, self.sent = app, forget, {}, 0
+        self.contexts = {
+            100 + p: Context(
+                1,
+                100 + p,
+                {"partition-id": p, "num-partitions": parts},
+                RecordDict(),
+                {},
+            )
+            for p in range(parts)
+        }
+
+    def push_messages(self, msgs):
+        import time
+
+        from flwr.app import Message, Metadata
+
+        from fedrec.flower import split_node
+
+        ids = []
+        for m in msgs:
+            self.sent += 1
+            md = Metadata(
+                1,
+                f"m{self.sent}",
+                0,
+                m.metadata.dst_node_id,
+                "",
+                "",
+                time.time(),
+                1e6,
+                m.metadata.message_type,
+            )
+            incoming = Message(metadata=md, content=m.content)
+            self.replies[md.message_id] = self.app(
+                incoming, self.contexts[md.dst_node_id]
+            )
+            if self.forget:
+                split_node._KV.clear()
+            ids.append(md.message_id)
+        return ids
+
+    def pull_messages(self, ids):
+        return [self.replies.pop(i) for i in ids if i in self.replies]
+
+
+def test_decoding_as_messages_equals_one_process_with_or_without_node_caches(
+    fellrec_raw, tmp_path, monkeypatch
+):
+    """The ranking evaluation through the split (2 nodes, in this process) gives
+    the embedded engine's metrics, both when a node keeps its KV caches between
+    messages and when every message rebuilds them (a deployment)."""
+    import torch
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedrec.flower.client import client_app_for
+    from fedrec.flower.split import eval_items, scratch_of, sides
+    from fedrec.flower.split_server import evaluate_round
+    from fedrec.flower.store import NodeStore
+    from fedrec.models.causal_lm import swapped_in
+
+    monkeypatch.setenv("FEDREC_NODE_STORE", str(tmp_path))
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # as a ServerApp has
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    raw = fellrec_raw(GEN)
+    eng = build_engine(config_from_raw(raw))
+    eng.run_round(0)  # trained adapters: an untrained tiny LM repeats one token
+    want = {
+        f"{sp}_{k}": v for sp in ("val", "test") for k, v in eng.evaluate(sp).items()
+    }
+    app, opts = client_app_for(raw), {"round-timeout": 60.0}
+    eos = eng.model.tok.eos_token_id
+    for forget in (False, True):
+        grid = _InProcessGrid(app, 2, forget)
+        got = evaluate_round(grid, eng, {0: 100, 1: 101}, {0, 1}, 0, opts, f"k{forget}")
+        for key in ("val_ndcg@10", "val_recall@10", "test_ndcg@10", "test_users"):
+            assert got[key] == pytest.approx(want[key], abs=1e-6), (forget, key)
+        assert got["test_users"] > 0 and got["split_eval_hidden_bytes"] > 0
+        # every row's tokens (kept on its node) are the in-process decoding's
+        for p in (0, 1):
+            store = NodeStore.of(grid.contexts[100 + p], p, f"k{forget}-split")
+            saved, clients = store.load(), list(range(p, eng.fed.n_clients, 2))
+            for i, (sp, c, row) in enumerate(eval_items(eng, clients)):
+                history = eng.task.fed.samples[sp].history[row]
+                ids, mask = eng.model.encode(eng.model.prompt_texts([history]))
+                theta = {
+                    n: t[0] for n, t in eng.client_params(torch.tensor([c]))[0].items()
+                }
+                with swapped_in(eng.model, theta):
+                    out, _ = sides(eng).split.greedy(
+                        ids, mask, eng.model.max_new_tokens
+                    )
+                want_ids = out[0, ids.shape[1] :].tolist()
+                if eos in want_ids:  # the node stops at the end of sequence
+                    want_ids = want_ids[: want_ids.index(eos) + 1]
+                assert scratch_of(saved, i, "tok:")["ids"][0].tolist() == want_ids
+        # a message pair per token and node, and the last pair ends each node
+        assert grid.sent <= 2 * 2 * eng.model.max_new_tokens and not grid.replies
+    assert torch.is_grad_enabled()

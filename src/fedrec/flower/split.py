@@ -34,12 +34,15 @@ token for all of a node's open rows: ``evaluate.split_gen_head`` (step 0 also
 carries each client's node-side θ_i; the node replies ``h_k`` of the row's
 prompt and the tokens so far) and ``evaluate.split_gen_tail`` (``h_{L−1}``:
 the node takes the next token, keeps it, and replies which rows are still
-open). Nodes keep no KV cache between messages (a deployed SuperNode starts a
-fresh process per message), so each step recomputes the prefix on both sides:
-the tokens equal :meth:`~fedrec.models.split.SplitModel.greedy`'s with its
-caches (tested). When a node's rows are all done, its last reply holds their
-top-K metrics: the node grounds its titles to items itself (the frozen base
-model's last hidden states, as in one process) and the server pools.
+open). The server keeps a KV cache of its blocks per row for the round, so
+after the prompt only the newest position's ``h_k`` goes up; it sends down
+``h_{L−1}`` of the whole prefix. A node keeps its KV caches (blocks ``[0, k)``
+and ``L−1``) in its process while it lives; a message served by another
+process (a deployed SuperNode starts one per message) rebuilds them from the
+prefix — the tokens of :meth:`~fedrec.models.split.SplitModel.greedy` either
+way. When a node's rows are all done, its last reply holds their top-K
+metrics: the node grounds its titles to items itself (the frozen base model's
+last hidden states, as in one process) and the server pools.
 
 Between messages a node keeps each client's node-side parameters, pending
 gradients, moments and tokens in a scratch
@@ -159,6 +162,13 @@ def optimise(
 def snapshot(params: dict[str, nn.Parameter]) -> Tensors:
     """Detached copies of ``params``."""
     return {n: p.detach().clone() for n, p in params.items()}
+
+
+def cache_for(s: Sides) -> Any:
+    """An empty KV cache for the model's blocks (one side's, during decoding)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=s.split.body.config)
 
 
 def rows_of(eng: Any, rnd: int, client: int, step: int) -> torch.Tensor:

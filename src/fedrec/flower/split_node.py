@@ -20,6 +20,7 @@ from fedrec.flower.mods import HIDDEN, SCORES, UPLOADS
 from fedrec.flower.records import from_record, to_record
 from fedrec.flower.split import (
     Tensors,
+    cache_for,
     eval_items,
     hidden,
     hidden_record,
@@ -135,29 +136,51 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
 
     @app.evaluate("split_gen_head")
     def gen_head(msg: FlwrMessage, context: Context) -> FlwrMessage:
-        eng, s, _, step, cfg, store = setup(msg, context)
+        eng, s, rnd, step, cfg, store = setup(msg, context)
         clients = list(cfg["clients"])
-        saved, items, out = scratch(msg, step, store, clients), {}, {}
+        saved, out = scratch(msg, step, store, clients), {}
         items = eval_items(eng, clients)
+        if not step:  # a new decoding: this process's caches of others go
+            for key in [k for k in _KV if k[0] == store.root]:
+                del _KV[key]
         for i in cfg["open"]:
             ids, new = prefix(eng, saved, items[i], i)
             seq = torch.cat([ids, new], 1)
+            n = seq.shape[1]
+            kv = _KV.setdefault((store.root, rnd, i), {})
+            head = kv.get("head")
+            start = n - 1  # with this process's cache: the newest token only
+            if not step or head is None or head.get_seq_length(0) != n - 1:
+                head = kv["head"] = cache_for(s)
+                start = 0  # the whole prefix
+            pos = torch.arange(start, n).unsqueeze(0)
+            mask = torch.ones_like(seq)
             with swapped_in(eng.model, params_of(saved, items[i][1])):
-                out[i] = s.split.head_forward(seq, torch.ones_like(seq)).tensors()
+                with torch.no_grad():
+                    up = s.split.client_head(seq[:, start:], mask, pos, head)
+            keep = slice(-1, None) if step else slice(None)  # the server has the rest
+            out[i] = Message(up.tensor[:, keep], mask, pos[:, keep]).tensors()
         return reply(msg, {HIDDEN: hidden_record(out)})
 
     @app.evaluate("split_gen_tail")
     def gen_tail(msg: FlwrMessage, context: Context) -> FlwrMessage:
-        eng, s, _, step, cfg, store = setup(msg, context)
+        eng, s, rnd, step, cfg, store = setup(msg, context)
         clients = list(cfg["clients"])
         saved, down = store.load() or {}, from_record(msg.content[HIDDEN])
         items, still = eval_items(eng, clients), []
         eos = eng.model.tok.eos_token_id
         for i in cfg["open"]:
             _, new = prefix(eng, saved, items[i], i)
+            h = Message.of(hidden(down, i))  # h_{L−1} of the whole prefix
+            kv = _KV.setdefault((store.root, rnd, i), {})
+            tail, n = kv.get("tail"), h.tensor.shape[1]
+            if tail is not None and tail.get_seq_length(s.split.L - 1) == n - 1:
+                h = Message(h.tensor[:, -1:], h.attention_mask, h.position_ids[:, -1:])
+            else:  # no cache in this process: block L−1 over the whole prefix
+                tail = kv["tail"] = cache_for(s)
             with swapped_in(eng.model, params_of(saved, items[i][1])):
                 with torch.no_grad():
-                    logits = s.split.client_tail(Message.of(hidden(down, i)))
+                    logits = s.split.client_tail(h, tail, last=True)
             nxt = logits[:, -1].argmax(-1, keepdim=True)
             put(saved, i, {"ids": torch.cat([new, nxt], 1)}, "tok:")
             if int(nxt) != eos and step + 1 < eng.model.max_new_tokens:
@@ -165,7 +188,15 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
         store.save(saved)
         if still or not items:
             return reply(msg, {}, open=still)
+        for key in [k for k in _KV if k[0] == store.root]:
+            del _KV[key]
         return reply(msg, {SCORES: _scores(eng, saved, items)}, open=[])
+
+
+# (node store, round, row) -> this process's KV caches of that row's decoding
+# ("head": blocks [0, k), "tail": block L−1); a message served by another
+# process rebuilds them from the prefix, with the same tokens
+_KV: dict[tuple[Any, int, int], dict[str, Any]] = {}
 
 
 def _scores(eng: Any, saved: Tensors, items: list[tuple[str, int, int]]) -> Tensors:

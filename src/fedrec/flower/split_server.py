@@ -7,6 +7,7 @@ the same (:mod:`fedrec.flower.server`).
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,7 @@ from fedrec.flower.mods import HIDDEN, UPLOADS
 from fedrec.flower.records import from_record, to_record
 from fedrec.flower.split import (
     Tensors,
+    cache_for,
     eval_items,
     hidden,
     hidden_record,
@@ -26,6 +28,8 @@ from fedrec.flower.split import (
 )
 from fedrec.models.causal_lm import swapped_in
 from fedrec.models.split import Message
+
+log = logging.getLogger("fedrec.flower")
 
 
 class _Link:
@@ -195,9 +199,20 @@ def evaluate_round(
             nodes[p] = (cs, {n: theta[n] for n in s.node}, items)
     still = {p: list(range(len(items))) for p, (_, _, items) in nodes.items()}
     scores = {}
+    # per (partition, row): the KV cache of the server's blocks, and h_{L−1}
+    # of the prefix so far (a node without its cache rebuilds block L−1 from it)
+    caches: dict[tuple[int, int], Any] = {}
+    done: dict[tuple[int, int], torch.Tensor | None] = {}
     for step in range(eng.model.max_new_tokens):
         if not still:
             break
+        log.info(
+            "round %d evaluate: token %d/%d, %d rows decoding",
+            rnd,
+            step + 1,
+            eng.model.max_new_tokens,
+            sum(map(len, still.values())),
+        )
 
         def config(p: int, step: int = step) -> dict[str, Any]:
             return {"step": step, "clients": nodes[p][0], "open": still[p]}
@@ -214,8 +229,16 @@ def evaluate_round(
             rec, items = from_record(rep[HIDDEN]), nodes[p][2]
             downs[p] = {}
             for i in still[p]:
+                if not step:
+                    caches[p, i], done[p, i] = cache_for(s), None
+                up = Message.of(hidden(rec, i))  # the newest positions' h_k
                 with swapped_in(eng.model, server_side[items[i][1]]), torch.no_grad():
-                    downs[p][i] = s.split.server(Message.of(hidden(rec, i))).tensors()
+                    h = s.split.server(up, caches[p, i]).tensor
+                if done[p, i] is not None:
+                    h = torch.cat([done[p, i], h], 1)
+                done[p, i], n = h, h.shape[1]
+                mask, pos = torch.ones(1, n, dtype=torch.long), torch.arange(n)[None]
+                downs[p][i] = Message(h, mask, pos).tensors()  # the whole prefix
         tails = link.send(
             "evaluate.split_gen_tail",
             {p: ({HIDDEN: hidden_record(d)}, config(p)) for p, d in downs.items()},

@@ -171,11 +171,18 @@ class SplitModel:
         )
         return Message(h, msg.attention_mask, msg.position_ids)
 
-    def client_tail(self, msg: Message, cache: object | None = None) -> torch.Tensor:
-        """Block ``L−1`` and the output part: logits (LM) or last hidden states."""
+    def client_tail(
+        self, msg: Message, cache: object | None = None, last: bool = False
+    ) -> torch.Tensor:
+        """Block ``L−1`` and the output part: logits (LM) or last hidden states.
+
+        ``last``: the output part on the last position only (``(b, 1, ·)``).
+        """
         h = self._blocks(
             self.L - 1, self.L, msg.tensor, msg.attention_mask, msg.position_ids, cache
         )
+        if last:
+            h = h[:, -1:]
         if self.causal:
             return self.head_module(self.body.norm(h))
         return h
