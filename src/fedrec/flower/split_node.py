@@ -141,8 +141,7 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
         saved, out = scratch(msg, step, store, clients), {}
         items = eval_items(eng, clients)
         if not step:  # a new decoding: this process's caches of others go
-            for key in [k for k in _KV if k[0] == store.root]:
-                del _KV[key]
+            _forget(store.root)
         for i in cfg["open"]:
             ids, new = prefix(eng, saved, items[i], i)
             seq = torch.cat([ids, new], 1)
@@ -170,7 +169,7 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
         items, still = eval_items(eng, clients), []
         eos = eng.model.tok.eos_token_id
         for i in cfg["open"]:
-            _, new = prefix(eng, saved, items[i], i)
+            new = scratch_of(saved, i, "tok:").get("ids", torch.zeros(1, 0).long())
             h = Message.of(hidden(down, i))  # h_{L−1} of the whole prefix
             kv = _KV.setdefault((store.root, rnd, i), {})
             tail, n = kv.get("tail"), h.tensor.shape[1]
@@ -188,8 +187,7 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
         store.save(saved)
         if still or not items:
             return reply(msg, {}, open=still)
-        for key in [k for k in _KV if k[0] == store.root]:
-            del _KV[key]
+        _forget(store.root)
         return reply(msg, {SCORES: _scores(eng, saved, items)}, open=[])
 
 
@@ -197,6 +195,12 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
 # ("head": blocks [0, k), "tail": block L−1); a message served by another
 # process rebuilds them from the prefix, with the same tokens
 _KV: dict[tuple[Any, int, int], dict[str, Any]] = {}
+
+
+def _forget(root: Any) -> None:
+    """Drop this process's KV caches of node store ``root``'s decoding."""
+    for key in [k for k in _KV if k[0] == root]:
+        del _KV[key]
 
 
 def _scores(eng: Any, saved: Tensors, items: list[tuple[str, int, int]]) -> Tensors:
