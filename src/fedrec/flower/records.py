@@ -12,6 +12,7 @@ on-disk format of :mod:`fedrec.flower.store`.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import struct
@@ -25,39 +26,49 @@ _META_LEN = struct.Struct("<I")
 _ALIGN = 64
 
 
-def pack(tensors: dict[str, torch.Tensor]) -> list[bytes | memoryview]:
-    """The packed bytes of ``tensors`` as parts (views of the tensors, no copies)."""
-    meta, data = [], []
-    for name, t in tensors.items():
-        t = t.detach().cpu()
-        meta.append([name, str(t.dtype).removeprefix("torch."), list(t.shape)])
-        flat = t.reshape(-1)
-        if flat.numel() and flat.stride(0) != 1:  # e.g. a broadcast (stride 0) row
-            flat = torch.empty_like(flat, memory_format=torch.contiguous_format)
-            flat.copy_(t.reshape(-1))
-        raw = memoryview(flat.view(torch.uint8).numpy()) if flat.numel() else b""
-        data += [raw, bytes(-len(raw) % _ALIGN)]
+def pack(tensors: dict[str, torch.Tensor]) -> memoryview:
+    """The packed bytes of ``tensors``: one buffer (a ``torch.cat`` of the parts).
+
+    The header and padding of each signature (names, dtypes, shapes) are made
+    once (:func:`_layout`), so a message costs one ``reshape`` per tensor and
+    one ``cat`` (FedPA's 14 tensors: 85–90 µs, against 120 µs part by part).
+    """
+    flats = [t.detach().reshape(-1).cpu() for t in tensors.values()]
+    sig = tuple(
+        (n, f.dtype, t.shape) for (n, t), f in zip(tensors.items(), flats, strict=True)
+    )
+    head, pads = _layout(sig)
+    parts = [head]
+    for f, pad in zip(flats, pads, strict=True):
+        if f.stride(0) != 1:  # e.g. a broadcast (stride 0) row, or empty
+            f = torch.empty_like(f, memory_format=torch.contiguous_format).copy_(f)
+        parts += [f.view(torch.uint8), pad]
+    return memoryview(torch.cat(parts).numpy())
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(sig: tuple[Any, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Header (length, JSON, padding) and each tensor's padding, as uint8 tensors."""
+    meta = [[n, str(dt).removeprefix("torch."), list(shape)] for n, dt, shape in sig]
     head = json.dumps(meta).encode()
     head += b" " * (-(_META_LEN.size + len(head)) % _ALIGN)
-    return [_META_LEN.pack(len(head)), head, *data]
+    head = _META_LEN.pack(len(head)) + head
+    pads = [-math.prod(shape) * dt.itemsize % _ALIGN for _, dt, shape in sig]
+    head_t = torch.frombuffer(bytearray(head), dtype=torch.uint8)
+    return head_t, [torch.zeros(p, dtype=torch.uint8) for p in pads]
 
 
 def unpack(body: bytearray) -> dict[str, torch.Tensor]:
     """Tensors viewing packed ``body`` (writable, no copies)."""
-    out = {}
-    offset = _META_LEN.size + _META_LEN.unpack_from(body)[0]
-    for name, dtype, shape in _meta(body):
-        dt = getattr(torch, dtype)
-        count = math.prod(shape)
-        nbytes = count * dt.itemsize
-        if offset + nbytes > len(body):
+    out, end = {}, len(body)
+    for name, dt, shape, count, offset in _meta(body):
+        if offset + count * dt.itemsize > end:
             raise ValueError(f"tensor {name!r} runs past the end of the data")
         if count:
             flat = torch.frombuffer(body, dtype=dt, count=count, offset=offset)
             out[name] = flat.reshape(shape)
         else:
             out[name] = torch.empty(shape, dtype=dt)
-        offset += nbytes + (-nbytes % _ALIGN)
     return out
 
 
@@ -65,7 +76,7 @@ def to_record(tensors: dict[str, torch.Tensor] | dict[str, np.ndarray]) -> Any:
     """An ``ArrayRecord`` holding ``tensors`` (tensors or arrays) packed."""
     from flwr.app import Array, ArrayRecord
 
-    body = b"".join(pack({n: torch.as_tensor(t) for n, t in tensors.items()}))
+    body = pack({n: torch.as_tensor(t) for n, t in tensors.items()}).tobytes()
     packed = Array(dtype="uint8", shape=(len(body),), stype=PACKED, data=body)
     return ArrayRecord({PACKED: packed})
 
@@ -85,7 +96,7 @@ def arrays(record: Any) -> dict[str, np.ndarray]:
 def names(record: Any) -> list[str]:
     """The tensor names an ``ArrayRecord`` carries (without decoding the data)."""
     if _is_packed(record):
-        return [name for name, _, _ in _meta(record[PACKED].data)]
+        return [name for name, *_ in _meta(record[PACKED].data)]
     return list(record)
 
 
@@ -93,6 +104,20 @@ def _is_packed(record: Any) -> bool:
     return list(record) == [PACKED] and record[PACKED].stype == PACKED
 
 
-def _meta(body: bytes | bytearray) -> list[list[Any]]:
+_Entry = tuple[str, torch.dtype, list[int], int, int]  # name, dtype, shape, numel, at
+
+
+def _meta(body: bytes | bytearray) -> list[_Entry]:
+    """``(name, dtype, shape, numel, byte offset)`` of each tensor in ``body``."""
     (n,) = _META_LEN.unpack_from(body)
-    return json.loads(bytes(body[_META_LEN.size : _META_LEN.size + n]))
+    return _parse(bytes(body[_META_LEN.size : _META_LEN.size + n]))
+
+
+@functools.lru_cache(maxsize=256)
+def _parse(head: bytes) -> list[_Entry]:
+    out, offset = [], _META_LEN.size + len(head)
+    for name, dtype, shape in json.loads(head):
+        dt, count = getattr(torch, dtype), math.prod(shape)
+        out.append((name, dt, shape, count, offset))
+        offset += count * dt.itemsize + (-count * dt.itemsize % _ALIGN)
+    return out

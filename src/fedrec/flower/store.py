@@ -124,15 +124,15 @@ class NodeStore:
         generation = generation or max(g for g, _ in gens) + 1
         ahead = [i for i in range(2) if gens[i][0] >= generation] or [0, 1]
         older = min(ahead, key=lambda i: gens[i][0])
-        parts = pack(tensors)
-        length = sum(len(p) for p in parts)
+        body = pack(tensors)
+        length = len(body)
         fd = self._fds[older]
         if fd is None:
             self.root.mkdir(parents=True, exist_ok=True)
             fd = self._fds[older] = os.open(
                 self.files[older], os.O_RDWR | os.O_CREAT, 0o600
             )
-        os.pwritev(fd, parts, _HEADER.size)
+        os.pwrite(fd, body, _HEADER.size)
         if os.fstat(fd).st_size > _HEADER.size + length:
             os.ftruncate(fd, _HEADER.size + length)
         os.pwrite(fd, _HEADER.pack(generation, length), 0)  # commits the save
