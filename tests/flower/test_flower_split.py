@@ -205,7 +205,7 @@ def test_decoding_as_messages_equals_one_process_with_or_without_node_caches(
     monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     raw = fellrec_raw(GEN)
     eng = build_engine(config_from_raw(raw))
-    eng.run_round(0)  # trained adapters: an untrained tiny LM repeats one token
+    eng.run_round(0)  # each client's own trained adapters
     want = {
         f"{sp}_{k}": v for sp in ("val", "test") for k, v in eng.evaluate(sp).items()
     }
@@ -218,6 +218,7 @@ def test_decoding_as_messages_equals_one_process_with_or_without_node_caches(
             assert got[key] == pytest.approx(want[key], abs=1e-6), (forget, key)
         assert got["test_users"] > 0 and got["split_eval_hidden_bytes"] > 0
         # every row's tokens (kept on its node) are the in-process decoding's
+        decoded = set()
         for p in (0, 1):
             store = NodeStore.of(grid.contexts[100 + p], p, f"k{forget}-split")
             saved, clients = store.load(), list(range(p, eng.fed.n_clients, 2))
@@ -235,6 +236,10 @@ def test_decoding_as_messages_equals_one_process_with_or_without_node_caches(
                 if eos in want_ids:  # the node stops at the end of sequence
                     want_ids = want_ids[: want_ids.index(eos) + 1]
                 assert scratch_of(saved, i, "tok:")["ids"][0].tolist() == want_ids
+                decoded.add(tuple(want_ids))
+        # rows decode different tokens (a constant decoding would not tell a
+        # cache rebuilt from the wrong prefix from the right one)
+        assert len(decoded) > 2
         # a message pair per token and node, and the last pair ends each node
         assert grid.sent <= 2 * 2 * eng.model.max_new_tokens and not grid.replies
     assert torch.is_grad_enabled()
