@@ -133,12 +133,16 @@ def test_decoding_a_token_per_message_pair_equals_kv_cached_greedy(fellrec_raw):
 class _InProcessGrid:
     """A Grid whose nodes are one ClientApp called in this process (node ``p``
     has id ``100 + p``). ``forget``: drop the nodes' process caches after every
-    message, as a deployed SuperNode (a fresh process per message) would."""
+    message, as a deployed SuperNode (a fresh process per message) would.
+    ``dies``: ``{partition: n}``, that node answers its first ``n`` messages,
+    then every one with an error reply (as the SuperLink does for a dead node).
+    """
 
-    def __init__(self, app, parts: int, forget: bool) -> None:
+    def __init__(self, app, parts: int, forget: bool, dies=None) -> None:
         from flwr.app import Context, RecordDict
 
         self.app, self.forget, self.replies, self.sent = app, forget, {}, 0
+        self.dies, self.got = dict(dies or {}), dict.fromkeys(range(parts), 0)
         self.contexts = {
             100 + p: Context(
                 1,
@@ -153,7 +157,7 @@ class _InProcessGrid:
     def push_messages(self, msgs):
         import time
 
-        from flwr.app import Message, Metadata
+        from flwr.app import Error, Message, Metadata
 
         from fedrec.flower import split_node
 
@@ -172,9 +176,13 @@ class _InProcessGrid:
                 m.metadata.message_type,
             )
             incoming = Message(metadata=md, content=m.content)
-            self.replies[md.message_id] = self.app(
-                incoming, self.contexts[md.dst_node_id]
-            )
+            p = md.dst_node_id - 100
+            self.got[p] += 1
+            if self.got[p] > self.dies.get(p, self.got[p]):
+                reply = Message(Error(0, "node unavailable"), reply_to=incoming)
+            else:
+                reply = self.app(incoming, self.contexts[md.dst_node_id])
+            self.replies[md.message_id] = reply
             if self.forget:
                 split_node._KV.clear()
             ids.append(md.message_id)
@@ -243,3 +251,44 @@ def test_decoding_as_messages_equals_one_process_with_or_without_node_caches(
         # a message pair per token and node, and the last pair ends each node
         assert grid.sent <= 2 * 2 * eng.model.max_new_tokens and not grid.replies
     assert torch.is_grad_enabled()
+
+
+@pytest.mark.parametrize("dies_after", [1, 2, 4])
+def test_a_node_dying_mid_round_is_left_out_as_if_never_there(
+    fellrec_raw, tmp_path, monkeypatch, dies_after
+):
+    """Node 1 dies after its first 1, 2 or 4 messages of the round (its
+    clients' head, tail, back or decoding steps): the round completes with
+    node 0's clients, the failure recorded, and the server's state and the
+    pooled evaluation equal a round in which node 1 was never live — nothing
+    the dead node half-did is aggregated or scored."""
+    import torch
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedrec.flower.client import client_app_for
+    from fedrec.flower.split_server import evaluate_round, train_round
+
+    monkeypatch.setenv("FEDREC_NODE_STORE", str(tmp_path))
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    raw = fellrec_raw({**GEN, "max_new_tokens": 3})
+    app, opts, host = client_app_for(raw), {"round-timeout": 60.0}, {0: 100, 1: 101}
+    runs = {}
+    for live, dies in (({0}, None), ({0, 1}, {1: dies_after})):
+        eng = build_engine(config_from_raw(raw))
+        key = f"d{dies_after}-{len(live)}"
+        grid = _InProcessGrid(app, 2, forget=False, dies=dies)
+        m = train_round(grid, eng, host, live, 0, opts, key)
+        grid.got, grid.dies = dict.fromkeys(grid.got, 0), dict(dies or {})
+        m |= evaluate_round(grid, eng, host, live, 0, opts, key)
+        runs[len(live)] = (m, {n: t.clone() for n, t in eng.server.items()})
+    (alone, s_alone), (died, s_died) = runs[1], runs[2]
+    assert died["failed_partitions"] == [1] == alone["failed_partitions"]
+    assert died["clients"] == alone["clients"] == 2  # clients 0 and 2
+    assert died["train_loss"] == pytest.approx(alone["train_loss"], abs=1e-9)
+    for n in s_alone:
+        assert torch.allclose(s_died[n], s_alone[n], atol=1e-7), n
+    for key in ("val_ndcg@10", "test_ndcg@10", "test_recall@10", "test_users"):
+        assert died[key] == pytest.approx(alone[key], abs=1e-9), key
+    assert alone["test_users"] > 0
