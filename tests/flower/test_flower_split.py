@@ -192,14 +192,24 @@ class _InProcessGrid:
         return [self.replies.pop(i) for i in ids if i in self.replies]
 
 
+@pytest.fixture
+def as_server(tmp_path, monkeypatch):
+    """This process as a ServerApp whose nodes are :class:`_InProcessGrid`'s."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setenv("FEDREC_NODE_STORE", str(tmp_path))
+    for attr, value in (("_run_id", 1), ("_task_id", 1), ("_node_id", 0)):
+        monkeypatch.setattr(TaskIdentity, attr, value)  # as a ServerApp has
+
+
+@pytest.mark.usefixtures("as_server")
 def test_decoding_as_messages_equals_one_process_with_or_without_node_caches(
-    fellrec_raw, tmp_path, monkeypatch
+    fellrec_raw,
 ):
     """The ranking evaluation through the split (2 nodes, in this process) gives
     the embedded engine's metrics, both when a node keeps its KV caches between
     messages and when every message rebuilds them (a deployment)."""
     import torch
-    from flwr.supercore.task_identity import TaskIdentity
 
     from fedrec.flower.client import client_app_for
     from fedrec.flower.split import eval_items, scratch_of, sides
@@ -207,10 +217,6 @@ def test_decoding_as_messages_equals_one_process_with_or_without_node_caches(
     from fedrec.flower.store import NodeStore
     from fedrec.models.causal_lm import swapped_in
 
-    monkeypatch.setenv("FEDREC_NODE_STORE", str(tmp_path))
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)  # as a ServerApp has
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     raw = fellrec_raw(GEN)
     eng = build_engine(config_from_raw(raw))
     eng.run_round(0)  # each client's own trained adapters
@@ -253,25 +259,19 @@ def test_decoding_as_messages_equals_one_process_with_or_without_node_caches(
     assert torch.is_grad_enabled()
 
 
+@pytest.mark.usefixtures("as_server")
 @pytest.mark.parametrize("dies_after", [1, 2, 4])
-def test_a_node_dying_mid_round_is_left_out_as_if_never_there(
-    fellrec_raw, tmp_path, monkeypatch, dies_after
-):
+def test_a_node_dying_mid_round_is_left_out_as_if_never_there(fellrec_raw, dies_after):
     """Node 1 dies after its first 1, 2 or 4 messages of the round (its
     clients' head, tail, back or decoding steps): the round completes with
     node 0's clients, the failure recorded, and the server's state and the
     pooled evaluation equal a round in which node 1 was never live — nothing
     the dead node half-did is aggregated or scored."""
     import torch
-    from flwr.supercore.task_identity import TaskIdentity
 
     from fedrec.flower.client import client_app_for
     from fedrec.flower.split_server import evaluate_round, train_round
 
-    monkeypatch.setenv("FEDREC_NODE_STORE", str(tmp_path))
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
     raw = fellrec_raw({**GEN, "max_new_tokens": 3})
     app, opts, host = client_app_for(raw), {"round-timeout": 60.0}, {0: 100, 1: 101}
     runs = {}
@@ -280,7 +280,7 @@ def test_a_node_dying_mid_round_is_left_out_as_if_never_there(
         key = f"d{dies_after}-{len(live)}"
         grid = _InProcessGrid(app, 2, forget=False, dies=dies)
         m = train_round(grid, eng, host, live, 0, opts, key)
-        grid.got, grid.dies = dict.fromkeys(grid.got, 0), dict(dies or {})
+        grid.got = dict.fromkeys(grid.got, 0)  # and dies again in the evaluation
         m |= evaluate_round(grid, eng, host, live, 0, opts, key)
         runs[len(live)] = (m, {n: t.clone() for n, t in eng.server.items()})
     (alone, s_alone), (died, s_died) = runs[1], runs[2]
