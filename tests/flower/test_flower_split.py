@@ -132,13 +132,14 @@ def test_decoding_a_token_per_message_pair_equals_kv_cached_greedy(fellrec_raw):
 
 class _InProcessGrid:
     """A Grid whose nodes are one ClientApp called in this process (node ``p``
-    has id ``100 + p``). ``forget``: drop the nodes' process caches after every
-    message, as a deployed SuperNode (a fresh process per message) would.
+    has id ``100 + p``). ``forget``: the message types after which the nodes'
+    process caches are dropped — all of them, as a deployed SuperNode (a fresh
+    process per message) would, or only some (another process serving the next).
     ``dies``: ``{partition: n}``, that node answers its first ``n`` messages,
     then every one with an error reply (as the SuperLink does for a dead node).
     """
 
-    def __init__(self, app, parts: int, forget: bool, dies=None) -> None:
+    def __init__(self, app, parts: int, forget=(), dies=None) -> None:
         from flwr.app import Context, RecordDict
 
         self.app, self.forget, self.replies, self.sent = app, forget, {}, 0
@@ -183,7 +184,7 @@ class _InProcessGrid:
             else:
                 reply = self.app(incoming, self.contexts[md.dst_node_id])
             self.replies[md.message_id] = reply
-            if self.forget:
+            if m.metadata.message_type in self.forget:
                 split_node._KV.clear()
             ids.append(md.message_id)
         return ids
@@ -207,8 +208,11 @@ def test_decoding_as_messages_equals_one_process_with_or_without_node_caches(
     fellrec_raw,
 ):
     """The ranking evaluation through the split (2 nodes, in this process) gives
-    the embedded engine's metrics, both when a node keeps its KV caches between
-    messages and when every message rebuilds them (a deployment)."""
+    the embedded engine's metrics when a node keeps its KV caches between
+    messages (the server then sends only the newest position down), when every
+    message rebuilds them (a deployment: the whole prefix goes down), and when
+    the caches a node reported are gone by its tail message (it asks, and the
+    server resends the whole prefixes)."""
     import torch
 
     from fedrec.flower.client import client_app_for
@@ -225,16 +229,19 @@ def test_decoding_as_messages_equals_one_process_with_or_without_node_caches(
     }
     app, opts = client_app_for(raw), {"round-timeout": 60.0}
     eos = eng.model.tok.eos_token_id
-    for forget in (False, True):
+    head, tail = "evaluate.split_gen_head", "evaluate.split_gen_tail"
+    sent, wire = {}, {}
+    for forget in ((), (head, tail), (head,)):
         grid = _InProcessGrid(app, 2, forget)
-        got = evaluate_round(grid, eng, {0: 100, 1: 101}, {0, 1}, 0, opts, f"k{forget}")
+        run = f"k{len(forget)}"
+        got = evaluate_round(grid, eng, {0: 100, 1: 101}, {0, 1}, 0, opts, run)
         for key in ("val_ndcg@10", "val_recall@10", "test_ndcg@10", "test_users"):
             assert got[key] == pytest.approx(want[key], abs=1e-6), (forget, key)
         assert got["test_users"] > 0 and got["split_eval_hidden_bytes"] > 0
         # every row's tokens (kept on its node) are the in-process decoding's
         decoded = set()
         for p in (0, 1):
-            store = NodeStore.of(grid.contexts[100 + p], p, f"k{forget}-split")
+            store = NodeStore.of(grid.contexts[100 + p], p, f"{run}-split")
             saved, clients = store.load(), list(range(p, eng.fed.n_clients, 2))
             for i, (sp, c, row) in enumerate(eval_items(eng, clients)):
                 history = eng.task.fed.samples[sp].history[row]
@@ -254,8 +261,14 @@ def test_decoding_as_messages_equals_one_process_with_or_without_node_caches(
         # rows decode different tokens (a constant decoding would not tell a
         # cache rebuilt from the wrong prefix from the right one)
         assert len(decoded) > 2
-        # a message pair per token and node, and the last pair ends each node
-        assert grid.sent <= 2 * 2 * eng.model.max_new_tokens and not grid.replies
+        sent[forget], wire[forget] = grid.sent, got["split_eval_hidden_bytes"]
+        assert not grid.replies
+    # a message pair per token and node (the last pair ends each node) ...
+    assert sent[()] == sent[head, tail] <= 2 * 2 * eng.model.max_new_tokens
+    # ... and a resent tail per token after the first where caches were lost
+    assert sent[(head,)] > sent[()]
+    # kept caches: the newest position goes down; lost: the whole prefix
+    assert wire[()] < wire[head, tail] / 2 < wire[(head,)]
     assert torch.is_grad_enabled()
 
 
@@ -278,7 +291,7 @@ def test_a_node_dying_mid_round_is_left_out_as_if_never_there(fellrec_raw, dies_
     for live, dies in (({0}, None), ({0, 1}, {1: dies_after})):
         eng = build_engine(config_from_raw(raw))
         key = f"d{dies_after}-{len(live)}"
-        grid = _InProcessGrid(app, 2, forget=False, dies=dies)
+        grid = _InProcessGrid(app, 2, dies=dies)
         m = train_round(grid, eng, host, live, 0, opts, key)
         grid.got = dict.fromkeys(grid.got, 0)  # and dies again in the evaluation
         m |= evaluate_round(grid, eng, host, live, 0, opts, key)

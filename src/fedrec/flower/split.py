@@ -32,17 +32,21 @@ backward, so no graph is held across messages.
 each evaluated row's title greedily through the split, a message pair per
 token for all of a node's open rows: ``evaluate.split_gen_head`` (step 0 also
 carries each client's node-side θ_i; the node replies ``h_k`` of the row's
-prompt and the tokens so far) and ``evaluate.split_gen_tail`` (``h_{L−1}``:
-the node takes the next token, keeps it, and replies which rows are still
-open). The server keeps a KV cache of its blocks per row for the round, so
-after the prompt only the newest position's ``h_k`` goes up; it sends down
-``h_{L−1}`` of the whole prefix. A node keeps its KV caches (blocks ``[0, k)``
-and ``L−1``) in its process while it lives; a message served by another
-process (a deployed SuperNode starts one per message) rebuilds them from the
-prefix — the tokens of :meth:`~fedrec.models.split.SplitModel.greedy` either
-way. When a node's rows are all done, its last reply holds their top-K
-metrics: the node grounds its titles to items itself (the frozen base model's
-last hidden states, as in one process) and the server pools.
+prompt and the tokens so far, and the rows whose block ``L−1`` cache its
+process holds) and ``evaluate.split_gen_tail`` (``h_{L−1}``: the node takes
+the next token, keeps it, and replies which rows are still open). The server
+keeps a KV cache of its blocks per row for the round, so after the prompt only
+the newest position's ``h_k`` goes up; down go the newest position's
+``h_{L−1}`` for the rows whose cache the node reported, the whole prefix's for
+the others. A node keeps its KV caches (blocks ``[0, k)`` and ``L−1``) in its
+process while it lives; a message served by another process (a deployed
+SuperNode starts one per message) rebuilds them from the prefix — the tokens of
+:meth:`~fedrec.models.split.SplitModel.greedy` either way. A tail message that
+finds a reported cache gone changes nothing and replies ``missing``; the server
+resends it with whole prefixes. When a node's rows are all done, its last
+reply holds their top-K metrics: the node grounds its titles to items itself
+(the frozen base model's last hidden states, as in one process) and the server
+pools.
 
 Between messages a node keeps each client's node-side parameters, pending
 gradients, moments and tokens in a scratch

@@ -142,6 +142,7 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
         items = eval_items(eng, clients)
         if not step:  # a new decoding: this process's caches of others go
             _forget(store.root)
+        tail_cached = []  # rows whose block L−1 cache this process holds
         for i in cfg["open"]:
             ids, new = prefix(eng, saved, items[i], i)
             seq = torch.cat([ids, new], 1)
@@ -149,9 +150,11 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
             kv = _KV.setdefault((store.root, rnd, i), {})
             head = kv.get("head")
             start = n - 1  # with this process's cache: the newest token only
-            if not step or head is None or head.get_seq_length(0) != n - 1:
+            if not step or not _holds(head, 0, n):
                 head = kv["head"] = cache_for(s)
                 start = 0  # the whole prefix
+            if step and _holds(kv.get("tail"), s.split.L - 1, n):
+                tail_cached.append(i)
             pos = torch.arange(start, n).unsqueeze(0)
             mask = torch.ones_like(seq)
             with swapped_in(eng.model, params_of(saved, items[i][1])):
@@ -159,7 +162,7 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
                     up = s.split.client_head(seq[:, start:], mask, pos, head)
             keep = slice(-1, None) if step else slice(None)  # the server has the rest
             out[i] = Message(up.tensor[:, keep], mask, pos[:, keep]).tensors()
-        return reply(msg, {HIDDEN: hidden_record(out)})
+        return reply(msg, {HIDDEN: hidden_record(out)}, tail_cached=tail_cached)
 
     @app.evaluate("split_gen_tail")
     def gen_tail(msg: FlwrMessage, context: Context) -> FlwrMessage:
@@ -168,12 +171,24 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
         saved, down = store.load() or {}, from_record(msg.content[HIDDEN])
         items, still = eval_items(eng, clients), []
         eos = eng.model.tok.eos_token_id
-        for i in cfg["open"]:
+        # h_{L−1} of the whole prefix, or of the newest position only where
+        # the head reported this node's cache: a cache this process lacks
+        # (another process served the head) makes the server resend them all
+        downs = {i: Message.of(hidden(down, i)) for i in cfg["open"]}
+        kvs = {i: _KV.setdefault((store.root, rnd, i), {}) for i in cfg["open"]}
+        missing = [
+            i
+            for i, h in downs.items()
+            if h.tensor.shape[1] < (n := h.attention_mask.shape[1])
+            and not _holds(kvs[i].get("tail"), s.split.L - 1, n)
+        ]
+        if missing:
+            return reply(msg, {}, open=list(cfg["open"]), missing=missing)
+        for i, h in downs.items():
             new = scratch_of(saved, i, "tok:").get("ids", torch.zeros(1, 0).long())
-            h = Message.of(hidden(down, i))  # h_{L−1} of the whole prefix
-            kv = _KV.setdefault((store.root, rnd, i), {})
-            tail, n = kv.get("tail"), h.tensor.shape[1]
-            if tail is not None and tail.get_seq_length(s.split.L - 1) == n - 1:
+            kv, n = kvs[i], h.attention_mask.shape[1]
+            tail = kv.get("tail")
+            if _holds(tail, s.split.L - 1, n):
                 h = Message(h.tensor[:, -1:], h.attention_mask, h.position_ids[:, -1:])
             else:  # no cache in this process: block L−1 over the whole prefix
                 tail = kv["tail"] = cache_for(s)
@@ -195,6 +210,11 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
 # ("head": blocks [0, k), "tail": block L−1); a message served by another
 # process rebuilds them from the prefix, with the same tokens
 _KV: dict[tuple[Any, int, int], dict[str, Any]] = {}
+
+
+def _holds(cache: Any, layer: int, n: int) -> bool:
+    """Whether ``cache`` holds the first ``n − 1`` positions at ``layer``."""
+    return cache is not None and cache.get_seq_length(layer) == n - 1
 
 
 def _forget(root: Any) -> None:

@@ -200,7 +200,8 @@ def evaluate_round(
     still = {p: list(range(len(items))) for p, (_, _, items) in nodes.items()}
     scores = {}
     # per (partition, row): the KV cache of the server's blocks, and h_{L−1}
-    # of the prefix so far (a node without its cache rebuilds block L−1 from it)
+    # of the prefix so far (a node without its cache rebuilds block L−1 from
+    # it; a node that reports its cache gets only the newest position)
     caches: dict[tuple[int, int], Any] = {}
     done: dict[tuple[int, int], torch.Tensor | None] = {}
     for step in range(eng.model.max_new_tokens):
@@ -224,10 +225,10 @@ def evaluate_round(
                 for p in still
             },
         )
-        downs = {}
+        cached = {}  # per node: rows whose block L−1 cache the node holds
         for p, rep in heads.items():
             rec, items = from_record(rep[HIDDEN]), nodes[p][2]
-            downs[p] = {}
+            cached[p] = set(rep["metrics"]["tail_cached"])
             for i in still[p]:
                 if not step:
                     caches[p, i], done[p, i] = cache_for(s), None
@@ -236,13 +237,20 @@ def evaluate_round(
                     h = s.split.server(up, caches[p, i]).tensor
                 if done[p, i] is not None:
                     h = torch.cat([done[p, i], h], 1)
-                done[p, i], n = h, h.shape[1]
-                mask, pos = torch.ones(1, n, dtype=torch.long), torch.arange(n)[None]
-                downs[p][i] = Message(h, mask, pos).tensors()  # the whole prefix
+                done[p, i] = h
+
+        kind = "evaluate.split_gen_tail"
+        rows = {p: {i: done[p, i] for i in still[p]} for p in heads}
         tails = link.send(
-            "evaluate.split_gen_tail",
-            {p: ({HIDDEN: hidden_record(d)}, config(p)) for p, d in downs.items()},
+            kind, {p: (_down(rows[p], cached[p]), config(p)) for p in rows}
         )
+        again = [
+            p for p, rep in tails.items() if list(rep["metrics"].get("missing", []))
+        ]
+        if again:  # served by a process without the caches: the whole prefixes
+            tails |= link.send(
+                kind, {p: (_down(rows[p], set()), config(p)) for p in again}
+            )
         for p in list(still):
             rep = tails.get(p)
             if rep is not None and list(rep["metrics"]["open"]):
@@ -254,3 +262,20 @@ def evaluate_round(
     m = pooled_metrics(eng, scores.values())
     m["split_eval_hidden_bytes"] = link.bytes
     return m
+
+
+def _down(rows: dict[int, torch.Tensor], cached: set[int]) -> dict[str, Tensors]:
+    """The ``hidden`` record of a decoding tail message.
+
+    ``rows``: each open row's ``h_{L−1}`` of its whole prefix ``(1, n, d)``;
+    sent whole, or only the newest position for the rows in ``cached`` (the
+    node holds their block L−1 cache). The mask always spans the prefix.
+    """
+    out = {}
+    for i, h in rows.items():
+        n = h.shape[1]
+        pos = torch.arange(n)[None]
+        if i in cached:
+            h, pos = h[:, -1:], pos[:, -1:]
+        out[i] = Message(h, torch.ones(1, n, dtype=torch.long), pos).tensors()
+    return {HIDDEN: hidden_record(out)}
