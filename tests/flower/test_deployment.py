@@ -2,9 +2,10 @@
 
 ``flwr run`` submits the fedrec app (``pyproject.toml`` ``[tool.flwr.app]``).
 One test kills a SuperNode after the first round: the run must finish with
-the other two (``min-nodes = 2``), recording the failure. The other stops the
-run (``flwr stop``) after its first round and resumes it with ``resume=true``:
-the rounds equal the embedded engine's. Every process is started in its own
+the other two (``min-nodes = 2``), recording the failure. One stops the run
+(``flwr stop``) after its first round and resumes it with ``resume=true``: the
+rounds equal the embedded engine's. One runs FELLRec's split on 2 SuperNodes:
+its round equals the embedded engine's. Every process is started in its own
 session and killed by process group at the end (the ``deployment`` fixture).
 """
 
@@ -83,3 +84,36 @@ def test_a_stopped_deployment_run_resumes_to_the_embedded_engine_rounds(
     for g, w in zip(got, want, strict=True):
         for key in ("clients", "train_loss", "val_auc", "test_auc"):
             assert g[key] == pytest.approx(w[key], abs=1e-9), (g["round"], key)
+
+
+@pytest.mark.slow
+def test_the_split_on_real_supernodes_equals_the_embedded_engine(
+    tmp_path, deployment, fellrec_raw
+):
+    """FELLRec's split (a tiny causal LM, ``split_k = 2``) on 2 SuperNodes,
+    which serve every message in a fresh ``flwr-clientapp`` process: each
+    training step and decoded token rebuilds the node's side from its store
+    and the prefixes the server sends, and round 0 equals the embedded
+    engine's (train loss, validation and test ranking metrics)."""
+    import tomli_w
+
+    from fedrec.build import build_engine
+    from fedrec.config import load_config
+
+    raw = fellrec_raw(
+        {"kind": "causal-lm", "max_len": 256, "max_new_tokens": 2, "split_k": 2}
+    )
+    raw["train"] |= {"rounds": 1, "max_rows_per_client": 8}  # one step a client
+    cfg, out = tmp_path / "split.toml", tmp_path / "run"
+    cfg.write_text(tomli_w.dumps(raw))
+    deployment.up(2)
+    deployment.submit(f'config="{cfg}" out="{out}" {OPTS}')
+    deployment.wait_for(lambda: (out / "summary.json").exists(), 600, "the run's end")
+    (got,) = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    eng = build_engine(load_config(cfg))
+    want = eng.run_round(0) | {f"test_{k}": v for k, v in eng.evaluate("test").items()}
+    assert got["clients"] == 3 and got["failed_partitions"] == []
+    assert got["split_hidden_bytes"] > 0 and got["split_eval_hidden_bytes"] > 0
+    for key in ("train_loss", "val_ndcg@10", "test_ndcg@10", "test_recall@10"):
+        assert got[key] == pytest.approx(want[key], abs=1e-5), key
+    assert got["test_users"] == want["test_users"] > 0
