@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -49,6 +50,7 @@ def main() -> None:
     ap.add_argument("--config", default="configs/fellrec-ml100k-generative.toml")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     cfg = load_config(args.config, SETS)
     t0 = time.perf_counter()
     flower = run_flower_simulation(cfg, num_nodes=3)[0]
