@@ -1,5 +1,5 @@
-"""FELLRec's split over Flower: a generative config with ``backbone.split_k``
-(issue 6, item 5)."""
+"""FELLRec's split over Flower: a config with ``backbone.split_k``, generative
+or discriminative (issue 6, item 5)."""
 
 from __future__ import annotations
 
@@ -12,15 +12,18 @@ pytest.importorskip("flwr")
 pytest.importorskip("transformers")
 
 GEN = {"kind": "causal-lm", "max_len": 256, "max_new_tokens": 8, "split_k": 2}
+ENC = {"kind": "text-encoder", "split_k": 2}
 
 
 @pytest.mark.slow
-def test_split_config_on_flower_equals_the_embedded_engine(fellrec_raw):
-    """3 clients on 2 nodes (node 0 serves two per message), 2 rounds: training
-    steps and the ranking evaluation's decoding as messages."""
+@pytest.mark.parametrize("kind", ["generative", "discriminative"])
+def test_split_config_on_flower_equals_the_embedded_engine(fellrec_raw, kind):
+    """3 clients on 2 nodes (node 0 serves two per message), 2 rounds in Ray:
+    training steps and the ranking evaluation (decoding; encoding item tables
+    and rows) as messages."""
     from fedrec.flower.simulation import run_flower_simulation
 
-    raw = fellrec_raw(GEN)
+    raw = fellrec_raw(GEN if kind == "generative" else ENC)
     flower = run_flower_simulation(config_from_raw(raw), num_nodes=2)
     eng = build_engine(config_from_raw(raw))
     embedded = [eng.run_round(r) for r in range(2)]
@@ -307,3 +310,49 @@ def test_a_node_dying_mid_round_is_left_out_as_if_never_there(fellrec_raw, dies_
     for key in ("val_ndcg@10", "test_ndcg@10", "test_recall@10", "test_users"):
         assert died[key] == pytest.approx(alone[key], abs=1e-9), key
     assert alone["test_users"] > 0
+
+
+@pytest.mark.usefixtures("as_server")
+@pytest.mark.parametrize("per_message", [1, 8])
+def test_the_discriminative_split_as_messages_equals_the_embedded_engine(
+    fellrec_raw, monkeypatch, per_message
+):
+    """A text-encoder config with ``split_k`` on 2 nodes (in this process), 2
+    rounds: the item tables, training steps and the evaluation's encodings as
+    messages give the embedded engine's train loss, server state and val/test
+    metrics — whether a node's batches go one a message pair or 8."""
+    import torch
+
+    from fedrec.flower import split
+    from fedrec.flower.client import client_app_for
+    from fedrec.flower.split_server import evaluate_round, train_round
+
+    monkeypatch.setattr(split, "ENTRIES_PER_MESSAGE", per_message)
+    monkeypatch.setattr("fedrec.flower.split_server.ENTRIES_PER_MESSAGE", per_message)
+    raw = fellrec_raw(ENC)
+    eng, ref = build_engine(config_from_raw(raw)), build_engine(config_from_raw(raw))
+    assert split.uses_split(eng) and not split.generative(eng)
+    app, opts, host = client_app_for(raw), {"round-timeout": 60.0}, {0: 100, 1: 101}
+    grid = _InProcessGrid(app, 2)
+    for rnd in range(2):
+        got = train_round(grid, eng, host, {0, 1}, rnd, opts, f"e{per_message}")
+        want = ref.train_round(rnd)
+        assert got["train_loss"] == pytest.approx(want["train_loss"], abs=1e-6)
+        assert got["clients"] == 3 and got["failed_partitions"] == []
+        for n, t in ref.server.items():
+            assert torch.allclose(eng.server[n], t, atol=1e-6), (rnd, n)
+        got |= evaluate_round(grid, eng, host, {0, 1}, rnd, opts, f"e{per_message}")
+        for sp in ("val", "test"):
+            for k, v in ref.evaluate(sp).items():
+                if isinstance(v, float):
+                    assert got[f"{sp}_{k}"] == pytest.approx(v, abs=1e-6), (rnd, sp, k)
+        assert got["test_ndcg@10"] > 0 and got["val_ndcg@20"] > 0  # not all misses
+        assert got["split_hidden_bytes"] > 0 and got["split_eval_hidden_bytes"] > 0
+        assert not grid.replies
+    n_chunks = len(eng.model.item_batches()[0])
+    if per_message == 1:  # every batch of the plan is a message pair of its own
+        evaluated = sum(
+            len(split.encode_plan(eng, list(range(p, 3, 2)), ["val", "test"]))
+            for p in (0, 1)
+        )
+        assert n_chunks >= 1 and evaluated > 3 * n_chunks

@@ -153,15 +153,47 @@ class SeqRecTask:
         state: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean cross-entropy of ``cos/τ`` logits over all items, ``(b,)`` samples."""
-        s = self.fed.samples["train"]
-        idx = rows.tolist()
-        ids, am = self.model.sequence_tokens([s.history[r] for r in idx])
+        ids, am = self.inputs(rows)
         e = functional_call(self.model, self._on(params), (ids, am))  # (b, d)
         table = state if state is not None else self.begin_local(params)
+        return self._item_ce(e, rows, mask, table)
+
+    def _item_ce(
+        self,
+        e: torch.Tensor,
+        rows: torch.Tensor,
+        mask: torch.Tensor,
+        table: torch.Tensor,
+    ) -> torch.Tensor:
+        """``Σ mask·CE(e·tableᵀ/τ, target) / Σ mask``; ``e`` (b, d), table (I, d)."""
+        s = self.fed.samples["train"]
         logits = e @ table.T / self.model.temperature  # (b, I)
-        target = torch.as_tensor([int(s.targets[r][0]) for r in idx])
+        target = torch.as_tensor([int(s.targets[r][0]) for r in rows.tolist()])
         ce = F.cross_entropy(logits, target.to(self.device), reduction="none").cpu()
         return (ce * mask).sum() / mask.sum().clamp(min=1)
+
+    def inputs(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and mask ``(b, L)`` of training rows: what the backbone reads."""
+        s = self.fed.samples["train"]
+        return self.model.sequence_tokens([s.history[r] for r in rows.tolist()])
+
+    def out_loss(
+        self,
+        out: torch.Tensor,
+        rows: torch.Tensor,
+        ids: torch.Tensor,
+        am: torch.Tensor,
+        state: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """:meth:`loss` from the backbone's last hidden states ``out`` ``(b, L, d)``.
+
+        What FELLRec's split computes in its client tail (every row counted;
+        ``state``: the local phase's item table).
+        """
+        if state is None:
+            raise ValueError("out_loss needs the local phase's item table (state)")
+        e = self.model.pool(out, am)
+        return self._item_ce(e, rows, torch.ones(len(rows)), state)
 
     @torch.no_grad()
     def scores(self, params: Params, histories: list[np.ndarray]) -> torch.Tensor:
@@ -289,10 +321,10 @@ class GenRecTask(SeqRecTask):
         state: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Mean token cross-entropy of the prompts with their answers, (b,) samples."""
-        ids, am = self.prompts(rows)
+        ids, am = self.inputs(rows)
         return functional_call(self.model, self._on(params), (ids, am)).cpu()
 
-    def prompts(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def inputs(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Token ids and mask ``(b, L)`` of training rows' prompts with answers."""
         s, titles = self.fed.samples["train"], self.model.titles
         texts = [
@@ -300,6 +332,17 @@ class GenRecTask(SeqRecTask):
             for r in rows.tolist()
         ]
         return self.model.encode(texts)
+
+    def out_loss(
+        self,
+        out: torch.Tensor,
+        rows: torch.Tensor,
+        ids: torch.Tensor,
+        am: torch.Tensor,
+        state: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """:meth:`loss` from the LM's logits ``out`` ``(b, L, V)``."""
+        return self.model.logits_loss(out, ids, am)
 
     @torch.no_grad()
     def scores(self, params: Params, histories: list[np.ndarray]) -> torch.Tensor:

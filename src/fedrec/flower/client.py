@@ -12,10 +12,9 @@ hosts the clients ``c ≡ p (mod P)``. Their private tensors live in the node's
   then the wire audit);
 - ``evaluate``: the task's per-row scores (``client_scores``) of every hosted
   client, for the server to pool;
-- ``train.split_head`` / ``train.split_tail`` / ``train.split_back`` and
-  ``evaluate.split_gen_head`` / ``evaluate.split_gen_tail``: the training
-  steps and the decoding of a generative config with ``backbone.split_k``, the
-  FELLRec split (:mod:`fedrec.flower.split_node`);
+- ``train.split_*`` and ``evaluate.split_*``: the training steps and the
+  evaluation of a config with ``backbone.split_k``, the FELLRec split
+  (:mod:`fedrec.flower.split_node`);
 - ``query.finish``: the run is over (a temporary store is removed).
 """
 
@@ -136,7 +135,7 @@ def _build(raw: dict[str, Any] | None) -> FedrecClientApp:
         return stored
 
     node_queries(app)
-    split_node.register(app, engine_of)  # a generative config with backbone.split_k
+    split_node.register(app, engine_of)  # a config with backbone.split_k
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:

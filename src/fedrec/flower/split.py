@@ -1,13 +1,14 @@
 """FELLRec's flexible storage over Flower: a config with ``backbone.split_k``.
 
-A generative (causal-LM) config with ``backbone.split_k = k`` on
-``--engine flower`` runs through FELLRec's split (fellrec.md §5): each
-client's node runs the embeddings, blocks ``[0, k)``, the last block and the
-head on its own prompts; the ServerApp runs blocks ``[k, L−1)`` with that
-client's own adapters. Token ids, labels, logits and generated titles never
-leave a node: only the ``hidden`` record (hidden states and their gradients,
-``"<i>/<field>"`` with ``i`` a client or an evaluated row, checked by the wire
-audit) and the node-side adapters cross.
+A config with ``backbone.split_k = k`` on ``--engine flower``, generative
+(causal LM) or discriminative (text encoder), runs through FELLRec's split
+(fellrec.md §5): each client's node runs the embeddings, blocks ``[0, k)``,
+the last block and the output part (LM head; mean pooling) on its own
+tokens; the ServerApp runs blocks ``[k, L−1)`` with that client's own
+adapters. Token ids, labels, logits, generated titles and pooled embeddings
+never leave a node: only the ``hidden`` record (hidden states and their
+gradients, ``"<i>/<field>"`` with ``i`` a client, an evaluated row or a batch,
+checked by the wire audit) and the node-side adapters cross.
 
 **Training** (:func:`fedrec.flower.split_server.train_round`) is the embedded
 engine's round — the same sampled clients, mini-batch plans
@@ -26,10 +27,20 @@ all of its clients that have a batch then (the parts of
 
 The server steps each client's server-side θ_i with its own Adam state
 between the tail and the back message, recomputing its blocks' forward for the
-backward, so no graph is held across messages.
+backward, so no graph is held across messages. A discriminative config's
+round first encodes each training client's item table under its θ_i (the
+local phase's stage 1, as in one process): ``train.split_enc_head`` /
+``train.split_enc_tail`` over the batches of :func:`encode_plan`; the node
+keeps the table in its scratch, and its tail messages' loss is the
+temperature-scaled cross-entropy of the pooled sequence against it
+(:meth:`~fedrec.fl.seq.SeqRecTask.out_loss`).
 
-**Evaluation** (:func:`fedrec.flower.split_server.evaluate_round`) decodes
-each evaluated row's title greedily through the split, a message pair per
+**Evaluation** (:func:`fedrec.flower.split_server.evaluate_round`) of a
+discriminative config encodes each client's item table and evaluated rows
+through the split, ``ENTRIES_PER_MESSAGE`` batches a message pair
+(``evaluate.split_enc_head`` / ``evaluate.split_enc_tail``; the node scores its
+rows against the table and replies their top-K metrics). A generative config
+decodes each evaluated row's title greedily through the split, a message pair per
 token for all of a node's open rows: ``evaluate.split_gen_head`` (step 0 also
 carries each client's node-side θ_i; the node replies ``h_k`` of the row's
 prompt and the tokens so far, and the rows whose block ``L−1`` cache its
@@ -49,12 +60,11 @@ reply holds their top-K metrics: the node grounds its titles to items itself
 pools.
 
 Between messages a node keeps each client's node-side parameters, pending
-gradients, moments and tokens in a scratch
+gradients, moments, item tables and tokens in a scratch
 :class:`~fedrec.flower.store.NodeStore` (the run's, ``-split``), so any worker
 can serve any message and one model serves every client (adapters are swapped
-in). Not on Flower: per-client depths (``backbone.split_k_per_client``), the
-discriminative backbone's split (a text-encoder config runs the split on each
-node), LDP, and methods with private parameters (FELLRec has none).
+in). Not on Flower: per-client depths (``backbone.split_k_per_client``), LDP,
+and methods with private parameters (FELLRec has none).
 """
 
 from __future__ import annotations
@@ -91,10 +101,17 @@ class Sides:
 
 
 def uses_split(eng: Any) -> bool:
-    """Whether ``eng`` trains a generative backbone through the split."""
+    """Whether ``eng`` trains a text backbone (either kind) through the split."""
+    from fedrec.fl.seq import SeqRecTask
+
+    return isinstance(eng.task, SeqRecTask) and eng.model.split_k > 0
+
+
+def generative(eng: Any) -> bool:
+    """Whether ``eng``'s backbone is a causal LM (recommends by decoding)."""
     from fedrec.fl.seq import GenRecTask
 
-    return isinstance(eng.task, GenRecTask) and eng.model.split_k > 0
+    return isinstance(eng.task, GenRecTask)
 
 
 @functools.cache
@@ -111,7 +128,8 @@ def sides(eng: Any) -> Sides:
     )
     if why:
         raise ConfigError(f"the FELLRec split over Flower does not support {why}")
-    split = SplitModel(eng.model.lm, eng.model.split_k)
+    backbone = getattr(eng.model, eng.model.backbone_attr)
+    split = SplitModel(backbone, eng.model.split_k)
     on_server = split.server_parameters()
     named = dict(eng.model.named_parameters())
     up = eng.partition.uploaded
@@ -178,6 +196,40 @@ def cache_for(s: Sides) -> Any:
 def rows_of(eng: Any, rnd: int, client: int, step: int) -> torch.Tensor:
     """Training rows of ``client``'s mini-batch ``step`` in round ``rnd``."""
     return torch.as_tensor(eng.client_plans(rnd, torch.tensor([client]))[0][step])
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One batch a discriminative config's node encodes through the split.
+
+    ``split`` ``"items"``: chunk ``index`` of :meth:`item_batches
+    <fedrec.models.text_encoder.TextSeqRecommender.item_batches>` under
+    ``client``'s θ (its item table); ``"val"``/``"test"``: the evaluated rows
+    ``eval_rows(split, client)[index : index + task.batch]``.
+    """
+
+    client: int
+    split: str
+    index: int
+
+
+ENTRIES_PER_MESSAGE = 8  # batches per encoding message: ≲ 100 MB for MiniLM
+
+
+def encode_plan(eng: Any, clients: list[int], splits: list[str]) -> list[Batch]:
+    """Every batch ``clients`` encode: per client its item chunks, then its rows.
+
+    In the order both sides number them (``"<i>/<field>"`` of ``hidden``);
+    ``splits`` empty: the item tables only (a training round's stage 1).
+    """
+    n_chunks = len(eng.model.item_batches()[0])
+    out = []
+    for c in clients:
+        out += [Batch(c, "items", j) for j in range(n_chunks)]
+        for split in splits:
+            n = len(eng.task.eval_rows(split, c))
+            out += [Batch(c, split, b) for b in range(0, n, eng.task.batch)]
+    return out
 
 
 def eval_items(eng: Any, clients: list[int]) -> list[tuple[str, int, int]]:

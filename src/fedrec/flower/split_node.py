@@ -1,9 +1,13 @@
 """A node's side of the FELLRec split (see :mod:`fedrec.flower.split`).
 
-Training: ``train.split_head`` / ``train.split_tail`` / ``train.split_back``;
-evaluation: ``evaluate.split_gen_head`` / ``evaluate.split_gen_tail``. Each
-message serves every client (or evaluated row) of the node it names; what a
-node holds between messages is in its scratch store.
+Training: ``train.split_head`` / ``train.split_tail`` / ``train.split_back``
+(a discriminative config first encodes each client's item table:
+``train.split_enc_head`` / ``train.split_enc_tail``); evaluation:
+``evaluate.split_gen_head`` / ``evaluate.split_gen_tail`` (generative, a pair
+per token) or ``evaluate.split_enc_head`` / ``evaluate.split_enc_tail``
+(discriminative: item tables and evaluated rows). Each message serves every
+client (or evaluated row) of the node it names; what a node holds between
+messages is in its scratch store.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ from fedrec.flower.client import store_of
 from fedrec.flower.mods import HIDDEN, SCORES, UPLOADS
 from fedrec.flower.records import from_record, to_record
 from fedrec.flower.split import (
+    Batch,
     Tensors,
     cache_for,
+    encode_plan,
     eval_items,
     hidden,
     hidden_record,
@@ -32,12 +38,8 @@ from fedrec.flower.split import (
     sides,
     snapshot,
 )
-from fedrec.models.causal_lm import GenerativeRecommender, swapped_in
+from fedrec.models.causal_lm import swapped_in
 from fedrec.models.split import Message
-
-
-def _loss_fn(ids: torch.Tensor, mask: torch.Tensor) -> Callable[..., torch.Tensor]:
-    return lambda logits: GenerativeRecommender.logits_loss(logits, ids, mask)
 
 
 def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
@@ -57,9 +59,13 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
             content["metrics"] = MetricRecord(metrics)
         return FlwrMessage(content=content, reply_to=msg)
 
-    def scratch(msg: FlwrMessage, step: int, store: Any, clients: list[int]) -> Tensors:
-        """The node's scratch; at step 0, each client's θ_i as received."""
-        if step:
+    def scratch(msg: FlwrMessage, store: Any, clients: list[int]) -> Tensors:
+        """The node's scratch; a fresh one if the message carries θ_i.
+
+        The first message of a round's training or evaluation carries each
+        client's node-side θ_i as received.
+        """
+        if "received" not in msg.content.array_records:
             return store.load() or {}
         got, saved = from_record(msg.content["received"]), {}
         for i, c in enumerate(clients):
@@ -72,9 +78,9 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
     def head(msg: FlwrMessage, context: Context) -> FlwrMessage:
         eng, s, rnd, step, cfg, store = setup(msg, context)
         clients = list(cfg["clients"])
-        saved, out = scratch(msg, step, store, clients), {}
+        saved, out = scratch(msg, store, clients), {}
         for c in clients:
-            ids, mask = eng.task.prompts(rows_of(eng, rnd, c, step))
+            ids, mask = eng.task.inputs(rows := rows_of(eng, rnd, c, step))
             with swapped_in(eng.model, params_of(saved, c)):
                 out[c] = s.split.head_forward(ids, mask).tensors()
         return reply(msg, {HIDDEN: hidden_record(out)})
@@ -85,11 +91,14 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
         saved, down = store.load() or {}, from_record(msg.content[HIDDEN])
         out, losses = {}, []
         for c in cfg["clients"]:
-            ids, mask = eng.task.prompts(rows_of(eng, rnd, c, step))
+            ids, mask = eng.task.inputs(rows := rows_of(eng, rnd, c, step))
+            table = scratch_of(saved, c, "tab:").get("table")  # discriminative
+
+            def loss_fn(out, rows=rows, ids=ids, mask=mask, table=table):
+                return eng.task.out_loss(out, rows, ids, mask, table)
+
             with swapped_in(eng.model, params_of(saved, c)):
-                loss, grad = s.split.tail_backward(
-                    Message.of(hidden(down, c)), _loss_fn(ids, mask)
-                )
+                loss, grad = s.split.tail_backward(Message.of(hidden(down, c)), loss_fn)
                 grads = {n: p.grad for n, p in s.node.items() if p.grad is not None}
                 for p in s.node.values():
                     p.grad = None
@@ -105,7 +114,7 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
         saved, up = store.load() or {}, from_record(msg.content[HIDDEN])
         done: dict[int, Tensors] = {}
         for c in cfg["clients"]:
-            ids, mask = eng.task.prompts(rows_of(eng, rnd, c, step))
+            ids, mask = eng.task.inputs(rows := rows_of(eng, rnd, c, step))
             pending = scratch_of(saved, c, "grad:")
             with swapped_in(eng.model, params_of(saved, c)):
                 for n, p in s.node.items():
@@ -126,6 +135,59 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
             msg, {UPLOADS: {n: torch.stack([done[c][n] for c in last]) for n in s.node}}
         )
 
+    # ------------------------------------- encoding (discriminative configs)
+    def enc_head(msg: FlwrMessage, context: Context) -> FlwrMessage:
+        """``h_k`` of the batches ``entries`` of the node's encoding plan."""
+        eng, s, _, _, cfg, store = setup(msg, context)
+        clients = list(cfg["clients"])
+        saved, out = scratch(msg, store, clients), {}
+        plan = encode_plan(eng, clients, list(cfg["splits"]))
+        for i in range(*cfg["entries"]):
+            ids, mask = _tokens(eng, plan[i])
+            with swapped_in(eng.model, params_of(saved, plan[i].client)):
+                out[i] = s.split.head_forward(ids, mask).tensors()
+        return reply(msg, {HIDDEN: hidden_record(out)})
+
+    def enc_tail(msg: FlwrMessage, context: Context) -> FlwrMessage:
+        """Block ``L−1`` and pooling of each batch of ``entries``.
+
+        Item chunks make a client's item table (kept in the scratch); evaluated
+        rows are scored against it (the reply's ``scores``).
+        """
+        eng, s, _, _, cfg, store = setup(msg, context)
+        saved, down = store.load() or {}, from_record(msg.content[HIDDEN])
+        plan = encode_plan(eng, list(cfg["clients"]), list(cfg["splits"]))
+        chunks, at = eng.model.item_batches()
+        parts: dict[str, list[dict[str, np.ndarray]]] = {}
+        for i in range(*cfg["entries"]):
+            b, (_, mask) = plan[i], _tokens(eng, plan[i])
+            with swapped_in(eng.model, params_of(saved, b.client)), torch.no_grad():
+                e = eng.model.pool(
+                    s.split.client_tail(Message.of(hidden(down, i))), mask
+                )
+            if b.split == "items":
+                put(saved, b.client, {"e": e}, f"item{b.index}:")
+                if b.index == len(chunks) - 1:  # the client's table is complete
+                    es = [
+                        scratch_of(saved, b.client, f"item{j}:")["e"]
+                        for j in range(len(chunks))
+                    ]
+                    put(saved, b.client, {"table": torch.cat(es)[at]}, "tab:")
+                    for j in range(len(chunks)):
+                        put(saved, b.client, {}, f"item{j}:")
+                continue
+            table = scratch_of(saved, b.client, "tab:")["table"]
+            rows = eng.task.eval_rows(b.split, b.client)[b.index : b.index + len(e)]
+            parts.setdefault(b.split, []).append(
+                eng.task.row_metrics(b.split, rows, e @ table.T)
+            )
+        store.save(saved)
+        return reply(msg, {SCORES: _concat(parts)} if parts else {})
+
+    for kind in ("train", "evaluate"):
+        getattr(app, kind)("split_enc_head")(enc_head)
+        getattr(app, kind)("split_enc_tail")(enc_tail)
+
     # ---------------------------------------------------------- evaluation
     def prefix(eng: Any, saved: Tensors, item: tuple[str, int, int], i: int):
         """Row ``i``'s prompt ids ``(1, P)`` and its tokens so far ``(1, T)``."""
@@ -138,7 +200,7 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
     def gen_head(msg: FlwrMessage, context: Context) -> FlwrMessage:
         eng, s, rnd, step, cfg, store = setup(msg, context)
         clients = list(cfg["clients"])
-        saved, out = scratch(msg, step, store, clients), {}
+        saved, out = scratch(msg, store, clients), {}
         items = eval_items(eng, clients)
         if not step:  # a new decoding: this process's caches of others go
             _forget(store.root)
@@ -244,8 +306,22 @@ def _scores(eng: Any, saved: Tensors, items: list[tuple[str, int, int]]) -> Tens
             scores = eng.model.ground([titles[i] for i in idx])
             metrics = eng.task.row_metrics(split, rows, scores)
             parts.setdefault(split, []).append(metrics)
+    return _concat(parts)
+
+
+def _concat(parts: dict[str, list[dict[str, np.ndarray]]]) -> Tensors:
+    """The ``scores`` record (``"<split>/<metric>"``) of per-split row metrics."""
     return {
         f"{split}/{k}": torch.as_tensor(v)
         for split, ps in parts.items()
         for k, v in concat_scores(ps).items()
     }
+
+
+def _tokens(eng: Any, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and mask of encoding batch ``b`` (a :class:`Batch`)."""
+    if b.split == "items":
+        return eng.model.item_batches()[0][b.index]
+    rows = eng.task.eval_rows(b.split, b.client)[b.index : b.index + eng.task.batch]
+    history = eng.task.fed.samples[b.split].history
+    return eng.model.sequence_tokens([history[r] for r in rows])

@@ -14,12 +14,16 @@ from typing import Any
 
 import torch
 
-from fedrec.flower.mods import HIDDEN, UPLOADS
+from fedrec.flower.mods import HIDDEN, SCORES, UPLOADS
 from fedrec.flower.records import from_record, to_record
+from fedrec.flower.runconfig import eval_splits
 from fedrec.flower.split import (
+    ENTRIES_PER_MESSAGE,
     Tensors,
     cache_for,
+    encode_plan,
     eval_items,
+    generative,
     hidden,
     hidden_record,
     optimise,
@@ -113,15 +117,25 @@ def train_round(
     def hidden_of(per_client: dict[int, Tensors]) -> Callable:
         return lambda cs: {HIDDEN: hidden_record({c: per_client[c] for c in cs})}
 
+    def stacked(cs: list[int]) -> Tensors:
+        return {n: torch.stack([node_side[c][n] for c in cs]) for n in s.node}
+
+    if not generative(eng):  # stage 1: each training client's item table
+        tabled = [c for c in ids if plans[c] and c % parts not in failed]
+        nodes = {
+            p: (cs, stacked(cs))
+            for p in sorted({c % parts for c in tabled})
+            if (cs := [c for c in tabled if c % parts == p])
+        }
+        got = _encode(link, eng, "train", nodes, mine, [])
+        failed.update(set(nodes) - set(got))
+
     for step in range(max((len(p) for p in plans.values()), default=0)):
         active = [c for c in ids if len(plans[c]) > step and c % parts not in failed]
 
         def start(cs: list[int], step: int = step) -> dict[str, Tensors]:
-            """Step 0: each client's node-side θ_i, as it received it."""
-            if step:
-                return {}
-            node = {n: torch.stack([node_side[c][n] for c in cs]) for n in s.node}
-            return {"received": node}
+            """Step 0: each client's node-side θ_i (unless stage 1 sent it)."""
+            return {"received": stacked(cs)} if not step and generative(eng) else {}
 
         got = send("split_head", step, active, start)
         ups = {
@@ -178,8 +192,10 @@ def evaluate_round(
 ) -> dict[str, Any]:
     """The split's version of the ServerApp's ``_evaluate_round``; the metrics.
 
-    Every live node's clients decode their evaluated rows through the split,
-    a message pair per token; the nodes ground and score, the server pools.
+    Every live node's clients score their evaluated rows through the split: a
+    generative config decodes each row's title, a message pair per token
+    (:func:`_decode`); a discriminative one encodes item tables and rows
+    (:func:`_encode`). The nodes score, the server pools.
     """
     from fedrec.flower.server import pooled_metrics
 
@@ -194,10 +210,87 @@ def evaluate_round(
         server_side.update(
             {c: {n: theta[n][j] for n in s.server} for j, c in enumerate(cs)}
         )
-        items = eval_items(eng, cs)
-        if items:
-            nodes[p] = (cs, {n: theta[n] for n in s.node}, items)
-    still = {p: list(range(len(items))) for p, (_, _, items) in nodes.items()}
+        if cs:
+            nodes[p] = (cs, {n: theta[n] for n in s.node})
+    if generative(eng):
+        replies = _decode(link, eng, nodes, server_side, rnd)
+    else:
+        got = _encode(link, eng, "evaluate", nodes, server_side, eval_splits(eng))
+        replies = [r for rs in got.values() for r in rs if SCORES in r.array_records]
+    m = pooled_metrics(eng, replies)
+    m["split_eval_hidden_bytes"] = link.bytes
+    return m
+
+
+def _encode(
+    link: _Link,
+    eng: Any,
+    kind: str,
+    nodes: dict[int, tuple[list[int], Tensors]],
+    server_side: dict[int, Tensors],
+    splits: list[str],
+) -> dict[int, list[Any]]:
+    """Encode each node's :func:`~fedrec.flower.split.encode_plan` through the split.
+
+    ``nodes``: ``{partition: (clients, their node-side θ stacked)}``;
+    ``server_side``: each client's server-side θ_i. ``ENTRIES_PER_MESSAGE``
+    batches a message pair (``<kind>.split_enc_head``: ``h_k``; the server's
+    blocks; ``<kind>.split_enc_tail``: the node pools, keeps item tables and
+    scores rows). Returns the tail replies of every node that answered them all.
+    """
+    s, per = sides(eng), ENTRIES_PER_MESSAGE
+    plans = {p: encode_plan(eng, cs, splits) for p, (cs, _) in nodes.items()}
+    out: dict[int, list[Any]] = {p: [] for p in nodes}
+    for first in range(0, max(map(len, plans.values()), default=0), per):
+        cfg = {
+            p: {
+                "step": first // per,
+                "clients": nodes[p][0],
+                "splits": splits,
+                "entries": [first, min(first + per, len(plans[p]))],
+            }
+            for p in out
+            if first < len(plans[p])
+        }
+        heads = link.send(
+            f"{kind}.split_enc_head",
+            {
+                p: ({} if first else {"received": nodes[p][1]}, c)
+                for p, c in cfg.items()
+            },
+        )
+        downs = {}
+        for p, rep in heads.items():
+            rec, mid = from_record(rep[HIDDEN]), {}
+            for i in range(*cfg[p]["entries"]):
+                with swapped_in(eng.model, server_side[plans[p][i].client]):
+                    with torch.no_grad():
+                        mid[i] = s.split.server(Message.of(hidden(rec, i))).tensors()
+            downs[p] = ({HIDDEN: hidden_record(mid)}, cfg[p])
+        tails = link.send(f"{kind}.split_enc_tail", downs)
+        for p in cfg:
+            if p in tails:
+                out[p].append(tails[p])
+            else:  # failed (logged): out of this exchange
+                del out[p]
+    return out
+
+
+def _decode(
+    link: _Link,
+    eng: Any,
+    nodes: dict[int, tuple[list[int], Tensors]],
+    server_side: dict[int, Tensors],
+    rnd: int,
+) -> list[Any]:
+    """Greedy decoding of every evaluated row, a message pair per token.
+
+    ``nodes``, ``server_side``: as for :func:`_encode`. Returns the replies
+    that hold a node's scores.
+    """
+    s = sides(eng)
+    items = {p: eval_items(eng, cs) for p, (cs, _) in nodes.items()}
+    still = {p: list(range(len(items[p]))) for p in nodes if items[p]}
     scores = {}
     # per (partition, row): the KV cache of the server's blocks, and h_{L−1}
     # of the prefix so far (a node without its cache rebuilds block L−1 from
@@ -227,13 +320,14 @@ def evaluate_round(
         )
         cached = {}  # per node: rows whose block L−1 cache the node holds
         for p, rep in heads.items():
-            rec, items = from_record(rep[HIDDEN]), nodes[p][2]
+            rec = from_record(rep[HIDDEN])
             cached[p] = set(rep["metrics"]["tail_cached"])
             for i in still[p]:
                 if not step:
                     caches[p, i], done[p, i] = cache_for(s), None
                 up = Message.of(hidden(rec, i))  # the newest positions' h_k
-                with swapped_in(eng.model, server_side[items[i][1]]), torch.no_grad():
+                theta = server_side[items[p][i][1]]
+                with swapped_in(eng.model, theta), torch.no_grad():
                     h = s.split.server(up, caches[p, i]).tensor
                 if done[p, i] is not None:
                     h = torch.cat([done[p, i], h], 1)
@@ -259,9 +353,7 @@ def evaluate_round(
             del still[p]  # done (its reply holds its scores) or failed (logged)
             if rep is not None:
                 scores[p] = rep
-    m = pooled_metrics(eng, scores.values())
-    m["split_eval_hidden_bytes"] = link.bytes
-    return m
+    return list(scores.values())
 
 
 def _down(rows: dict[int, torch.Tensor], cached: set[int]) -> dict[str, Tensors]:

@@ -136,6 +136,7 @@ class TextSeqRecommender(NoDropout):
             max_length=item_max_tokens,
         )
         self.item_tokens = [np.array(t, dtype=np.int64) for t in enc["input_ids"]]
+        self._item_batches: dict[int, tuple[list, torch.Tensor]] = {}
 
     def _pad(self, seqs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(s) for s in seqs)
@@ -162,26 +163,35 @@ class TextSeqRecommender(NoDropout):
             seqs.append(np.concatenate(parts))
         return self._pad(seqs)
 
+    def item_batches(
+        self, chunk: int = 256
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """Every item's tokens as padded batches, and where each item lands.
+
+        Items are batched shortest first so that a batch pads to similar lengths
+        (mean pooling over the mask makes padding exact, so only the cost
+        changes). Returns (``[(ids, mask), ...]``, ``at``): item ``i`` is row
+        ``at[i]`` of the batches' outputs concatenated. Made once per ``chunk``.
+        """
+        if chunk not in self._item_batches:
+            order = np.argsort([len(t) for t in self.item_tokens], kind="stable")
+            toks = [
+                np.concatenate([[self.cls_id], self.item_tokens[i], [self.sep_id]])
+                for i in order
+            ]
+            batches = [
+                self._pad(toks[i : i + chunk]) for i in range(0, len(toks), chunk)
+            ]
+            self._item_batches[chunk] = batches, torch.as_tensor(np.argsort(order))
+        return self._item_batches[chunk]
+
     def encode_items(
         self, params: dict[str, torch.Tensor], chunk: int = 256
     ) -> torch.Tensor:
-        """``(I, d)`` embeddings of every item under ``params``, in item order.
-
-        Items are encoded shortest first so that a batch pads to similar lengths
-        (mean pooling over the mask makes padding exact, so only the cost changes).
-        """
-        order = np.argsort([len(t) for t in self.item_tokens], kind="stable")
-        toks = [
-            np.concatenate([[self.cls_id], self.item_tokens[i], [self.sep_id]])
-            for i in order
-        ]
-        emb = torch.cat(
-            [
-                torch.func.functional_call(self, params, self._pad(toks[i : i + chunk]))
-                for i in range(0, len(toks), chunk)
-            ]
-        )
-        return emb[torch.as_tensor(np.argsort(order))]
+        """``(I, d)`` embeddings of every item under ``params``, in item order."""
+        batches, at = self.item_batches(chunk)
+        emb = [torch.func.functional_call(self, params, b) for b in batches]
+        return torch.cat(emb)[at]
 
     split_k: int = 0  # > 0: run the encoder as client | server | client at k
 
@@ -194,6 +204,14 @@ class TextSeqRecommender(NoDropout):
             h = wired_forward(split, ids, mask, self.wire)  # (B, L, d)
         else:
             h = self.encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return self.pool(h, mask)
+
+    @staticmethod
+    def pool(h: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``normalise(Σ_t mask_t h_t / Σ_t mask_t)``: ``(B, L, d)`` → ``(B, d)``.
+
+        What follows the encoder's last block (the split's client tail ends here).
+        """
         m = mask.unsqueeze(-1).to(h.dtype)
         pooled = (h * m).sum(1) / m.sum(1).clamp(min=1)
         return nn.functional.normalize(pooled, dim=-1)
