@@ -279,23 +279,29 @@ def test_decoding_as_messages_equals_one_process_with_or_without_node_caches(
 
 @pytest.mark.usefixtures("as_server")
 @pytest.mark.parametrize("dies_after", [1, 2, 4])
-def test_a_node_dying_mid_round_is_left_out_as_if_never_there(fellrec_raw, dies_after):
-    """Node 1 dies after its first 1, 2 or 4 messages of the round (its
-    clients' head, tail, back or decoding steps): the round completes with
-    node 0's clients, the failure recorded, and the server's state and the
-    pooled evaluation equal a round in which node 1 was never live — nothing
-    the dead node half-did is aggregated or scored."""
+@pytest.mark.parametrize("backbone", [{**GEN, "max_new_tokens": 3}, ENC])
+def test_a_node_dying_mid_round_is_left_out_as_if_never_there(
+    fellrec_raw, monkeypatch, dies_after, backbone
+):
+    """Node 1 dies after its first 1, 2 or 4 messages of the round's training
+    and again of its evaluation (its clients' item tables, head, tail, back,
+    decoding or encoding steps; one batch a message, so that a text encoder's
+    evaluation takes more than 4): the round completes with node 0's clients,
+    the failure recorded, and the server's state and the pooled evaluation
+    equal a round in which node 1 was never live — nothing the dead node
+    half-did is aggregated or scored."""
     import torch
 
     from fedrec.flower.client import client_app_for
     from fedrec.flower.split_server import evaluate_round, train_round
 
-    raw = fellrec_raw({**GEN, "max_new_tokens": 3})
+    monkeypatch.setattr("fedrec.flower.split_server.ENTRIES_PER_MESSAGE", 1)
+    raw = fellrec_raw(backbone)
     app, opts, host = client_app_for(raw), {"round-timeout": 60.0}, {0: 100, 1: 101}
     runs = {}
     for live, dies in (({0}, None), ({0, 1}, {1: dies_after})):
         eng = build_engine(config_from_raw(raw))
-        key = f"d{dies_after}-{len(live)}"
+        key = f"d{dies_after}-{len(live)}-{backbone['kind']}"
         grid = _InProcessGrid(app, 2, dies=dies)
         m = train_round(grid, eng, host, live, 0, opts, key)
         grid.got = dict.fromkeys(grid.got, 0)  # and dies again in the evaluation
@@ -327,7 +333,6 @@ def test_the_discriminative_split_as_messages_equals_the_embedded_engine(
     from fedrec.flower.client import client_app_for
     from fedrec.flower.split_server import evaluate_round, train_round
 
-    monkeypatch.setattr(split, "ENTRIES_PER_MESSAGE", per_message)
     monkeypatch.setattr("fedrec.flower.split_server.ENTRIES_PER_MESSAGE", per_message)
     raw = fellrec_raw(ENC)
     eng, ref = build_engine(config_from_raw(raw)), build_engine(config_from_raw(raw))
@@ -341,7 +346,9 @@ def test_the_discriminative_split_as_messages_equals_the_embedded_engine(
         assert got["clients"] == 3 and got["failed_partitions"] == []
         for n, t in ref.server.items():
             assert torch.allclose(eng.server[n], t, atol=1e-6), (rnd, n)
+        before = grid.sent
         got |= evaluate_round(grid, eng, host, {0, 1}, rnd, opts, f"e{per_message}")
+        sent = grid.sent - before
         for sp in ("val", "test"):
             for k, v in ref.evaluate(sp).items():
                 if isinstance(v, float):
@@ -349,10 +356,12 @@ def test_the_discriminative_split_as_messages_equals_the_embedded_engine(
         assert got["test_ndcg@10"] > 0 and got["val_ndcg@20"] > 0  # not all misses
         assert got["split_hidden_bytes"] > 0 and got["split_eval_hidden_bytes"] > 0
         assert not grid.replies
-    n_chunks = len(eng.model.item_batches()[0])
-    if per_message == 1:  # every batch of the plan is a message pair of its own
-        evaluated = sum(
-            len(split.encode_plan(eng, list(range(p, 3, 2)), ["val", "test"]))
-            for p in (0, 1)
-        )
-        assert n_chunks >= 1 and evaluated > 3 * n_chunks
+
+    # a message pair per node and ``per_message`` batches: its clients' item
+    # chunks (30 items: one each) and their val and test rows, 32 a batch
+    def batches(c: int) -> int:
+        rows = [len(eng.task.eval_rows(sp, c)) for sp in ("val", "test")]
+        return 1 + sum(-(-n // eng.task.batch) for n in rows)
+
+    nodes = [sum(batches(c) for c in range(p, 3, 2)) for p in (0, 1)]
+    assert sent == sum(2 * -(-n // per_message) for n in nodes)
