@@ -92,9 +92,9 @@ def test_the_split_on_real_supernodes_equals_the_embedded_engine(
 ):
     """FELLRec's split (a tiny causal LM, ``split_k = 2``) on 2 SuperNodes,
     which serve every message in a fresh ``flwr-clientapp`` process: each
-    training step and decoded token rebuilds the node's side from its store
-    and the prefixes the server sends, and round 0 equals the embedded
-    engine's (train loss, validation and test ranking metrics)."""
+    training step and decoded token restores the node's side from its stores
+    (scratch, KV caches), and round 0 equals the embedded engine's (train
+    loss, validation and test ranking metrics)."""
     import tomli_w
 
     from fedrec.build import build_engine
@@ -114,6 +114,10 @@ def test_the_split_on_real_supernodes_equals_the_embedded_engine(
     want = eng.run_round(0) | {f"test_{k}": v for k, v in eng.evaluate("test").items()}
     assert got["clients"] == 3 and got["failed_partitions"] == []
     assert got["split_hidden_bytes"] > 0 and got["split_eval_hidden_bytes"] > 0
+    # the second token's tail found the caches the first message's process
+    # left on the node's disk (a fresh process each): only h_{L−1} of the
+    # newest position went down for those rows
+    assert got["split_eval_cached_rows"] > 0
     for key in ("train_loss", "val_ndcg@10", "test_ndcg@10", "test_recall@10"):
         assert got[key] == pytest.approx(want[key], abs=1e-5), key
     assert got["test_users"] == want["test_users"] > 0

@@ -136,16 +136,19 @@ def test_decoding_a_token_per_message_pair_equals_kv_cached_greedy(fellrec_raw):
 class _InProcessGrid:
     """A Grid whose nodes are one ClientApp called in this process (node ``p``
     has id ``100 + p``). ``forget``: the message types after which the nodes'
-    process caches are dropped — all of them, as a deployed SuperNode (a fresh
-    process per message) would, or only some (another process serving the next).
-    ``dies``: ``{partition: n}``, that node answers its first ``n`` messages,
-    then every one with an error reply (as the SuperLink does for a dead node).
+    process ends — the next message finds only what is on the node's disk, as
+    in a deployed SuperNode (a fresh process per message). ``lose``: the types
+    after which the nodes' decoding caches are gone, from the process and the
+    disk. ``dies``: ``{partition: n}``, that node answers its first ``n``
+    messages, then every one with an error reply (as the SuperLink does for a
+    dead node).
     """
 
-    def __init__(self, app, parts: int, forget=(), dies=None) -> None:
+    def __init__(self, app, parts: int, forget=(), dies=None, lose=()) -> None:
         from flwr.app import Context, RecordDict
 
-        self.app, self.forget, self.replies, self.sent = app, forget, {}, 0
+        self.app, self.forget, self.lose = app, forget, lose
+        self.replies, self.sent = {}, 0
         self.dies, self.got = dict(dies or {}), dict.fromkeys(range(parts), 0)
         self.contexts = {
             100 + p: Context(
@@ -164,6 +167,7 @@ class _InProcessGrid:
         from flwr.app import Error, Message, Metadata
 
         from fedrec.flower import split_node
+        from fedrec.flower.store import NodeStore
 
         ids = []
         for m in msgs:
@@ -187,8 +191,13 @@ class _InProcessGrid:
             else:
                 reply = self.app(incoming, self.contexts[md.dst_node_id])
             self.replies[md.message_id] = reply
-            if m.metadata.message_type in self.forget:
+            kind = m.metadata.message_type
+            if kind in self.forget or kind in self.lose:
                 split_node._KV.clear()
+                split_node._KV_GEN.clear()
+            if kind in self.lose:
+                key = str(m.content["config"]["store"]) + "-kv"
+                NodeStore.of(self.contexts[md.dst_node_id], p, key).finish()
             ids.append(md.message_id)
         return ids
 
@@ -213,8 +222,10 @@ def test_decoding_as_messages_equals_one_process_with_or_without_node_caches(
     """The ranking evaluation through the split (2 nodes, in this process) gives
     the embedded engine's metrics when a node keeps its KV caches between
     messages (the server then sends only the newest position down), when every
-    message rebuilds them (a deployment: the whole prefix goes down), and when
-    the caches a node reported are gone by its tail message (it asks, and the
+    message is a fresh process (a deployment: it restores them from the
+    node's disk, and still gets only the newest position), when every message
+    loses them (it rebuilds them: the whole prefix goes down), and when the
+    caches a node reported are gone by its tail message (it asks, and the
     server resends the whole prefixes)."""
     import torch
 
@@ -233,13 +244,15 @@ def test_decoding_as_messages_equals_one_process_with_or_without_node_caches(
     app, opts = client_app_for(raw), {"round-timeout": 60.0}
     eos = eng.model.tok.eos_token_id
     head, tail = "evaluate.split_gen_head", "evaluate.split_gen_tail"
-    sent, wire = {}, {}
-    for forget in ((), (head, tail), (head,)):
-        grid = _InProcessGrid(app, 2, forget)
-        run = f"k{len(forget)}"
+    sent, wire, cached = {}, {}, {}
+    modes = {"kept": {}, "fresh": {"forget": (head, tail)}}
+    modes |= {"lost": {"lose": (head, tail)}, "lost-between": {"lose": (head,)}}
+    for mode, how in modes.items():
+        grid = _InProcessGrid(app, 2, **how)
+        run = f"k-{mode}"
         got = evaluate_round(grid, eng, {0: 100, 1: 101}, {0, 1}, 0, opts, run)
         for key in ("val_ndcg@10", "val_recall@10", "test_ndcg@10", "test_users"):
-            assert got[key] == pytest.approx(want[key], abs=1e-6), (forget, key)
+            assert got[key] == pytest.approx(want[key], abs=1e-6), (mode, key)
         assert got["test_users"] > 0 and got["split_eval_hidden_bytes"] > 0
         # every row's tokens (kept on its node) are the in-process decoding's
         decoded = set()
@@ -264,16 +277,19 @@ def test_decoding_as_messages_equals_one_process_with_or_without_node_caches(
         # rows decode different tokens (a constant decoding would not tell a
         # cache rebuilt from the wrong prefix from the right one)
         assert len(decoded) > 2
-        sent[forget], wire[forget] = grid.sent, got["split_eval_hidden_bytes"]
+        sent[mode], wire[mode] = grid.sent, got["split_eval_hidden_bytes"]
+        cached[mode] = got["split_eval_cached_rows"]
         assert not grid.replies
     # a message pair per token and node (the last pair ends each node) ...
-    assert sent[()] == sent[head, tail] <= 2 * 2 * eng.model.max_new_tokens
+    assert sent["kept"] == sent["fresh"] == sent["lost"]
+    assert sent["kept"] <= 2 * 2 * eng.model.max_new_tokens
     # ... and resent tails where the reported caches were lost
-    assert sent[(head,)] > sent[()]
-    # kept caches: the newest position goes down; lost: the whole prefix, and
-    # a lost reported cache costs both (the newest position, then the prefix)
-    assert wire[()] < wire[head, tail] / 2
-    assert wire[(head,)] > wire[head, tail]
+    assert sent["lost-between"] > sent["kept"]
+    # kept or restored caches: the newest position goes down; lost: the whole
+    # prefix, and a lost reported cache costs both (newest, then the prefix)
+    assert wire["fresh"] == wire["kept"] < wire["lost"] / 2
+    assert wire["lost-between"] > wire["lost"]
+    assert cached["fresh"] == cached["kept"] > 0 == cached["lost"]
     assert torch.is_grad_enabled()
 
 

@@ -85,8 +85,8 @@ def store_of(msg: Any, context: Any, suffix: str = "") -> NodeStore:
     scratch).
     """
     cfg = msg.content.config_records.get("config", {})
-    key = str(cfg.get("store", ""))
-    return NodeStore.of(context, partition(context)[0], key + suffix if key else "")
+    key = str(cfg.get("store", "")) or f"run-{context.run_id}"
+    return NodeStore.of(context, partition(context)[0], key + suffix)
 
 
 def node_queries(app: Any) -> None:
@@ -102,7 +102,8 @@ def node_queries(app: Any) -> None:
     @app.query("finish")
     def finish(msg: Message, context: Context) -> Message:
         store_of(msg, context).finish()
-        store_of(msg, context, "-split").finish()  # the split's scratch, if any
+        for scratch in ("-split", "-kv"):  # the split's scratch and caches, if any
+            store_of(msg, context, scratch).finish()
         return Message(content=RecordDict(), reply_to=msg)
 
 

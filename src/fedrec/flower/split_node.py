@@ -202,7 +202,11 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
         clients = list(cfg["clients"])
         saved, out = scratch(msg, store, clients), {}
         items = eval_items(eng, clients)
-        if not step:  # a new decoding: this process's caches of others go
+        disk = store_of(
+            msg, context, "-kv"
+        )  # the caches, as the last message left them
+        _restore(disk, store.root, s)  # (a fresh process starts from them)
+        if not step:  # a new decoding: the caches of others go
             _forget(store.root)
         tail_cached = []  # rows whose block L−1 cache this process holds
         for i in cfg["open"]:
@@ -224,6 +228,7 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
                     up = s.split.client_head(seq[:, start:], mask, pos, head)
             keep = slice(-1, None) if step else slice(None)  # the server has the rest
             out[i] = Message(up.tensor[:, keep], mask, pos[:, keep]).tensors()
+        _persist(disk, store.root)
         return reply(msg, {HIDDEN: hidden_record(out)}, tail_cached=tail_cached)
 
     @app.evaluate("split_gen_tail")
@@ -233,6 +238,8 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
         saved, down = store.load() or {}, from_record(msg.content[HIDDEN])
         items, still = eval_items(eng, clients), []
         eos = eng.model.tok.eos_token_id
+        disk = store_of(msg, context, "-kv")
+        _restore(disk, store.root, s)
         # h_{L−1} of the whole prefix, or of the newest position only where
         # the head reported this node's cache: a cache this process lacks
         # (another process served the head) makes the server resend them all
@@ -262,16 +269,59 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
             if int(nxt) != eos and step + 1 < eng.model.max_new_tokens:
                 still.append(i)
         store.save(saved)
+        if not still:  # decoding done: no caches to keep
+            _forget(store.root)
+        _persist(disk, store.root)
         if still or not items:
             return reply(msg, {}, open=still)
-        _forget(store.root)
         return reply(msg, {SCORES: _scores(eng, saved, items)}, open=[])
 
 
 # (node store, round, row) -> this process's KV caches of that row's decoding
-# ("head": blocks [0, k), "tail": block L−1); a message served by another
-# process rebuilds them from the prefix, with the same tokens
+# ("head": blocks [0, k), "tail": block L−1). Each message leaves them in the
+# node's "-kv" store too, so that a message served by another process (a
+# deployed SuperNode starts one per message) restores them; where they are
+# gone, the node rebuilds them from the prefix, with the same tokens
 _KV: dict[tuple[Any, int, int], dict[str, Any]] = {}
+# node store -> the generation of its "-kv" store that this process's _KV is
+_KV_GEN: dict[Any, int] = {}
+
+
+def _persist(kv: Any, root: Any) -> None:
+    """Save this process's caches of node store ``root`` to its ``-kv`` store.
+
+    Entries ``"<round>|<row>|<head or tail>|<layer>|<k or v>"``, the layers'
+    keys and values ``(1, heads, positions, head_dim)``.
+    """
+    out = {}
+    for (r, rnd, i), caches in _KV.items():
+        if r != root:
+            continue
+        for which, cache in caches.items():
+            for layer, lay in enumerate(cache.layers):
+                if getattr(lay, "keys", None) is not None and lay.keys.numel():
+                    out[f"{rnd}|{i}|{which}|{layer}|k"] = lay.keys
+                    out[f"{rnd}|{i}|{which}|{layer}|v"] = lay.values
+    kv.save(out)
+    _KV_GEN[root] = kv.newest()
+
+
+def _restore(kv: Any, root: Any, s: Any) -> None:
+    """Make this process's caches of ``root`` those its ``-kv`` store holds.
+
+    Nothing to do when this process saved the newest generation itself.
+    """
+    gen = kv.newest()
+    if _KV_GEN.get(root) == gen:
+        return
+    _forget(root)
+    saved = kv.load() or {}
+    for name in sorted(n for n in saved if n.endswith("|k")):
+        rnd, i, which, layer, _ = name.split("|")
+        caches = _KV.setdefault((root, int(rnd), int(i)), {})
+        cache = caches.setdefault(which, cache_for(s))
+        cache.update(saved[name], saved[name[:-1] + "v"], int(layer))
+    _KV_GEN[root] = gen
 
 
 def _holds(cache: Any, layer: int, n: int) -> bool:

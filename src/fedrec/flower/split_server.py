@@ -212,14 +212,17 @@ def evaluate_round(
         )
         if cs:
             nodes[p] = (cs, {n: theta[n] for n in s.node})
+    extra = {}
     if generative(eng):
-        replies = _decode(link, eng, nodes, server_side, rnd)
+        replies, extra["split_eval_cached_rows"] = _decode(
+            link, eng, nodes, server_side, rnd
+        )
     else:
         got = _encode(link, eng, "evaluate", nodes, server_side, eval_splits(eng))
         replies = [r for rs in got.values() for r in rs if SCORES in r.array_records]
-    m = pooled_metrics(eng, replies)
-    m["split_eval_hidden_bytes"] = link.bytes
-    return m
+    return (
+        pooled_metrics(eng, replies) | extra | {"split_eval_hidden_bytes": link.bytes}
+    )
 
 
 def _encode(
@@ -282,11 +285,12 @@ def _decode(
     nodes: dict[int, tuple[list[int], Tensors]],
     server_side: dict[int, Tensors],
     rnd: int,
-) -> list[Any]:
+) -> tuple[list[Any], int]:
     """Greedy decoding of every evaluated row, a message pair per token.
 
     ``nodes``, ``server_side``: as for :func:`_encode`. Returns the replies
-    that hold a node's scores.
+    that hold a node's scores, and how many (row, token) tail steps found the
+    node's block ``L−1`` cache (those got only the newest position).
     """
     s = sides(eng)
     items = {p: eval_items(eng, cs) for p, (cs, _) in nodes.items()}
@@ -297,6 +301,7 @@ def _decode(
     # it; a node that reports its cache gets only the newest position)
     caches: dict[tuple[int, int], Any] = {}
     done: dict[tuple[int, int], torch.Tensor | None] = {}
+    n_cached = 0
     for step in range(eng.model.max_new_tokens):
         if not still:
             break
@@ -322,6 +327,7 @@ def _decode(
         for p, rep in heads.items():
             rec = from_record(rep[HIDDEN])
             cached[p] = set(rep["metrics"]["tail_cached"])
+            n_cached += len(cached[p])
             for i in still[p]:
                 if not step:
                     caches[p, i], done[p, i] = cache_for(s), None
@@ -353,7 +359,7 @@ def _decode(
             del still[p]  # done (its reply holds its scores) or failed (logged)
             if rep is not None:
                 scores[p] = rep
-    return list(scores.values())
+    return list(scores.values()), n_cached
 
 
 def _down(rows: dict[int, torch.Tensor], cached: set[int]) -> dict[str, Tensors]:

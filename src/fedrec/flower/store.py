@@ -138,6 +138,10 @@ class NodeStore:
         os.pwrite(fd, _HEADER.pack(generation, length), 0)  # commits the save
         _CACHE[self.root] = (generation, dict(tensors))
 
+    def newest(self) -> int:
+        """The newest generation saved (0: none)."""
+        return max(g for g, _ in self._generations())
+
     def finish(self) -> None:
         """End of run: a temporary store is removed, a chosen one kept."""
         _CACHE.pop(self.root, None)
