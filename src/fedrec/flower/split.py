@@ -50,9 +50,10 @@ keeps a KV cache of its blocks per row for the round, so after the prompt only
 the newest position's ``h_k`` goes up; down go the newest position's
 ``h_{L−1}`` for the rows whose cache the node reported, the whole prefix's for
 the others. A node keeps its KV caches (blocks ``[0, k)`` and ``L−1``) in its
-process while it lives; a message served by another process (a deployed
-SuperNode starts one per message) rebuilds them from the prefix — the tokens of
-:meth:`~fedrec.models.split.SplitModel.greedy` either way. A tail message that
+process and leaves them in its ``-kv`` store after each message, so a message
+served by another process (a deployed SuperNode starts one per message)
+restores them; where they are gone it rebuilds them from the prefix — the
+tokens of :meth:`~fedrec.models.split.SplitModel.greedy` either way. A tail message that
 finds a reported cache gone changes nothing and replies ``missing``; the server
 resends it with whole prefixes. When a node's rows are all done, its last
 reply holds their top-K metrics: the node grounds its titles to items itself
