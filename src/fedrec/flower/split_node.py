@@ -80,7 +80,7 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
         clients = list(cfg["clients"])
         saved, out = scratch(msg, store, clients), {}
         for c in clients:
-            ids, mask = eng.task.inputs(rows := rows_of(eng, rnd, c, step))
+            ids, mask = eng.task.inputs(rows_of(eng, rnd, c, step))
             with swapped_in(eng.model, params_of(saved, c)):
                 out[c] = s.split.head_forward(ids, mask).tensors()
         return reply(msg, {HIDDEN: hidden_record(out)})
@@ -114,7 +114,7 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
         saved, up = store.load() or {}, from_record(msg.content[HIDDEN])
         done: dict[int, Tensors] = {}
         for c in cfg["clients"]:
-            ids, mask = eng.task.inputs(rows := rows_of(eng, rnd, c, step))
+            ids, mask = eng.task.inputs(rows_of(eng, rnd, c, step))
             pending = scratch_of(saved, c, "grad:")
             with swapped_in(eng.model, params_of(saved, c)):
                 for n, p in s.node.items():
@@ -202,10 +202,9 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
         clients = list(cfg["clients"])
         saved, out = scratch(msg, store, clients), {}
         items = eval_items(eng, clients)
-        disk = store_of(
-            msg, context, "-kv"
-        )  # the caches, as the last message left them
-        _restore(disk, store.root, s)  # (a fresh process starts from them)
+        # the caches as the node's last message left them (a fresh process)
+        disk = store_of(msg, context, "-kv")
+        _restore(disk, store.root, s)
         if not step:  # a new decoding: the caches of others go
             _forget(store.root)
         tail_cached = []  # rows whose block L−1 cache this process holds
@@ -241,8 +240,8 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
         disk = store_of(msg, context, "-kv")
         _restore(disk, store.root, s)
         # h_{L−1} of the whole prefix, or of the newest position only where
-        # the head reported this node's cache: a cache this process lacks
-        # (another process served the head) makes the server resend them all
+        # the head reported this node's cache: a reported cache now gone
+        # (its store lost since the head) makes the server resend them all
         downs = {i: Message.of(hidden(down, i)) for i in cfg["open"]}
         kvs = {i: _KV.setdefault((store.root, rnd, i), {}) for i in cfg["open"]}
         missing = [
