@@ -373,6 +373,16 @@ def test_the_discriminative_split_as_messages_equals_the_embedded_engine(
         assert got["split_hidden_bytes"] > 0 and got["split_eval_hidden_bytes"] > 0
         assert not grid.replies
 
+    # the nodes' model holds no server block (a node that ran one would have
+    # failed), and still its own layers
+    from fedrec.flower.runconfig import engine_for
+
+    node = split.sides(engine_for(raw))
+    body = node.split.layers
+    assert all(p.numel() == 0 for b in body[2:3] for p in b.parameters())
+    assert all(p.numel() > 0 for i in (0, 1, 3) for p in body[i].parameters())
+    assert all(p.numel() > 0 for p in split.sides(eng).split.layers[2].parameters())
+
     # a message pair per node and ``per_message`` batches: its clients' item
     # chunks (30 items: one each) and their val and test rows, 32 a batch
     def batches(c: int) -> int:

@@ -111,13 +111,15 @@ def _build(raw: dict[str, Any] | None) -> FedrecClientApp:
     from flwr.app import Context, Message, MetricRecord, RecordDict
 
     from fedrec.flower import split_node
+    from fedrec.flower.split import node_side_only
 
     engines: dict[str, Any] = {}  # this app's engine per run config
 
     def engine_of(context: Context) -> Any:
         key = "" if raw is not None else json.dumps(dict(context.run_config))
         if key not in engines:
-            engines[key] = engine_for(raw_of(raw, context))
+            eng = engines[key] = engine_for(raw_of(raw, context))
+            node_side_only(eng)  # a split config's node: its own layers only
         return engines[key]
 
     def shared(context: Context) -> set[str]:

@@ -144,6 +144,25 @@ def sides(eng: Any) -> Sides:
     )
 
 
+def node_side_only(eng: Any) -> int:
+    """Free the server's blocks ``[k, L−1)`` of a discriminative node's model.
+
+    FELLRec's flexible storage: a node keeps only its own layers in memory
+    (it read the whole checkpoint once, to build them). Each such parameter
+    becomes an empty tensor, so a node that ran a server block would fail
+    loudly. A generative node keeps them: it grounds titles with the whole
+    frozen base model. Returns the number of parameters freed.
+    """
+    if not uses_split(eng) or generative(eng):
+        return 0
+    s, freed = sides(eng), 0
+    for block in s.split.layers[s.split.k : s.split.L - 1]:
+        for p in block.parameters():
+            freed += p.numel()
+            p.data = torch.empty(0, dtype=p.dtype)
+    return freed
+
+
 def optimise(
     params: dict[str, nn.Parameter],
     state: Tensors,
