@@ -115,6 +115,12 @@ def test_temporary_store_is_removed_at_finish_and_a_chosen_one_kept(tmp_path):
     finally:
         del os.environ["FEDREC_NODE_STORE"]
     assert temp.root == tmp_path / "tmp" / "fedrec-nodes" / "run-42-p1"
+    os.environ["FEDREC_NODE_STORE"] = str(tmp_path / "tmp")
+    try:  # a run's other stores (the split's scratch) are their own
+        scratch = NodeStore.of(Ctx(), 1, "", "-split")
+    finally:
+        del os.environ["FEDREC_NODE_STORE"]
+    assert scratch.root == temp.root.parent / "run-42-split-p1"
     temp.save({"w": torch.ones(1)})
     temp.finish()
     assert not temp.root.exists()

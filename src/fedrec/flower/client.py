@@ -85,8 +85,9 @@ def store_of(msg: Any, context: Any, suffix: str = "") -> NodeStore:
     scratch).
     """
     cfg = msg.content.config_records.get("config", {})
-    key = str(cfg.get("store", "")) or f"run-{context.run_id}"
-    return NodeStore.of(context, partition(context)[0], key + suffix)
+    return NodeStore.of(
+        context, partition(context)[0], str(cfg.get("store", "")), suffix
+    )
 
 
 def node_queries(app: Any) -> None:

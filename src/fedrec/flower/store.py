@@ -61,17 +61,20 @@ class NodeStore:
         self._fds: list[int | None] = [None, None]  # opened once the files exist
 
     @classmethod
-    def of(cls, context: Any, partition_id: int, key: str = "") -> NodeStore:
+    def of(
+        cls, context: Any, partition_id: int, key: str = "", suffix: str = ""
+    ) -> NodeStore:
         """The store of this node (``context``, ``partition_id``) in this run.
 
         ``key`` names the run's stores (the ServerApp sends it, stable across a
         resume); empty: ``run-<run id>``, which a resumed run would not find.
+        ``suffix`` names another store of the same run (``"-split"``).
         """
         base, env = (
             context.node_config.get("store"),
             os.environ.get("FEDREC_NODE_STORE"),
         )
-        key = key or f"run-{context.run_id}"
+        key = (key or f"run-{context.run_id}") + suffix
         cache_key = (base, env, key, partition_id)
         if cache_key not in _STORES:
             keep = bool(base)
