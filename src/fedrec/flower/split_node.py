@@ -157,7 +157,7 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
         eng, s, _, _, cfg, store = setup(msg, context)
         saved, down = store.load() or {}, from_record(msg.content[HIDDEN])
         plan = encode_plan(eng, list(cfg["clients"]), list(cfg["splits"]))
-        chunks, at = eng.model.item_batches()
+        n_chunks = len(eng.model.item_batches()[0])
         parts: dict[str, list[dict[str, np.ndarray]]] = {}
         for i in range(*cfg["entries"]):
             b, (_, mask) = plan[i], _tokens(eng, plan[i])
@@ -167,13 +167,13 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
                 )
             if b.split == "items":
                 put(saved, b.client, {"e": e}, f"item{b.index}:")
-                if b.index == len(chunks) - 1:  # the client's table is complete
+                if b.index == n_chunks - 1:  # the client's table is complete
                     es = [
                         scratch_of(saved, b.client, f"item{j}:")["e"]
-                        for j in range(len(chunks))
+                        for j in range(n_chunks)
                     ]
-                    put(saved, b.client, {"table": torch.cat(es)[at]}, "tab:")
-                    for j in range(len(chunks)):
+                    put(saved, b.client, {"table": eng.model.in_item_order(es)}, "tab:")
+                    for j in range(n_chunks):
                         put(saved, b.client, {}, f"item{j}:")
                 continue
             table = scratch_of(saved, b.client, "tab:")["table"]

@@ -189,9 +189,14 @@ class TextSeqRecommender(NoDropout):
         self, params: dict[str, torch.Tensor], chunk: int = 256
     ) -> torch.Tensor:
         """``(I, d)`` embeddings of every item under ``params``, in item order."""
-        batches, at = self.item_batches(chunk)
-        emb = [torch.func.functional_call(self, params, b) for b in batches]
-        return torch.cat(emb)[at]
+        batches = self.item_batches(chunk)[0]
+        return self.in_item_order(
+            [torch.func.functional_call(self, params, b) for b in batches], chunk
+        )
+
+    def in_item_order(self, embs: list[torch.Tensor], chunk: int = 256) -> torch.Tensor:
+        """The ``(I, d)`` table of :meth:`item_batches`' outputs, in item order."""
+        return torch.cat(embs)[self.item_batches(chunk)[1]]
 
     split_k: int = 0  # > 0: run the encoder as client | server | client at k
 
