@@ -3,7 +3,7 @@
     .venv/bin/python bench/flower.py --clients 100 1000 --rounds 21 --repeats 3
 
 For each number of clients (one user each, FedPA on synthetic data, every client
-every round), three runs on the same config:
+every round), four runs on the same config:
 
 - **fedrec on Flower** (simulation, Ray, one actor at a time so node work is
   sequential): per round, ``train_s`` (server sampling → broadcast → nodes →
@@ -15,28 +15,32 @@ every round), three runs on the same config:
   is Flower's own per-client cost for these messages.
 - **busy echo on Flower**: the echo app, but each message first keeps the
   node's core busy (a Python loop) for as long as fedrec's
-  ``client_update`` took on average per message. Its ``train_s`` minus that
-  busy time is Flower's cost *when the nodes compute*: on this 2-core machine a
-  computing worker slows Ray's dispatch and the server's threads. The difference
-  between fedrec's overhead and this one is what fedrec's own glue costs.
+  ``client_update`` took on average per message; its ``train_s`` minus that
+  busy time is Flower's cost when the nodes compute.
+- **idle echo on Flower**: the echo app sleeping that long instead (no CPU):
+  Flower's cost when the nodes take as long as fedrec's, on no CPU at all.
+  The idle and busy echoes cost about the same, and both more than the echo:
+  what makes Flower slower per message is that a node takes time, not that it
+  computes (after ≈ 15 ms idle, this VM's processes wake slowly and run
+  Flower's path from cold caches). fedrec's overhead minus the idle echo's is
+  what fedrec's own glue and compute add.
 - **embedded**: ``train_round`` of the in-process engine, per client (the
   compute itself, for scale).
 
-Flower's simulation moves new messages from the SuperLink to the workers every
-100 ms, so a round first waits 0–100 ms for that pickup, depending on where it
-starts in the cycle. That wait is the same for every app on average, but which
-part of it a run gets is chance: three runs of the same code measured ratios of
-1.30 to 1.55 with it. The bench sets the pickup poll to 1 ms for all three runs
-(``--pickup-poll``; 0.1 is Flower's own), so the numbers compare the apps,
-not their luck with the cycle.
+Flower's simulation moves new messages from the SuperLink to the workers by
+polling every 100 ms, so a round first waits 0–100 ms for that pickup,
+depending on where it starts in the cycle: three runs of the same code
+measured ratios of 1.30 to 1.55 with it. The bench makes that loop wake when
+the ServerApp stores a message (:func:`set_pickup`), for all the apps alike,
+so the numbers compare the apps, not their luck with the cycle — and no
+polling thread takes CPU from them (a 1 ms poll, stops 9–15, kept 18% of a
+core busy; ``--pickup-poll 0.001`` still runs that way).
 
 Each row runs in one of two **placements**, interleaved repeat by repeat:
 ``shared`` (every process may use every CPU) and ``pinned`` (the node worker
 on a CPU of its own, the server side and Ray on the rest; see
-:func:`placement`). On 2 cores, shared lets a computing node slow the server
-side's threads — the busy echo pays it, the plain echo does not — which a
-deployment, with nodes on their own machines, never sees. Pinned emulates that
-deployment on one box.
+:func:`placement`), which emulates on one box a deployment's separate server
+and node machines.
 
 Also reported: ``fedrec_node_glue`` — the time a node spends in fedrec's train
 handler outside ``client_update`` (store, records), per client.
@@ -58,6 +62,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch loads; see above
 import argparse
 import contextlib
 import json
+import math
 import platform
 import statistics
 import threading
@@ -87,16 +92,17 @@ def config(n_users: int, rounds: int) -> dict[str, Any]:
     ).to_dict()
 
 
-def echo_client_app(busy_s: float = 0.0) -> Any:
+def echo_client_app(busy_s: float = 0.0, idle_s: float = 0.0) -> Any:
     """A trivial ClientApp: answers the partition query, echoes what it received.
 
     With ``busy_s`` > 0, each train message first keeps one core busy for
-    ``busy_s`` seconds (reported as ``compute_s``, as fedrec reports
-    ``client_update``). Only names imported here are used: the simulation
+    ``busy_s`` seconds; with ``idle_s`` > 0, it first sleeps that long (no
+    CPU). Either is reported as ``compute_s``, as fedrec reports
+    ``client_update``. Only names imported here are used: the simulation
     pickles this app by value with every message, and a global like ``torch``
     makes that 10× slower (1.5 vs 0.2 ms a message), which would bill the echo for it.
     """
-    from time import perf_counter
+    from time import perf_counter, sleep
 
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
     from flwr.clientapp import ClientApp
@@ -118,7 +124,9 @@ def echo_client_app(busy_s: float = 0.0) -> Any:
         t0 = perf_counter()
         while perf_counter() - t0 < busy_s:  # a busy core, as a computing node's
             pass
-        compute_s = perf_counter() - t0 if busy_s else 0.0
+        if idle_s:
+            sleep(idle_s)  # a node that takes as long, on no CPU
+        compute_s = perf_counter() - t0 if busy_s or idle_s else 0.0
         metrics = MetricRecord({"losses": [0.0] * n, "compute_s": compute_s})
         content = RecordDict({"uploads": msg.content["received"], "metrics": metrics})
         return Message(content, reply_to=msg)
@@ -131,7 +139,11 @@ def echo_client_app(busy_s: float = 0.0) -> Any:
 
 
 def flower_rounds(
-    raw: dict[str, Any], nodes: int, echo: bool, busy_s: float = 0.0
+    raw: dict[str, Any],
+    nodes: int,
+    echo: bool,
+    busy_s: float = 0.0,
+    idle_s: float = 0.0,
 ) -> list[dict[str, Any]]:
     from flwr.simulation import run_simulation
 
@@ -141,9 +153,10 @@ def flower_rounds(
     history: list[dict[str, Any]] = []
     server_app, client_app = flower_apps(raw, nodes, history)
     cpus = len(os.sched_getaffinity(0))
+    _ACTOR_S.clear()
     run_simulation(
         server_app=server_app,
-        client_app=echo_client_app(busy_s) if echo else client_app,
+        client_app=echo_client_app(busy_s, idle_s) if echo else client_app,
         num_supernodes=nodes,
         # one actor: it asks for every CPU this process may use (one if pinned)
         backend_config={
@@ -151,20 +164,66 @@ def flower_rounds(
             "init_args": {"num_cpus": cpus},
         },
     )
+    for h in history:
+        h["actor_s"] = _ACTOR_S.get(h["round"], math.nan)
     return history
 
 
-def set_pickup_poll(seconds: float) -> None:
-    """Flower's simulation loop that hands new messages to the workers, polling
-    every ``seconds`` instead of its fixed 100 ms (flwr 1.41's loop otherwise)."""
+# round -> seconds Flower's worker spent in the actor calls of its train messages
+_ACTOR_S: dict[int, float] = {}
+
+
+def time_actor_calls() -> None:
+    """Record, per round, how long each train message took from Flower's worker
+    handing it to the Ray actor to getting the reply back (``actor_s``); the
+    rest of a round's ``train_s`` is spent outside the actor (the ServerApp,
+    the link state, the worker's queues)."""
+    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
+
+    call = RayBackend.process_message
+
+    def process_message(self, message, context):  # type: ignore[no-untyped-def]
+        t0 = time.perf_counter()
+        out = call(self, message, context)
+        if message.metadata.message_type == "train":
+            rnd = int(message.content["config"]["round"])
+            _ACTOR_S[rnd] = _ACTOR_S.get(rnd, 0.0) + time.perf_counter() - t0
+        return out
+
+    RayBackend.process_message = process_message
+
+
+def set_pickup(poll_s: float | None = None) -> None:
+    """How Flower's simulation hands new messages to its workers.
+
+    flwr 1.41's loop polls the link state every 100 ms, so a round first waits
+    0–100 ms for its messages. Default here (``poll_s=None``): the loop wakes
+    as soon as the ServerApp stores a message (an event set by the link
+    state's ``store_message_ins``), so it neither waits nor burns CPU. With
+    ``poll_s``, a fixed poll instead (stop 9–15's setting: 1 ms, which kept
+    18% of a core busy polling the ten nodes).
+    """
     from flwr.server.superlink.fleet.vce import vce_api
+    from flwr.server.superlink.linkstate import InMemoryLinkState
+
+    stored = threading.Event()
+    if poll_s is None:
+        store = InMemoryLinkState.store_message_ins
+
+        def store_message_ins(self, message):  # type: ignore[no-untyped-def]
+            out = store(self, message)
+            stored.set()
+            return out
+
+        InMemoryLinkState.store_message_ins = store_message_ins
 
     def add_messages_to_queue(state, queue, nodes_mapping, f_stop):  # type: ignore[no-untyped-def]
         while not f_stop.is_set():
+            stored.clear()  # before draining: a message stored meanwhile re-wakes
             for node_id in nodes_mapping:
                 for msg in state.get_message_ins(node_id=node_id, limit=1):
                     queue.put(msg)
-            f_stop.wait(seconds)
+            stored.wait(0.1 if poll_s is None else poll_s)
 
     vce_api.add_messages_to_queue = add_messages_to_queue
 
@@ -211,6 +270,36 @@ def placement(pinned: bool) -> Iterator[None]:
         os.sched_setaffinity(0, set(cpus))
 
 
+def wake_latency(pauses_ms: tuple[float, ...] = (0.0, 2.0, 16.0)) -> dict[str, float]:
+    """Median round trip (µs) of one byte to a child process and back, each
+    sent after ``pause`` ms of this process sleeping: what waking costs here.
+
+    Flower's path per message crosses processes and threads several times;
+    when a node took ~15 ms, every hop starts from an idle CPU.
+    """
+    ping, pong = os.pipe(), os.pipe()
+    child = os.fork()
+    if child == 0:  # the echo: answers each byte until it reads "q"
+        while os.read(ping[0], 1) != b"q":
+            os.write(pong[1], b"x")
+        os._exit(0)
+    out = {}
+    for pause in pauses_ms:
+        trips = []
+        for _ in range(200):
+            time.sleep(pause / 1e3)
+            t0 = time.perf_counter()
+            os.write(ping[1], b"p")
+            os.read(pong[0], 1)
+            trips.append(time.perf_counter() - t0)
+        out[f"after_{pause:g}_ms"] = round(1e6 * statistics.median(trips), 1)
+    os.write(ping[1], b"q")
+    os.waitpid(child, 0)
+    for fd in (*ping, *pong):
+        os.close(fd)
+    return out
+
+
 def per_client(history: list[dict[str, Any]], key: str) -> float:
     return statistics.median(
         (h["train_s"] - h.get(key, 0.0)) / h["clients"] for h in history[1:]
@@ -226,6 +315,7 @@ def measure(n: int, nodes: int, rounds: int, pinned: bool) -> dict[str, Any]:
         echo = flower_rounds(raw, nodes, echo=True)
         per_msg = statistics.median(h["client_compute_s"] for h in fedrec[1:])
         busy = flower_rounds(raw, nodes, echo=True, busy_s=per_msg / nodes)
+        idle = flower_rounds(raw, nodes, echo=True, idle_s=per_msg / nodes)
     eng = build_engine(config_from_raw(raw))
     embedded = [eng.train_round(r) for r in range(rounds)]
     row = {
@@ -235,6 +325,7 @@ def measure(n: int, nodes: int, rounds: int, pinned: bool) -> dict[str, Any]:
         "fedrec_overhead_ms_per_client": 1e3 * per_client(fedrec, "client_compute_s"),
         "echo_ms_per_client": 1e3 * per_client(echo, "none"),
         "busy_echo_ms_per_client": 1e3 * per_client(busy, "client_compute_s"),
+        "idle_echo_ms_per_client": 1e3 * per_client(idle, "client_compute_s"),
         "fedrec_node_glue_ms_per_client": 1e3
         * statistics.median(
             (h["client_node_s"] - h["client_compute_s"]) / h["clients"]
@@ -247,9 +338,20 @@ def measure(n: int, nodes: int, rounds: int, pinned: bool) -> dict[str, Any]:
         "embedded_ms_per_client": 1e3 * per_client(embedded, "none"),
         "wall_s": time.perf_counter() - t0,
     }
+    for name, hist in (("fedrec", fedrec), ("echo", echo)):  # per message
+        row[f"{name}_actor_call_ms_per_message"] = 1e3 * statistics.median(
+            (h["actor_s"] - h.get("client_node_s", 0.0)) / nodes for h in hist[1:]
+        )
+        row[f"{name}_outside_actor_ms_per_message"] = 1e3 * statistics.median(
+            (h["train_s"] - h["actor_s"]) / nodes for h in hist[1:]
+        )
+    row["fedrec_node_glue_ms_per_message"] = 1e3 * statistics.median(
+        (h["client_node_s"] - h["client_compute_s"]) / nodes for h in fedrec[1:]
+    )
     fo = row["fedrec_overhead_ms_per_client"]
     row["overhead_ratio"] = fo / row["echo_ms_per_client"]
     row["overhead_ratio_vs_busy_echo"] = fo / row["busy_echo_ms_per_client"]
+    row["overhead_ratio_vs_idle_echo"] = fo / row["idle_echo_ms_per_client"]
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
 
 
@@ -260,7 +362,11 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "placement": rows[0]["placement"],
         "repeats": len(rows),
     }
-    for key in ("overhead_ratio", "overhead_ratio_vs_busy_echo"):
+    for key in (
+        "overhead_ratio",
+        "overhead_ratio_vs_busy_echo",
+        "overhead_ratio_vs_idle_echo",
+    ):
         vals = [r[key] for r in rows]
         mid = statistics.median(vals)
         out[key] = {"median": mid, "min": min(vals), "max": max(vals)}
@@ -273,7 +379,12 @@ def main() -> None:
     p.add_argument("--nodes", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--repeats", type=int, default=1)
-    p.add_argument("--pickup-poll", type=float, default=0.001)
+    p.add_argument(
+        "--pickup-poll",
+        type=float,
+        default=None,
+        help="poll for new messages every S seconds (default: woken per message)",
+    )
     p.add_argument(
         "--placements",
         nargs="+",
@@ -283,7 +394,8 @@ def main() -> None:
     )
     p.add_argument("--out", default="bench/results/flower.json")
     args = p.parse_args()
-    set_pickup_poll(args.pickup_poll)
+    set_pickup(args.pickup_poll)
+    time_actor_calls()
     rows, summaries = [], []
     for n in args.clients:
         mine: dict[str, list[dict[str, Any]]] = {p: [] for p in args.placements}
@@ -296,6 +408,7 @@ def main() -> None:
             summaries.append(summary(mine[p]))
     result = {
         "summary": summaries,
+        "wake_round_trip_us": wake_latency(),
         "rows": rows,
         "rounds": args.rounds,
         "counted_rounds": args.rounds - 1,
@@ -306,7 +419,8 @@ def main() -> None:
         "command": "bench/flower.py --clients "
         + " ".join(map(str, args.clients))
         + f" --nodes {args.nodes} --rounds {args.rounds} --repeats {args.repeats}"
-        + f" --pickup-poll {args.pickup_poll} --placements "
+        + (f" --pickup-poll {args.pickup_poll}" if args.pickup_poll else "")
+        + " --placements "
         + " ".join(args.placements),
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -160,3 +160,63 @@ def test_round_tagged_saves_let_a_resumed_round_read_the_older_file(tmp_path):
     assert st.load()["w"].tolist() == [7.0, 7.0]
     assert st.load(at_most=2)["w"].tolist() == [1.0, 1.0]
     assert st.load(at_most=1) is None  # round 0's save was overwritten
+
+
+@pytest.mark.parametrize("hosted", ["all", "some"])
+def test_a_train_message_keeps_exactly_the_engines_rows_on_the_node(
+    tmp_path, monkeypatch, small_raw, hosted
+):
+    """A node (partition 1 of 3) trains the clients a message names: its store
+    then holds the embedded engine's ``client_update`` private rows for them
+    and its older rows for the others, and the reply carries that update's
+    uploads. ``all``: every hosted client in row order (the node hands over
+    its whole bank); ``some``: rows 0, 2 and 3."""
+    from flwr.app import ConfigRecord, Context, Message, Metadata, RecordDict
+
+    from fedrec.build import build_engine
+    from fedrec.config import config_from_raw
+    from fedrec.flower.client import client_app_for
+    from fedrec.flower.records import from_record, to_record
+    from fedrec.flower.store import NodeStore
+
+    monkeypatch.setenv("FEDREC_NODE_STORE", str(tmp_path))
+    raw = small_raw()
+    eng = build_engine(config_from_raw(raw))
+    p, parts = 1, 3
+    rows = torch.arange(p, eng.fed.n_clients, parts)  # the node's, in row order
+    before = eng.store.get(rows)
+    for n in before:  # distinct older rows, so a row left alone is seen
+        before[n] += torch.arange(len(rows), dtype=before[n].dtype).view(
+            -1, *[1] * (before[n].dim() - 1)
+        )
+    ctx = Context(
+        1, 100 + p, {"partition-id": p, "num-partitions": parts}, RecordDict(), {}
+    )
+    store = NodeStore.of(ctx, p, "t")
+    store.save(before, generation=1)
+    pick = torch.arange(len(rows)) if hosted == "all" else torch.tensor([0, 2, 3])
+    clients = rows[pick]
+    received = eng.strategy.broadcast(
+        eng.server,
+        eng.partition,
+        clients,
+        {a: g[clients] for a, g in eng.groups.items()},
+    )
+    cfg = ConfigRecord({"round": 1, "clients": clients.tolist(), "store": "t"})
+    content = RecordDict({"received": to_record(received), "config": cfg})
+    md = Metadata(1, "m1", 0, 100 + p, "", "", 0.0, 1e6, "train")
+    reply = client_app_for(raw)(Message(metadata=md, content=content), ctx)
+
+    mine = {n: b[pick] for n, b in before.items()}
+    uploads, private, _ = eng.client_update(1, clients, received, mine, mods=False)
+    got = store.load()
+    assert store.newest() == 2
+    for n, b in before.items():
+        want = b.clone()
+        want[pick] = private[n]
+        assert torch.allclose(got[n], want, atol=1e-12), n
+        assert not torch.allclose(private[n], b[pick]), n  # training moved them
+    sent = from_record(reply.content["uploads"])
+    assert list(sent) == list(uploads)
+    for n in uploads:
+        assert torch.allclose(sent[n], uploads[n], atol=1e-12), n

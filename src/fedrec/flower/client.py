@@ -149,7 +149,11 @@ def _build(raw: dict[str, Any] | None) -> FedrecClientApp:
         clients = torch.as_tensor(list(cfg["clients"]), dtype=torch.long)
         mine = bank(store, rnd, context, eng)
         slots = clients // partition(context)[1]
-        private = {n: b[slots] for n, b in mine.items()}
+        # every hosted client, in row order (full participation): the whole bank
+        whole = all(len(b) == len(slots) for b in mine.values()) and torch.equal(
+            slots, torch.arange(len(slots))
+        )
+        private = mine if whole else {n: b[slots] for n, b in mine.items()}
         received = from_record(msg.content["received"])
         t0 = time.perf_counter()
         uploads, private, losses = eng.client_update(
@@ -158,8 +162,9 @@ def _build(raw: dict[str, Any] | None) -> FedrecClientApp:
         compute_s = time.perf_counter() - t0
         # the private state stays on this node (new tensors: the store may
         # hand out its cached ones, never changed in place)
-        mine = {n: b.index_put((slots,), private[n]) for n, b in mine.items()}
-        store.save(mine, generation=rnd + 1)
+        if not whole:
+            private = {n: b.index_put((slots,), private[n]) for n, b in mine.items()}
+        store.save(private, generation=rnd + 1)
         content = RecordDict({UPLOADS: to_record(uploads)})
         metrics = {"losses": losses.tolist(), "compute_s": compute_s}
         metrics["node_s"] = time.perf_counter() - start  # handler, all but the mods

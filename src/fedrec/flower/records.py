@@ -26,36 +26,45 @@ _META_LEN = struct.Struct("<I")
 _ALIGN = 64
 
 
-def pack(tensors: dict[str, torch.Tensor]) -> memoryview:
-    """The packed bytes of ``tensors``: one buffer (a ``torch.cat`` of the parts).
+def pack(tensors: dict[str, torch.Tensor]) -> bytes:
+    """The packed bytes of ``tensors``: one ``bytes.join`` of :func:`pack_parts`.
 
-    The header and padding of each signature (names, dtypes, shapes) are made
-    once (:func:`_layout`), so a message costs one ``reshape`` per tensor and
-    one ``cat`` (FedPA's 14 tensors: 85–90 µs, against 120 µs part by part).
+    FedPA's 14 tensors: ≈ 30 µs (a ``torch.cat`` of the parts took 85–90 µs).
     """
-    flats = [t.detach().reshape(-1).cpu() for t in tensors.values()]
-    sig = tuple(
-        (n, f.dtype, t.shape) for (n, t), f in zip(tensors.items(), flats, strict=True)
-    )
-    head, pads = _layout(sig)
-    parts = [head]
-    for f, pad in zip(flats, pads, strict=True):
-        if f.stride(0) != 1:  # e.g. a broadcast (stride 0) row, or empty
-            f = torch.empty_like(f, memory_format=torch.contiguous_format).copy_(f)
-        parts += [f.view(torch.uint8), pad]
-    return memoryview(torch.cat(parts).numpy())
+    return b"".join(pack_parts(tensors))
+
+
+def pack_parts(tensors: dict[str, torch.Tensor]) -> list[bytes | memoryview]:
+    """The packed layout of ``tensors`` as buffers to join or write out.
+
+    The header, then each tensor's own bytes (a view) and its padding. The
+    header and paddings of each signature (names, dtypes, shapes) are made once
+    (:func:`_layout`), so a message costs a byte view per tensor.
+    """
+    head, pads = _layout(tuple((n, t.dtype, t.shape) for n, t in tensors.items()))
+    parts: list[bytes | memoryview] = [head]
+    for t, pad in zip(tensors.values(), pads, strict=True):
+        parts += [_raw(t), pad]
+    return parts
+
+
+def _raw(t: torch.Tensor) -> memoryview:
+    """The bytes of ``t`` in row-major order (a view when it is contiguous)."""
+    try:  # the common case, one call: a contiguous CPU tensor numpy can view
+        return memoryview(t.numpy()).cast("B")
+    except (TypeError, RuntimeError):  # grad, bfloat16, a device, strides, neg
+        t = t.detach().cpu().resolve_neg().contiguous()
+        return memoryview(t.reshape(-1).view(torch.uint8).numpy())
 
 
 @functools.lru_cache(maxsize=256)
-def _layout(sig: tuple[Any, ...]) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Header (length, JSON, padding) and each tensor's padding, as uint8 tensors."""
+def _layout(sig: tuple[Any, ...]) -> tuple[bytes, list[bytes]]:
+    """Header (length, JSON, padding) and each tensor's padding."""
     meta = [[n, str(dt).removeprefix("torch."), list(shape)] for n, dt, shape in sig]
     head = json.dumps(meta).encode()
     head += b" " * (-(_META_LEN.size + len(head)) % _ALIGN)
-    head = _META_LEN.pack(len(head)) + head
-    pads = [-math.prod(shape) * dt.itemsize % _ALIGN for _, dt, shape in sig]
-    head_t = torch.frombuffer(bytearray(head), dtype=torch.uint8)
-    return head_t, [torch.zeros(p, dtype=torch.uint8) for p in pads]
+    pads = [bytes(-math.prod(shape) * dt.itemsize % _ALIGN) for _, dt, shape in sig]
+    return _META_LEN.pack(len(head)) + head, pads
 
 
 def unpack(body: bytearray) -> dict[str, torch.Tensor]:
@@ -76,7 +85,7 @@ def to_record(tensors: dict[str, torch.Tensor] | dict[str, np.ndarray]) -> Any:
     """An ``ArrayRecord`` holding ``tensors`` (tensors or arrays) packed."""
     from flwr.app import Array, ArrayRecord
 
-    body = pack({n: torch.as_tensor(t) for n, t in tensors.items()}).tobytes()
+    body = pack({n: torch.as_tensor(t) for n, t in tensors.items()})
     packed = Array(dtype="uint8", shape=(len(body),), stype=PACKED, data=body)
     return ArrayRecord({PACKED: packed})
 

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from fedrec.errors import FedrecError
-from fedrec.flower.records import pack, unpack
+from fedrec.flower.records import pack_parts, unpack
 
 _HEADER = struct.Struct("<QQ")  # generation (0: never completed), body length
 # store root -> (generation, tensors) this process last saved or loaded
@@ -127,15 +127,16 @@ class NodeStore:
         generation = generation or max(g for g, _ in gens) + 1
         ahead = [i for i in range(2) if gens[i][0] >= generation] or [0, 1]
         older = min(ahead, key=lambda i: gens[i][0])
-        body = pack(tensors)
-        length = len(body)
+        body = pack_parts(tensors)
+        length = sum(len(part) for part in body)
         fd = self._fds[older]
         if fd is None:
             self.root.mkdir(parents=True, exist_ok=True)
             fd = self._fds[older] = os.open(
                 self.files[older], os.O_RDWR | os.O_CREAT, 0o600
             )
-        os.pwrite(fd, body, _HEADER.size)
+        if os.pwritev(fd, body, _HEADER.size) != length:  # the parts, not a copy
+            raise OSError(f"short write to {self.files[older]}")
         if os.fstat(fd).st_size > _HEADER.size + length:
             os.ftruncate(fd, _HEADER.size + length)
         os.pwrite(fd, _HEADER.pack(generation, length), 0)  # commits the save
