@@ -217,7 +217,7 @@ def as_server(tmp_path, monkeypatch):
 
 @pytest.mark.usefixtures("as_server")
 def test_decoding_as_messages_equals_one_process_with_or_without_node_caches(
-    fellrec_raw,
+    fellrec_raw, monkeypatch
 ):
     """The ranking evaluation through the split (2 nodes, in this process) gives
     the embedded engine's metrics when a node keeps its KV caches between
@@ -230,6 +230,7 @@ def test_decoding_as_messages_equals_one_process_with_or_without_node_caches(
     import torch
 
     from fedrec.flower.client import client_app_for
+    from fedrec.flower.growing_log import GrowingLog
     from fedrec.flower.split import eval_items, scratch_of, sides
     from fedrec.flower.split_server import evaluate_round
     from fedrec.flower.store import NodeStore
@@ -247,7 +248,17 @@ def test_decoding_as_messages_equals_one_process_with_or_without_node_caches(
     sent, wire, cached = {}, {}, {}
     modes = {"kept": {}, "fresh": {"forget": (head, tail)}}
     modes |= {"lost": {"lose": (head, tail)}, "lost-between": {"lose": (head,)}}
+    appended = []  # (node's log, entry, start, positions) of every append
+    append = GrowingLog.append
+
+    def record(log, parts):
+        node = str(log.path)
+        appended.extend((node, e, at, t.shape[-2]) for e, (at, t) in parts.items())
+        append(log, parts)
+
+    monkeypatch.setattr(GrowingLog, "append", record)
     for mode, how in modes.items():
+        appended.clear()
         grid = _InProcessGrid(app, 2, **how)
         run = f"k-{mode}"
         got = evaluate_round(grid, eng, {0: 100, 1: 101}, {0, 1}, 0, opts, run)
@@ -277,6 +288,13 @@ def test_decoding_as_messages_equals_one_process_with_or_without_node_caches(
         # rows decode different tokens (a constant decoding would not tell a
         # cache rebuilt from the wrong prefix from the right one)
         assert len(decoded) > 2
+        if mode in ("kept", "fresh"):  # caches kept or restored, none rebuilt:
+            # each entry's positions appended once, in order, from 0
+            ends: dict[tuple[str, str], int] = {}
+            for path, entry, start, n in appended:
+                assert start == ends.get((path, entry), 0), (mode, entry)
+                ends[path, entry] = start + n
+            assert ends and max(ends.values()) > 2
         sent[mode], wire[mode] = grid.sent, got["split_eval_hidden_bytes"]
         cached[mode] = got["split_eval_cached_rows"]
         assert not grid.replies

@@ -220,3 +220,39 @@ def test_a_train_message_keeps_exactly_the_engines_rows_on_the_node(
     assert list(sent) == list(uploads)
     for n in uploads:
         assert torch.allclose(sent[n], uploads[n], atol=1e-12), n
+
+
+def test_write_parts_resumes_partial_writes_and_splits_long_buffer_lists(
+    tmp_path, monkeypatch
+):
+    """More buffers than one ``pwritev`` takes, each call writing at most 7
+    bytes: the file holds the parts back to back all the same; and a store
+    saves more tensors than ``IOV_MAX`` buffers (the real limit)."""
+    from fedrec.flower import records
+    from fedrec.flower.store import _CACHE, NodeStore
+
+    parts = [bytes([i]) * (i % 5) for i in range(40)]  # some empty
+    real, calls = os.pwritev, []
+
+    def stingy(fd, buffers, offset):
+        calls.append(len(buffers))
+        assert len(buffers) <= 3
+        return real(fd, [b"".join(bytes(b) for b in buffers)[:7]], offset)
+
+    monkeypatch.setattr(records, "_IOV_MAX", 3)
+    monkeypatch.setattr(records.os, "pwritev", stingy)
+    path = tmp_path / "f"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        assert records.write_parts(fd, parts, 5) == sum(map(len, parts))
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == bytes(5) + b"".join(parts)
+    assert len(calls) >= sum(map(len, parts)) / 7
+    monkeypatch.undo()
+
+    many = {f"t{i}": torch.full((2,), float(i)) for i in range(1500)}
+    st = NodeStore(tmp_path / "node", keep=True)
+    st.save(many, generation=1)
+    _CACHE.clear()  # read from the disk
+    _same(st.load(), many)

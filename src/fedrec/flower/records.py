@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import os
 import struct
 from typing import Any
 
@@ -24,6 +25,7 @@ import torch
 PACKED = "fedrec.packed"
 _META_LEN = struct.Struct("<I")
 _ALIGN = 64
+_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 16
 
 
 def pack(tensors: dict[str, torch.Tensor]) -> bytes:
@@ -46,6 +48,27 @@ def pack_parts(tensors: dict[str, torch.Tensor]) -> list[bytes | memoryview]:
     for t, pad in zip(tensors.values(), pads, strict=True):
         parts += [_raw(t), pad]
     return parts
+
+
+def write_parts(fd: int, parts: list[bytes | memoryview], offset: int) -> int:
+    """Write ``parts`` back to back at ``offset`` of file ``fd``; the bytes written.
+
+    ``pwritev`` calls of at most ``IOV_MAX`` buffers each, resumed after a
+    partial write (a call writes at most ≈ 2 GiB on Linux).
+    """
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    done = first = 0
+    while first < len(views):
+        n = os.pwritev(fd, views[first : first + _IOV_MAX], offset + done)
+        if n <= 0:
+            raise OSError(f"no bytes written at offset {offset + done}")
+        done += n
+        while first < len(views) and n >= len(views[first]):
+            n -= len(views[first])
+            first += 1
+        if n:  # the rest of a partly written buffer
+            views[first] = views[first][n:]
+    return done
 
 
 def _raw(t: torch.Tensor) -> memoryview:

@@ -20,6 +20,7 @@ import torch
 
 from fedrec.fl.seq import concat_scores
 from fedrec.flower.client import store_of
+from fedrec.flower.growing_log import GrowingLog
 from fedrec.flower.mods import HIDDEN, SCORES, UPLOADS
 from fedrec.flower.records import from_record, to_record
 from fedrec.flower.split import (
@@ -203,10 +204,11 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
         saved, out = scratch(msg, store, clients), {}
         items = eval_items(eng, clients)
         # the caches as the node's last message left them (a fresh process)
-        disk = store_of(msg, context, "-kv")
+        disk = _kv_log(msg, context)
         _restore(disk, store.root, s)
         if not step:  # a new decoding: the caches of others go
             _forget(store.root)
+            disk.reset()
         tail_cached = []  # rows whose block L−1 cache this process holds
         for i in cfg["open"]:
             ids, new = prefix(eng, saved, items[i], i)
@@ -237,7 +239,7 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
         saved, down = store.load() or {}, from_record(msg.content[HIDDEN])
         items, still = eval_items(eng, clients), []
         eos = eng.model.tok.eos_token_id
-        disk = store_of(msg, context, "-kv")
+        disk = _kv_log(msg, context)
         _restore(disk, store.root, s)
         # h_{L−1} of the whole prefix, or of the newest position only where
         # the head reported this node's cache: a reported cache now gone
@@ -270,6 +272,7 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
         store.save(saved)
         if not still:  # decoding done: no caches to keep
             _forget(store.root)
+            disk.reset()
         _persist(disk, store.root)
         if still or not items:
             return reply(msg, {}, open=still)
@@ -277,49 +280,74 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
 
 
 # (node store, round, row) -> this process's KV caches of that row's decoding
-# ("head": blocks [0, k), "tail": block L−1). Each message leaves them in the
-# node's "-kv" store too, so that a message served by another process (a
-# deployed SuperNode starts one per message) restores them; where they are
+# ("head": blocks [0, k), "tail": block L−1). Each message appends what they
+# gained to the node's "-kv" log, so that a message served by another process
+# (a deployed SuperNode starts one per message) restores them; where they are
 # gone, the node rebuilds them from the prefix, with the same tokens
 _KV: dict[tuple[Any, int, int], dict[str, Any]] = {}
-# node store -> the generation of its "-kv" store that this process's _KV is
-_KV_GEN: dict[Any, int] = {}
+# node store -> the version of its "-kv" log that this process's _KV is
+_KV_GEN: dict[Any, tuple[int, int]] = {}
+# (node store, round, row, head or tail) -> (the cache, {layer: positions in
+# the log}): what _persist has appended of each cache this process holds
+_SAVED: dict[tuple[Any, int, int, str], tuple[Any, dict[int, int]]] = {}
 
 
-def _persist(kv: Any, root: Any) -> None:
-    """Save this process's caches of node store ``root`` to its ``-kv`` store.
+def _kv_log(msg: Any, context: Any) -> GrowingLog:
+    """The node's log of its decoding caches (in the run's ``-kv`` store)."""
+    return GrowingLog(store_of(msg, context, "-kv").root)
 
-    Entries ``"<round>|<row>|<head or tail>|<layer>|<k or v>"``, the layers'
-    keys and values ``(1, heads, positions, head_dim)``.
+
+def _persist(kv: GrowingLog, root: Any) -> None:
+    """Append to ``kv`` the positions this process's caches of ``root`` gained.
+
+    Entries ``"<round>|<row>|<head or tail>|<layer>|<k or v>"``, slices of the
+    layers' keys and values ``(1, heads, positions, head_dim)``; a cache
+    rebuilt since (a new object) goes from position 0, replacing its entry.
     """
-    out = {}
+    new = {}
     for (r, rnd, i), caches in _KV.items():
         if r != root:
             continue
         for which, cache in caches.items():
+            held, done = _SAVED.get((r, rnd, i, which), (None, {}))
+            if held is not cache:
+                done = {}
             for layer, lay in enumerate(cache.layers):
-                if getattr(lay, "keys", None) is not None and lay.keys.numel():
-                    out[f"{rnd}|{i}|{which}|{layer}|k"] = lay.keys
-                    out[f"{rnd}|{i}|{which}|{layer}|v"] = lay.values
-    kv.save(out)
-    _KV_GEN[root] = kv.newest()
+                keys = getattr(lay, "keys", None)
+                if keys is None or not keys.numel():
+                    continue
+                n, start = keys.shape[-2], done.get(layer, 0)
+                start = start if start <= n else 0
+                if n > start:
+                    name = f"{rnd}|{i}|{which}|{layer}"
+                    new[f"{name}|k"] = (start, keys[..., start:, :])
+                    new[f"{name}|v"] = (start, lay.values[..., start:, :])
+                    done[layer] = n
+            _SAVED[(r, rnd, i, which)] = (cache, done)
+    kv.append(new)
+    _KV_GEN[root] = kv.version()
 
 
-def _restore(kv: Any, root: Any, s: Any) -> None:
-    """Make this process's caches of ``root`` those its ``-kv`` store holds.
+def _restore(kv: GrowingLog, root: Any, s: Any) -> None:
+    """Make this process's caches of ``root`` those its ``-kv`` log holds.
 
-    Nothing to do when this process saved the newest generation itself.
+    Nothing to do when this process committed the log's newest version itself.
     """
-    gen = kv.newest()
+    gen = kv.version()
     if _KV_GEN.get(root) == gen:
         return
     _forget(root)
-    saved = kv.load() or {}
+    saved = kv.read()
     for name in sorted(n for n in saved if n.endswith("|k")):
+        values = saved.get(name[:-1] + "v")
+        if values is None or values.shape != saved[name].shape:
+            continue  # a half entry: that cache is rebuilt from the prefix
         rnd, i, which, layer, _ = name.split("|")
-        caches = _KV.setdefault((root, int(rnd), int(i)), {})
-        cache = caches.setdefault(which, cache_for(s))
-        cache.update(saved[name], saved[name[:-1] + "v"], int(layer))
+        key = (root, int(rnd), int(i))
+        cache = _KV.setdefault(key, {}).setdefault(which, cache_for(s))
+        cache.update(saved[name], values, int(layer))
+        _, done = _SAVED.setdefault((*key, which), (cache, {}))
+        done[int(layer)] = saved[name].shape[-2]
     _KV_GEN[root] = gen
 
 
@@ -332,6 +360,8 @@ def _forget(root: Any) -> None:
     """Drop this process's KV caches of node store ``root``'s decoding."""
     for key in [k for k in _KV if k[0] == root]:
         del _KV[key]
+    for key in [k for k in _SAVED if k[0] == root]:
+        del _SAVED[key]
 
 
 def _scores(eng: Any, saved: Tensors, items: list[tuple[str, int, int]]) -> Tensors:

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from fedrec.errors import FedrecError
-from fedrec.flower.records import pack_parts, unpack
+from fedrec.flower.records import pack_parts, unpack, write_parts
 
 _HEADER = struct.Struct("<QQ")  # generation (0: never completed), body length
 # store root -> (generation, tensors) this process last saved or loaded
@@ -135,8 +135,7 @@ class NodeStore:
             fd = self._fds[older] = os.open(
                 self.files[older], os.O_RDWR | os.O_CREAT, 0o600
             )
-        if os.pwritev(fd, body, _HEADER.size) != length:  # the parts, not a copy
-            raise OSError(f"short write to {self.files[older]}")
+        write_parts(fd, body, _HEADER.size)  # the parts as they are, not a copy
         if os.fstat(fd).st_size > _HEADER.size + length:
             os.ftruncate(fd, _HEADER.size + length)
         os.pwrite(fd, _HEADER.pack(generation, length), 0)  # commits the save
