@@ -35,31 +35,21 @@ import torch
 from fedrec.build import build_engine
 from fedrec.config import config_from_raw
 from fedrec.flower.client import client_app_for
-from fedrec.flower.records import to_record
+from fedrec.flower.server import train_contents
 from flower import config, echo_client_app  # bench/flower.py, this directory
 
 NODES, NODE = 10, 3
 
 
 def messages(eng: Any, n: int) -> list[Any]:
-    """Node ``NODE``'s train messages of rounds ``0..n-1`` (every client)."""
-    from flwr.app import ConfigRecord, Message, Metadata, RecordDict
+    """Node ``NODE``'s train messages of rounds ``0..n-1``, as the ServerApp's."""
+    from flwr.app import Message, Metadata
 
     out = []
     for rnd in range(n):
-        clients = eng.sample(rnd)
-        mine = (clients % NODES) == NODE
-        groups = {a: g[clients] for a, g in eng.groups.items()}
-        received = eng.strategy.broadcast(eng.server, eng.partition, clients, groups)
-        cfg = {"round": rnd, "clients": clients[mine].tolist(), "store": "glue"}
-        content = RecordDict(
-            {
-                "received": to_record({k: t[mine] for k, t in received.items()}),
-                "config": ConfigRecord(cfg),
-            }
-        )
+        contents = train_contents(eng, rnd, NODES, {NODE}, "glue")[3]
         md = Metadata(1, f"m{rnd}", 0, 100 + NODE, "", "", 0.0, 1e6, "train")
-        out.append(Message(metadata=md, content=content))
+        out.append(Message(metadata=md, content=contents[NODE]))
     return out
 
 

@@ -116,22 +116,11 @@ def _train_round(
 
     ``key`` names the nodes' stores of this run (stable across a resume).
     """
-    from flwr.app import ConfigRecord, Message, RecordDict
+    from flwr.app import Message
 
     t0 = time.perf_counter()
-    parts = len(host)
-    clients = eng.sample(rnd)
-    groups = {a: g[clients] for a, g in eng.groups.items()}
-    received = eng.strategy.broadcast(eng.server, eng.partition, clients, groups)
-    sel = {p: (clients % parts) == p for p in sorted(live)}
-    sel = {p: s for p, s in sel.items() if s.any()}
-    msgs = []
-    for p, s in sel.items():
-        cfg = ConfigRecord({"round": rnd, "clients": clients[s].tolist(), "store": key})
-        part = to_record({n: t[s] for n, t in received.items()})
-        msgs.append(
-            Message(RecordDict({"received": part, "config": cfg}), host[p], "train")
-        )
+    clients, received, sel, contents = train_contents(eng, rnd, len(host), live, key)
+    msgs = [Message(contents[p], host[p], "train") for p in sel]
     replies = _collect(grid, msgs, host, opts, rnd, "train")
     served = torch.zeros(len(clients), dtype=torch.bool)
     uploads = {n: torch.empty_like(received[n]) for n in eng.partition.uploaded}
@@ -151,6 +140,31 @@ def _train_round(
         client_node_s=node_s,  # inside the train handler, summed over nodes
     )
     return m
+
+
+def train_contents(
+    eng: Any, rnd: int, parts: int, live: set[int], key: str
+) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict[int, Any], dict[int, Any]]:
+    """Round ``rnd``'s train messages to the live partitions of ``parts``.
+
+    ``(clients, received, {p: clients' mask}, {p: message content})``: the
+    round's sample and its broadcast, and for each live partition hosting
+    sampled clients their share (``received``, ``config``: round, clients,
+    the run's store ``key``).
+    """
+    from flwr.app import ConfigRecord, RecordDict
+
+    clients = eng.sample(rnd)
+    groups = {a: g[clients] for a, g in eng.groups.items()}
+    received = eng.strategy.broadcast(eng.server, eng.partition, clients, groups)
+    sel = {p: (clients % parts) == p for p in sorted(live)}
+    sel = {p: s for p, s in sel.items() if s.any()}
+    contents = {}
+    for p, s in sel.items():
+        cfg = ConfigRecord({"round": rnd, "clients": clients[s].tolist(), "store": key})
+        part = to_record({n: t[s] for n, t in received.items()})
+        contents[p] = RecordDict({"received": part, "config": cfg})
+    return clients, received, sel, contents
 
 
 def close_round(
