@@ -8,7 +8,7 @@ after LDP noise.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Set
 from typing import Any
 
 import torch
@@ -26,7 +26,7 @@ HIDDEN_FIELDS = {"tensor", "attention_mask", "position_ids"}
 Mod = Callable[[Any, Any, Callable[[Any, Any], Any]], Any]
 
 
-def wire_audit(shared: Callable[[Any], set[str]]) -> Mod:
+def wire_audit(shared: Callable[[Any], Set[str]]) -> Mod:
     """Refuse any reply that carries a tensor the method did not declare shared.
 
     ``shared(context)`` gives the parameter names the method uploads. A reply
@@ -38,12 +38,13 @@ def wire_audit(shared: Callable[[Any], set[str]]) -> Mod:
     """
 
     def mod(msg: Any, context: Any, call_next: Callable[[Any, Any], Any]) -> Any:
-        from flwr.app import Error, Message
+        from flwr.app import ArrayRecord, Error, Message
 
         reply = call_next(msg, context)
         if reply.has_error():
             return reply
-        records = reply.content.array_records
+        # (not ``.array_records``: a synced copy, ≈ 8 µs)
+        records = {k: r for k, r in reply.content.items() if isinstance(r, ArrayRecord)}
         known = (UPLOADS, SCORES, HIDDEN)
         refused = sorted(f"record {k!r}" for k in records if k not in known)
         if UPLOADS in records:

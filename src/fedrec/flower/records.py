@@ -91,14 +91,23 @@ def _layout(sig: tuple[Any, ...]) -> tuple[bytes, list[bytes]]:
 
 
 def unpack(body: bytearray) -> dict[str, torch.Tensor]:
-    """Tensors viewing packed ``body`` (writable, no copies)."""
+    """Tensors viewing packed ``body`` (writable, no copies).
+
+    Through numpy where the dtype has one: ``torch.from_numpy`` of a numpy
+    view costs ≈ 2 µs a tensor, ``torch.frombuffer`` + ``reshape`` ≈ 4.
+    """
     out, end = {}, len(body)
-    for name, dt, shape, count, offset in _meta(body):
-        if offset + count * dt.itemsize > end:
+    flat = np.frombuffer(body, dtype=np.uint8)
+    for name, dt, np_dt, shape, count, offset in _meta(body):
+        nbytes = count * dt.itemsize
+        if offset + nbytes > end:
             raise ValueError(f"tensor {name!r} runs past the end of the data")
-        if count:
-            flat = torch.frombuffer(body, dtype=dt, count=count, offset=offset)
-            out[name] = flat.reshape(shape)
+        if np_dt is not None:
+            view = flat[offset : offset + nbytes].view(np_dt).reshape(shape)
+            out[name] = torch.from_numpy(view)
+        elif count:
+            flat_t = torch.frombuffer(body, dtype=dt, count=count, offset=offset)
+            out[name] = flat_t.reshape(shape)
         else:
             out[name] = torch.empty(shape, dtype=dt)
     return out
@@ -108,9 +117,15 @@ def to_record(tensors: dict[str, torch.Tensor] | dict[str, np.ndarray]) -> Any:
     """An ``ArrayRecord`` holding ``tensors`` (tensors or arrays) packed."""
     from flwr.app import Array, ArrayRecord
 
-    body = pack({n: torch.as_tensor(t) for n, t in tensors.items()})
-    packed = Array(dtype="uint8", shape=(len(body),), stype=PACKED, data=body)
-    return ArrayRecord({PACKED: packed})
+    body = pack(
+        {
+            n: t if isinstance(t, torch.Tensor) else torch.as_tensor(t)
+            for n, t in tensors.items()
+        }
+    )
+    record = ArrayRecord()  # then one item: ArrayRecord({...}) validates twice
+    record[PACKED] = Array("uint8", (len(body),), PACKED, body)
+    return record
 
 
 def from_record(record: Any) -> dict[str, torch.Tensor]:
@@ -136,11 +151,12 @@ def _is_packed(record: Any) -> bool:
     return list(record) == [PACKED] and record[PACKED].stype == PACKED
 
 
-_Entry = tuple[str, torch.dtype, list[int], int, int]  # name, dtype, shape, numel, at
+# name, dtype, its numpy dtype (None: numpy has none), shape, numel, byte offset
+_Entry = tuple[str, torch.dtype, Any, list[int], int, int]
 
 
 def _meta(body: bytes | bytearray) -> list[_Entry]:
-    """``(name, dtype, shape, numel, byte offset)`` of each tensor in ``body``."""
+    """``(name, dtype, numpy dtype, shape, numel, offset)`` of each tensor."""
     (n,) = _META_LEN.unpack_from(body)
     return _parse(bytes(body[_META_LEN.size : _META_LEN.size + n]))
 
@@ -150,6 +166,14 @@ def _parse(head: bytes) -> list[_Entry]:
     out, offset = [], _META_LEN.size + len(head)
     for name, dtype, shape in json.loads(head):
         dt, count = getattr(torch, dtype), math.prod(shape)
-        out.append((name, dt, shape, count, offset))
+        out.append((name, dt, _numpy_dtype(dt), shape, count, offset))
         offset += count * dt.itemsize + (-count * dt.itemsize % _ALIGN)
     return out
+
+
+def _numpy_dtype(dt: torch.dtype) -> Any:
+    """The numpy dtype of ``dt``, or ``None`` (bfloat16 and others it lacks)."""
+    try:
+        return torch.empty(0, dtype=dt).numpy().dtype
+    except TypeError:
+        return None
