@@ -20,6 +20,7 @@ hosts the clients ``c ≡ p (mod P)``. Their private tensors live in the node's
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from typing import Any
@@ -131,13 +132,12 @@ def _build(key: str, raw: dict[str, Any] | None) -> FedrecClientApp:
             node_side_only(eng)  # a split config's node: its own layers only
         return engines[key]
 
-    uploaded: dict[int, frozenset[str]] = {}  # per engine (by id: engines stay)
+    @functools.cache  # per engine; engines live as long as the app
+    def uploaded(eng: Any) -> frozenset[str]:
+        return frozenset(eng.partition.uploaded)
 
     def shared(context: Context) -> frozenset[str]:
-        eng = engine_of(context)
-        if id(eng) not in uploaded:
-            uploaded[id(eng)] = frozenset(eng.partition.uploaded)
-        return uploaded[id(eng)]
+        return uploaded(engine_of(context))
 
     app = FedrecClientApp(key, raw, mods=[wire_audit(shared), upload_mods(engine_of)])
 
