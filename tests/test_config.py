@@ -162,6 +162,8 @@ def test_override_does_not_mutate_nested_tables(tmp_path):
         (["train.client_fraction=1.5"], "train.client_fraction"),
         (["train.rounds=0"], "train.rounds"),
         (["train.lr=0"], "train.lr"),
+        (["train.min_rows_per_bucket=-1"], "train.min_rows_per_bucket"),
+        (["train.max_rows_per_bucket=8"], "train.min_rows_per_bucket"),
         (["data.val_ratio=0.9", "data.test_ratio=0.2"], "val + test"),
         (["data.val_ratio=1.0"], "data.val_ratio"),
         (["model.layers=[4,0]"], "model.layers"),

@@ -159,6 +159,7 @@ class TrainConfig:
     engine: Literal["stacked", "loop"] = "stacked"
     dtype: Literal["float32", "float64"] = "float32"
     max_rows_per_bucket: int = 65536
+    min_rows_per_bucket: int = 4096
     max_rows_per_client: int = 0
     device: str = "cpu"
 
@@ -173,6 +174,10 @@ class TrainConfig:
         _check(self.lr > 0, "train.lr must be > 0")
         _check(0 < self.client_fraction <= 1, "train.client_fraction must be in (0, 1]")
         _check(self.clients_per_round >= 0, "train.clients_per_round must be >= 0")
+        _check(
+            0 <= self.min_rows_per_bucket <= self.max_rows_per_bucket,
+            "train.min_rows_per_bucket must be in [0, train.max_rows_per_bucket]",
+        )
 
 
 @dataclass

@@ -9,6 +9,7 @@ import torch
 from fedrec.build import build_engine
 from fedrec.config import ExperimentConfig, config_from_raw
 from fedrec.data.synthetic import make_synthetic
+from fedrec.fl.clients import buckets_by_length
 from fedrec.fl.partition import PRIVATE, SHARED, group_role
 from fedrec.fl.stacked import StackedAdam
 from fedrec.methods.fedavg import FedAvg, FedAvgConfig
@@ -63,9 +64,13 @@ def _run(engine: str, **train):
     return eng
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_stacked_equals_loop_after_three_rounds(optimizer):
-    a, b = _run("stacked", optimizer=optimizer), _run("loop", optimizer=optimizer)
+@pytest.mark.parametrize(
+    ("optimizer", "min_rows"),
+    [("adam", 4096), ("sgd", 4096), ("adam", 0)],  # 0: buckets split by length
+)
+def test_stacked_equals_loop_after_three_rounds(optimizer, min_rows):
+    a = _run("stacked", optimizer=optimizer, min_rows_per_bucket=min_rows)
+    b = _run("loop", optimizer=optimizer)
     # the partition really has all three kinds and partial sampling left a group out
     roles = set(a.partition.roles.values())
     assert {PRIVATE, SHARED, group_role("group")} <= roles
@@ -118,3 +123,21 @@ def test_stacked_adam_matches_torch_adam_and_freezes_inactive():
         torch.testing.assert_close(params["w"][c], w.detach(), rtol=0, atol=1e-12)
     assert torch.equal(params["w"][2], p0[2])  # never active: untouched
     assert opt.t.tolist() == [3, 3, 0]
+
+
+@pytest.mark.parametrize(
+    ("max_rows", "min_rows", "want"),
+    [
+        # longest first (8, 6, 5, 4, 3, 2); 3 < 8 / 2 starts a bucket, 4 does not
+        (100, 0, [[1, 4, 0, 3], [5, 2]]),
+        # at 3 the bucket holds 4 x 8 = 32 < 40 cells, at 2 it holds 40
+        (100, 40, [[1, 4, 0, 3, 5], [2]]),
+        (100, 100, [[1, 4, 0, 3, 5, 2]]),
+        # 4 x 8 > 30 closes a bucket whatever the lengths
+        (30, 100, [[1, 4, 0], [3, 5, 2]]),
+    ],
+)
+def test_buckets_by_length(max_rows, min_rows, want):
+    lengths = np.array([5, 8, 2, 4, 6, 3])
+    got = buckets_by_length(lengths, max_rows, min_rows)
+    assert [b.tolist() for b in got] == want

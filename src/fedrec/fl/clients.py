@@ -171,12 +171,17 @@ def pad_segments(segments: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
-def buckets_by_length(lengths: np.ndarray, max_rows: int) -> list[np.ndarray]:
+def buckets_by_length(
+    lengths: np.ndarray, max_rows: int, min_rows: int = 0
+) -> list[np.ndarray]:
     """Group positions so that padding stays small and each group fits ``max_rows``.
 
     Positions are sorted by length (longest first); a bucket closes when its
-    padded size would pass ``max_rows`` or a length falls below half its longest,
-    so at most half of a bucket's cells are padding.
+    padded size would pass ``max_rows``, or when a length falls below half its
+    longest once the bucket holds ``min_rows`` padded cells or more. Below
+    ``min_rows`` cells nothing is split for padding: each bucket is one pass
+    (``vmap`` of the model, forward and backward) whose fixed cost, for a
+    small model, is that of thousands of rows.
     """
     order = np.argsort(-lengths, kind="stable")
     out: list[np.ndarray] = []
@@ -186,7 +191,9 @@ def buckets_by_length(lengths: np.ndarray, max_rows: int) -> list[np.ndarray]:
             out.append(order[start:i])
             break
         top = max(int(lengths[order[start]]), 1)
-        if (i - start + 1) * top > max_rows or lengths[order[i]] * 2 < top:
+        full = (i - start + 1) * top > max_rows
+        sparse = lengths[order[i]] * 2 < top and (i - start) * top >= min_rows
+        if full or sparse:
             out.append(order[start:i])
             start = i
     return out

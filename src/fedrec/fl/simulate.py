@@ -164,11 +164,16 @@ class EmbeddedEngine:
         if not params:  # nothing trainable (e.g. the pre-trained model as is)
             losses = torch.full((len(clients),), math.nan, dtype=torch.float64)
         else:
-            train, extra = (
-                (train_stacked, {"max_rows": tc.max_rows_per_bucket})
-                if tc.engine == "stacked"
-                else (train_loop, {"clients": clients.tolist()})
-            )
+            if tc.engine == "stacked":
+                train, extra = (
+                    train_stacked,
+                    {
+                        "max_rows": tc.max_rows_per_bucket,
+                        "min_rows": tc.min_rows_per_bucket,
+                    },
+                )
+            else:
+                train, extra = train_loop, {"clients": clients.tolist()}
             params, losses = train(
                 self.task, params, received, plans, lrs, tc.optimizer, penalty, **extra
             )

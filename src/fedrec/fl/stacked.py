@@ -113,6 +113,7 @@ def train_stacked(
     optimizer: str = "adam",
     penalty: Penalty | None = None,
     max_rows: int = 65536,
+    min_rows: int = 0,
 ) -> tuple[Params, torch.Tensor]:
     """Run every client's local steps; return new params and mean data loss ``(C,)``.
 
@@ -131,6 +132,9 @@ def train_stacked(
     penalty
         Optional client-side regulariser ``penalty(params, received)`` added to the
         loss (e.g. FedProx's proximal term); not part of the reported loss.
+    max_rows, min_rows
+        How the active clients of a step are bucketed into passes
+        (:func:`~fedrec.fl.clients.buckets_by_length`).
     """
 
     def objective(p: Params, r: Params, rows: torch.Tensor, mask: torch.Tensor):
@@ -151,7 +155,9 @@ def train_stacked(
             n: (torch.empty_like if full else torch.zeros_like)(p)
             for n, p in params.items()
         }
-        for b in buckets_by_length(np.array([len(s) for s in segs]), max_rows):
+        for b in buckets_by_length(
+            np.array([len(s) for s in segs]), max_rows, min_rows
+        ):
             cidx = torch.as_tensor(active_ids[b])
             rows, mask = pad_segments([segs[i] for i in b])
             sub = {n: p[cidx] for n, p in params.items()}
@@ -175,11 +181,14 @@ def predict_stacked(
     params: Params,
     segments: list[np.ndarray],
     max_rows: int = 65536,
+    min_rows: int = 0,
 ) -> list[torch.Tensor]:
     """Scores of each client's rows under its own params ``(C, ...)``."""
     fn = vmap(task.predict)  # type: ignore[attr-defined]
     out: list[torch.Tensor] = [torch.empty(0)] * len(segments)
-    for b in buckets_by_length(np.array([len(s) for s in segments]), max_rows):
+    for b in buckets_by_length(
+        np.array([len(s) for s in segments]), max_rows, min_rows
+    ):
         cidx = torch.as_tensor(b)
         rows, mask = pad_segments([segments[i] for i in b])
         scores = fn({n: p[cidx] for n, p in params.items()}, rows)

@@ -73,7 +73,13 @@ class CTRTask:
         for cids, params in chunks:
             segs = [self.fed.client_rows(split, c) for c in cids.tolist()]
             if train.engine == "stacked":
-                scores = predict_stacked(self, params, segs, train.max_rows_per_bucket)
+                scores = predict_stacked(
+                    self,
+                    params,
+                    segs,
+                    train.max_rows_per_bucket,
+                    train.min_rows_per_bucket,
+                )
             else:
                 scores = predict_loop(self, params, segs)
             probs.extend(s.double() for s in scores)
