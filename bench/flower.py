@@ -29,12 +29,13 @@ every round), four runs on the same config:
 
 Flower's simulation moves new messages from the SuperLink to the workers by
 polling every 100 ms, so a round first waits 0–100 ms for that pickup,
-depending on where it starts in the cycle: three runs of the same code
-measured ratios of 1.30 to 1.55 with it. The bench makes that loop wake when
-the ServerApp stores a message (:func:`set_pickup`), for all the apps alike,
-so the numbers compare the apps, not their luck with the cycle — and no
-polling thread takes CPU from them (a 1 ms poll, stops 9–15, kept 18% of a
-core busy; ``--pickup-poll 0.001`` still runs that way).
+depending on where it starts in the cycle (three runs of the same code
+measured ratios of 1.30 to 1.55 with it), and the ServerApp polls for the
+replies. Every app here runs inside :func:`fedrec.flower.wake.woken`, as
+fedrec's own simulation does: a stored message wakes the pickup, a stored
+reply the ServerApp's wait, for all the apps alike, so the numbers compare
+the apps, not their luck with the cycle, and no polling thread takes CPU
+from them.
 
 Each row runs in one of two **placements**, interleaved repeat by repeat:
 ``shared`` (every process may use every CPU) and ``pinned`` (the node worker
@@ -148,22 +149,24 @@ def flower_rounds(
     from flwr.simulation import run_simulation
 
     from fedrec.flower.apps import flower_apps
+    from fedrec.flower.wake import woken
 
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     history: list[dict[str, Any]] = []
     server_app, client_app = flower_apps(raw, nodes, history)
     cpus = len(os.sched_getaffinity(0))
     _ACTOR_S.clear()
-    run_simulation(
-        server_app=server_app,
-        client_app=echo_client_app(busy_s, idle_s) if echo else client_app,
-        num_supernodes=nodes,
-        # one actor: it asks for every CPU this process may use (one if pinned)
-        backend_config={
-            "client_resources": {"num_cpus": cpus},
-            "init_args": {"num_cpus": cpus},
-        },
-    )
+    with woken():  # as fedrec's own simulation runs (fedrec.flower.wake)
+        run_simulation(
+            server_app=server_app,
+            client_app=echo_client_app(busy_s, idle_s) if echo else client_app,
+            num_supernodes=nodes,
+            # one actor: it asks for every CPU this process may use (one if pinned)
+            backend_config={
+                "client_resources": {"num_cpus": cpus},
+                "init_args": {"num_cpus": cpus},
+            },
+        )
     for h in history:
         h["actor_s"] = _ACTOR_S.get(h["round"], math.nan)
     return history
@@ -191,41 +194,6 @@ def time_actor_calls() -> None:
         return out
 
     RayBackend.process_message = process_message
-
-
-def set_pickup(poll_s: float | None = None) -> None:
-    """How Flower's simulation hands new messages to its workers.
-
-    flwr 1.41's loop polls the link state every 100 ms, so a round first waits
-    0–100 ms for its messages. Default here (``poll_s=None``): the loop wakes
-    as soon as the ServerApp stores a message (an event set by the link
-    state's ``store_message_ins``), so it neither waits nor burns CPU. With
-    ``poll_s``, a fixed poll instead (stop 9–15's setting: 1 ms, which kept
-    18% of a core busy polling the ten nodes).
-    """
-    from flwr.server.superlink.fleet.vce import vce_api
-    from flwr.server.superlink.linkstate import InMemoryLinkState
-
-    stored = threading.Event()
-    if poll_s is None:
-        store = InMemoryLinkState.store_message_ins
-
-        def store_message_ins(self, message):  # type: ignore[no-untyped-def]
-            out = store(self, message)
-            stored.set()
-            return out
-
-        InMemoryLinkState.store_message_ins = store_message_ins
-
-    def add_messages_to_queue(state, queue, nodes_mapping, f_stop):  # type: ignore[no-untyped-def]
-        while not f_stop.is_set():
-            stored.clear()  # before draining: a message stored meanwhile re-wakes
-            for node_id in nodes_mapping:
-                for msg in state.get_message_ins(node_id=node_id, limit=1):
-                    queue.put(msg)
-            stored.wait(0.1 if poll_s is None else poll_s)
-
-    vce_api.add_messages_to_queue = add_messages_to_queue
 
 
 @contextlib.contextmanager
@@ -380,12 +348,6 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument(
-        "--pickup-poll",
-        type=float,
-        default=None,
-        help="poll for new messages every S seconds (default: woken per message)",
-    )
-    p.add_argument(
         "--placements",
         nargs="+",
         choices=["shared", "pinned"],
@@ -394,7 +356,6 @@ def main() -> None:
     )
     p.add_argument("--out", default="bench/results/flower.json")
     args = p.parse_args()
-    set_pickup(args.pickup_poll)
     time_actor_calls()
     rows, summaries = [], []
     for n in args.clients:
@@ -412,14 +373,12 @@ def main() -> None:
         "rows": rows,
         "rounds": args.rounds,
         "counted_rounds": args.rounds - 1,
-        "pickup_poll_s": args.pickup_poll,
         "torch_threads": torch.get_num_threads(),
         "cpus": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
         "command": "bench/flower.py --clients "
         + " ".join(map(str, args.clients))
         + f" --nodes {args.nodes} --rounds {args.rounds} --repeats {args.repeats}"
-        + (f" --pickup-poll {args.pickup_poll}" if args.pickup_poll else "")
         + " --placements "
         + " ".join(args.placements),
     }

@@ -34,6 +34,7 @@ from fedrec.flower.mods import SCORES, UPLOADS
 from fedrec.flower.pacing import ReplyPacer
 from fedrec.flower.records import arrays, from_record, to_record
 from fedrec.flower.runconfig import eval_splits, raw_of
+from fedrec.flower.wake import REPLIED
 
 log = logging.getLogger("fedrec.flower")
 DEFAULTS = {"min-nodes": 1, "node-timeout": 300.0, "round-timeout": 600.0}
@@ -323,7 +324,8 @@ def _collect(
     it —, the audit refused, the app raised) or not within ``round-timeout`` is
     logged and left out. Replies are matched to partitions by message id. Polls
     are paced to the replies' arrival (:class:`~fedrec.flower.pacing.ReplyPacer`),
-    so a round ends about a millisecond after its last reply.
+    so a round ends about a millisecond after its last reply; in the
+    simulation a stored reply wakes the poll at once (:mod:`fedrec.flower.wake`).
     """
     part_of = {n: p for p, n in host.items()}
     ids = list(grid.push_messages(msgs))
@@ -332,6 +334,7 @@ def _collect(
     }
     got, end, pacer = {}, time.monotonic() + float(opts["round-timeout"]), ReplyPacer()
     while waiting and time.monotonic() < end:
+        REPLIED.clear()  # before the poll: a reply stored meanwhile re-wakes
         replies = list(grid.pull_messages(list(waiting)))
         pacer.seen(time.monotonic(), len(replies))
         for rep in replies:
@@ -347,7 +350,7 @@ def _collect(
             else:
                 got[p] = rep.content
         if waiting:
-            time.sleep(pacer.pause(time.monotonic()))
+            REPLIED.wait(pacer.pause(time.monotonic()))
     for p in waiting.values():
         log.warning("round %d %s: no reply from partition %d in time", rnd, kind, p)
     return got

@@ -8,6 +8,7 @@ from typing import Any
 
 from fedrec.config import ExperimentConfig
 from fedrec.flower.apps import flower_apps
+from fedrec.flower.wake import woken
 
 
 def run_flower_simulation(
@@ -35,12 +36,13 @@ def run_flower_simulation(
     server_app, client_app = flower_apps(cfg.to_dict(), num_nodes, history, out, resume)
     b = cfg.backbone
     one_actor = b.kind == "causal-lm" and b.split_k > 0
-    run_simulation(
-        server_app=server_app,
-        client_app=client_app,
-        num_supernodes=num_nodes,
-        backend_config={
-            "client_resources": {"num_cpus": os.cpu_count() if one_actor else 1}
-        },
-    )
+    with woken():  # messages handed over when stored, not polled for
+        run_simulation(
+            server_app=server_app,
+            client_app=client_app,
+            num_supernodes=num_nodes,
+            backend_config={
+                "client_resources": {"num_cpus": os.cpu_count() if one_actor else 1}
+            },
+        )
     return history
