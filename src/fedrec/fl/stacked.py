@@ -3,8 +3,11 @@
 Every trainable tensor carries a leading client axis ``C`` (per-client copies,
 never views of server state). At local step k each client that still has a
 batch contributes one mini-batch; clients are grouped into buckets of similar
-batch length, padded, masked, and their gradients taken with
-``vmap(grad(task.loss))``, so each client gets exactly its own gradient.
+batch length, padded and masked. A bucket's per-client losses ``(C,)`` come
+from ``vmap(task.loss)``; one backward pass of their sum gives every client
+exactly its own gradient, as client c's loss depends on row c of each
+tensor alone (a ``vmap(grad(task.loss))`` transform gives the same, at ≈ 1.4×
+the time for a node's 10 clients).
 :class:`StackedAdam` then updates only the clients active at step k, each with
 its own moments and step count (zeroing a gradient is not enough: Adam with
 non-zero moments moves a parameter whose gradient is zero, fedpa.md §10).
@@ -19,7 +22,7 @@ import math
 
 import numpy as np
 import torch
-from torch.func import grad_and_value, vmap
+from torch.func import vmap
 
 from fedrec.fl.clients import buckets_by_length, pad_segments
 from fedrec.fl.task import Params, Penalty
@@ -142,7 +145,7 @@ def train_stacked(
         extra = penalty(p, r) if penalty is not None else 0.0
         return data_loss + extra, data_loss
 
-    grad_fn = vmap(grad_and_value(objective, has_aux=True))
+    objectives = vmap(objective)  # (C,) objectives and data losses
     C = len(plans)
     opt = StackedAdam(params, lr, optimizer)
     loss_sum = torch.zeros(C, dtype=torch.float64)
@@ -160,11 +163,16 @@ def train_stacked(
         ):
             cidx = torch.as_tensor(active_ids[b])
             rows, mask = pad_segments([segs[i] for i in b])
-            sub = {n: p[cidx] for n, p in params.items()}
+            sub = {n: p[cidx].requires_grad_() for n, p in params.items()}
             rec = {n: r[cidx] for n, r in received.items()}
-            g, (_, data_loss) = grad_fn(sub, rec, rows, mask)
-            for n in grads:
-                grads[n][cidx] = g[n]
+            obj, data_loss = objectives(sub, rec, rows, mask)
+            # client c's objective depends on row c alone: the sum's gradient
+            # holds each client's own gradient in its row
+            g = torch.autograd.grad(
+                obj.sum(), list(sub.values()), allow_unused=True, materialize_grads=True
+            )
+            for n, gn in zip(sub, g, strict=True):
+                grads[n][cidx] = gn
             count = mask.sum(1).double()
             loss_sum[cidx] += data_loss.detach().double() * count
             n_rows[cidx] += count
