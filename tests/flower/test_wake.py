@@ -29,6 +29,7 @@ class FakeState:
 
 def test_stored_messages_and_replies_wake_their_waiters_until_the_exit(monkeypatch):
     stored = []
+
     def store(self, message):
         stored.append(message)
 
