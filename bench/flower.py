@@ -251,6 +251,9 @@ def wake_latency(pauses_ms: tuple[float, ...] = (0.0, 2.0, 16.0)) -> dict[str, f
         while os.read(ping[0], 1) != b"q":
             os.write(pong[1], b"x")
         os._exit(0)
+    for _ in range(50):  # the child's first trips fault its pages in (≈ 0.1-0.4 ms)
+        os.write(ping[1], b"p")
+        os.read(pong[0], 1)
     out = {}
     for pause in pauses_ms:
         trips = []
@@ -268,10 +271,12 @@ def wake_latency(pauses_ms: tuple[float, ...] = (0.0, 2.0, 16.0)) -> dict[str, f
     return out
 
 
-def per_client(history: list[dict[str, Any]], key: str) -> float:
-    return statistics.median(
-        (h["train_s"] - h.get(key, 0.0)) / h["clients"] for h in history[1:]
-    )
+def per_client(
+    history: list[dict[str, Any]], key: str, of: Any = statistics.median
+) -> float:
+    """``of`` (median, else e.g. mean) over the counted rounds of a round's
+    ``train_s`` minus its ``key`` (time spent computing), per client."""
+    return of((h["train_s"] - h.get(key, 0.0)) / h["clients"] for h in history[1:])
 
 
 def measure(n: int, nodes: int, rounds: int, pinned: bool) -> dict[str, Any]:
@@ -304,6 +309,10 @@ def measure(n: int, nodes: int, rounds: int, pinned: bool) -> dict[str, Any]:
         "fedrec_round_train_s": statistics.median(h["train_s"] for h in fedrec[1:]),
         "echo_round_train_s": statistics.median(h["train_s"] for h in echo[1:]),
         "embedded_ms_per_client": 1e3 * per_client(embedded, "none"),
+        # means: every round counts, a round with a collector's pause too
+        "fedrec_mean_overhead_ms_per_client": 1e3
+        * per_client(fedrec, "client_compute_s", statistics.fmean),
+        "echo_mean_ms_per_client": 1e3 * per_client(echo, "none", statistics.fmean),
         "wall_s": time.perf_counter() - t0,
     }
     for name, hist in (("fedrec", fedrec), ("echo", echo)):  # per message
@@ -320,6 +329,9 @@ def measure(n: int, nodes: int, rounds: int, pinned: bool) -> dict[str, Any]:
     row["overhead_ratio"] = fo / row["echo_ms_per_client"]
     row["overhead_ratio_vs_busy_echo"] = fo / row["busy_echo_ms_per_client"]
     row["overhead_ratio_vs_idle_echo"] = fo / row["idle_echo_ms_per_client"]
+    row["mean_overhead_ratio"] = (
+        row["fedrec_mean_overhead_ms_per_client"] / row["echo_mean_ms_per_client"]
+    )
     return {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
 
 
@@ -334,6 +346,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "overhead_ratio",
         "overhead_ratio_vs_busy_echo",
         "overhead_ratio_vs_idle_echo",
+        "mean_overhead_ratio",
     ):
         vals = [r[key] for r in rows]
         mid = statistics.median(vals)

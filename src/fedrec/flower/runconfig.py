@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from typing import Any
 
@@ -17,12 +18,20 @@ def engine_for(raw: dict[str, Any]) -> Any:
 
     A node only reads it (its clients' state comes in messages and its store);
     the ServerApp builds its own per run, as it changes the server state.
+
+    Once built, everything the process holds is moved out of the garbage
+    collector's sight (:func:`gc.freeze`): it lives as long as the process. A
+    node process holds ≈ 250k objects after importing torch, and a full
+    collection walks them all (≈ 180 ms in a Ray worker, once every ≈ 100
+    messages: Flower's unpickling of each message allocates enough to trigger
+    it); with them frozen, ≈ 1 ms.
     """
     from fedrec.build import build_engine
 
     key = json.dumps(raw, sort_keys=True)
     if key not in _ENGINES:
         _ENGINES[key] = build_engine(config_from_raw(raw))
+        gc.freeze()
     return _ENGINES[key]
 
 
