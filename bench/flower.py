@@ -238,22 +238,26 @@ def placement(pinned: bool) -> Iterator[None]:
         os.sched_setaffinity(0, set(cpus))
 
 
-def wake_latency(pauses_ms: tuple[float, ...] = (0.0, 2.0, 16.0)) -> dict[str, float]:
+def wake_latency(
+    pauses_ms: tuple[float, ...] = (0.0, 2.0, 16.0), other_cpu: bool = False
+) -> dict[str, float]:
     """Median round trip (µs) of one byte to a child process and back, each
     sent after ``pause`` ms of this process sleeping: what waking costs here.
 
-    Flower's path per message crosses processes and threads several times;
-    when a node took ~15 ms, every hop starts from an idle CPU.
+    Both processes on the first CPU, or (``other_cpu``) the child on the last:
+    a wake that crosses CPUs costs several times more on this VM, whose idle
+    CPUs halt at once (``haltpoll``, ``guest_halt_poll_ns`` 0), and Flower's
+    path crosses processes and threads several times a message.
     """
+    cpus = sorted(os.sched_getaffinity(0))
     ping, pong = os.pipe(), os.pipe()
     child = os.fork()
     if child == 0:  # the echo: answers each byte until it reads "q"
+        os.sched_setaffinity(0, {cpus[-1] if other_cpu else cpus[0]})
         while os.read(ping[0], 1) != b"q":
             os.write(pong[1], b"x")
         os._exit(0)
-    for _ in range(50):  # the child's first trips fault its pages in (≈ 0.1-0.4 ms)
-        os.write(ping[1], b"p")
-        os.read(pong[0], 1)
+    os.sched_setaffinity(0, {cpus[0]})
     out = {}
     for pause in pauses_ms:
         trips = []
@@ -266,6 +270,7 @@ def wake_latency(pauses_ms: tuple[float, ...] = (0.0, 2.0, 16.0)) -> dict[str, f
         out[f"after_{pause:g}_ms"] = round(1e6 * statistics.median(trips), 1)
     os.write(ping[1], b"q")
     os.waitpid(child, 0)
+    os.sched_setaffinity(0, set(cpus))
     for fd in (*ping, *pong):
         os.close(fd)
     return out
@@ -382,7 +387,10 @@ def main() -> None:
             summaries.append(summary(mine[p]))
     result = {
         "summary": summaries,
-        "wake_round_trip_us": wake_latency(),
+        "wake_round_trip_us": {
+            "same_cpu": wake_latency(),
+            "other_cpu": wake_latency(other_cpu=True),
+        },
         "rows": rows,
         "rounds": args.rounds,
         "counted_rounds": args.rounds - 1,
