@@ -15,7 +15,9 @@ stamped on one clock across processes (``CLOCK_MONOTONIC``):
   the reply and the context, transport, ``ray.get``).
 
 The actor stamps through a Ray worker setup hook (:func:`setup`), so no app is
-changed. Medians over the counted rounds' messages, per repeat. Writes
+changed. Medians over the counted rounds' messages, per repeat; ``compute_ms``
+is fedrec's median compute per message, as long as the idle echo sleeps.
+Every process on every CPU (``bench/flower.py``'s shared placement). Writes
 ``bench/results/flower_hops.json``.
 """
 

@@ -23,8 +23,8 @@ def engine_for(raw: dict[str, Any]) -> Any:
     collector's sight (:func:`gc.freeze`): it lives as long as the process. A
     node process holds ≈ 250k objects after importing torch, and a full
     collection walks them all (≈ 180 ms in a Ray worker, once every ≈ 100
-    messages: Flower's unpickling of each message allocates enough to trigger
-    it); with them frozen, ≈ 1 ms.
+    messages: Ray's and Flower's handling of each message allocates enough
+    to trigger it); with them frozen, ≈ 1 ms.
     """
     from fedrec.build import build_engine
 
