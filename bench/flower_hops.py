@@ -1,6 +1,6 @@
 """Where a train message's time goes on Flower's simulation path, hop by hop.
 
-    .venv/bin/python bench/flower_hops.py --clients 100 --rounds 11 --repeats 2
+    .venv/bin/python bench/flower_hops.py --clients 100 1000 --repeats 3
 
 fedrec, the echo and the idle echo of ``bench/flower.py`` (same config, same
 simulation: one Ray actor, woken pickup and replies) with every train message
