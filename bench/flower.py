@@ -155,7 +155,7 @@ def flower_rounds(
     history: list[dict[str, Any]] = []
     server_app, client_app = flower_apps(raw, nodes, history)
     cpus = len(os.sched_getaffinity(0))
-    _ACTOR_S.clear()
+    ACTOR_CALLS.clear()
     with woken():  # as fedrec's own simulation runs (fedrec.flower.wake)
         run_simulation(
             server_app=server_app,
@@ -168,19 +168,21 @@ def flower_rounds(
             },
         )
     for h in history:
-        h["actor_s"] = _ACTOR_S.get(h["round"], math.nan)
+        calls = [back - handed for r, handed, back, _ in ACTOR_CALLS if r == h["round"]]
+        h["actor_s"] = sum(calls) if calls else math.nan
     return history
 
 
-# round -> seconds Flower's worker spent in the actor calls of its train messages
-_ACTOR_S: dict[int, float] = {}
+# per train message of the last run: (round, handed to the actor, reply back,
+# the reply's metrics), on the perf_counter clock
+ACTOR_CALLS: list[tuple[int, float, float, Any]] = []
 
 
 def time_actor_calls() -> None:
-    """Record, per round, how long each train message took from Flower's worker
-    handing it to the Ray actor to getting the reply back (``actor_s``); the
-    rest of a round's ``train_s`` is spent outside the actor (the ServerApp,
-    the link state, the worker's queues)."""
+    """Record in :data:`ACTOR_CALLS` when Flower's worker handed each train
+    message to the Ray actor and got the reply back (a round's sum:
+    ``actor_s``); the rest of a round's ``train_s`` is spent outside the actor
+    (the ServerApp, the link state, the worker's queues)."""
     from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 
     call = RayBackend.process_message
@@ -188,9 +190,10 @@ def time_actor_calls() -> None:
     def process_message(self, message, context):  # type: ignore[no-untyped-def]
         t0 = time.perf_counter()
         out = call(self, message, context)
+        t1 = time.perf_counter()
         if message.metadata.message_type == "train":
             rnd = int(message.content["config"]["round"])
-            _ACTOR_S[rnd] = _ACTOR_S.get(rnd, 0.0) + time.perf_counter() - t0
+            ACTOR_CALLS.append((rnd, t0, t1, out[0].content["metrics"]))
         return out
 
     RayBackend.process_message = process_message

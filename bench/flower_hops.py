@@ -34,11 +34,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from flower import config, flower_rounds  # bench/flower.py, this directory
-
-# (app, round, handed to Ray, app called, app returned, reply back, compute_s)
-_STAMPS: list[tuple[str, int, float, float, float, float, float]] = []
-_APP = [""]
+# bench/flower.py, this directory
+from flower import ACTOR_CALLS, config, flower_rounds, time_actor_calls
 
 
 def setup() -> None:
@@ -59,55 +56,43 @@ def setup() -> None:
 
 
 def stamp_driver() -> None:
-    """Stamp each train message around Flower's call into the actor, and have
-    Ray start its workers with :func:`setup`."""
+    """Time each train message around Flower's call into the actor
+    (:func:`flower.time_actor_calls`), and have Ray start its workers with
+    :func:`setup`."""
     import ray
-    from flwr.server.superlink.fleet.vce.backend.raybackend import RayBackend
 
-    init, process = ray.init, RayBackend.process_message
+    init = ray.init
 
     def ray_init(*args, runtime_env=None, **kwargs):  # type: ignore[no-untyped-def]
         env = {**(runtime_env or {}), "worker_process_setup_hook": "flower_hops.setup"}
         return init(*args, runtime_env=env, **kwargs)
 
-    def process_message(self, message, context):  # type: ignore[no-untyped-def]
-        t0 = time.perf_counter()
-        out = process(self, message, context)
-        t1 = time.perf_counter()
-        if message.metadata.message_type == "train":
-            m = out[0].content["metrics"]
-            rnd = int(message.content["config"]["round"])
-            stamp = (_APP[0], rnd, t0, m["t_in"], m["t_out"], t1, m["compute_s"])
-            _STAMPS.append(stamp)
-        return out
-
-    ray.init, RayBackend.process_message = ray_init, process_message
+    ray.init = ray_init
+    time_actor_calls()
 
 
-def hops(app: str) -> dict[str, float]:
-    """Median ms per message of each hop of ``app``'s counted rounds."""
-    rows = [s for s in _STAMPS if s[0] == app and s[1] > 0]
+def hops() -> dict[str, float]:
+    """Median ms per message of each hop of the last run's counted rounds."""
+    calls = [c for c in ACTOR_CALLS if c[0] > 0]
     parts = {
-        "to_actor_ms": [s[3] - s[2] for s in rows],
-        "in_app_ms": [s[4] - s[3] - s[6] for s in rows],
-        "back_ms": [s[5] - s[4] for s in rows],
+        "to_actor_ms": [m["t_in"] - handed for _, handed, _, m in calls],
+        "in_app_ms": [m["t_out"] - m["t_in"] - m["compute_s"] for *_, m in calls],
+        "back_ms": [back - m["t_out"] for _, _, back, m in calls],
     }
     return {k: round(1e3 * statistics.median(v), 3) for k, v in parts.items()}
 
 
 def measure(n: int, nodes: int, rounds: int) -> dict[str, Any]:
     raw = config(n, rounds)
-    _STAMPS.clear()
-    _APP[0] = "fedrec"
+    row: dict[str, Any] = {"clients": n, "nodes": nodes}
     fedrec = flower_rounds(raw, nodes, echo=False)
-    _APP[0] = "echo"
+    row["fedrec"] = hops()
     flower_rounds(raw, nodes, echo=True)
+    row["echo"] = hops()
     per_msg = statistics.median(h["client_compute_s"] for h in fedrec[1:]) / nodes
-    _APP[0] = "idle_echo"
     flower_rounds(raw, nodes, echo=True, idle_s=per_msg)
-    row: dict[str, Any] = {"clients": n, "nodes": nodes, "compute_ms": 1e3 * per_msg}
-    for app in ("fedrec", "echo", "idle_echo"):
-        row[app] = hops(app)
+    row["idle_echo"] = hops()
+    row["compute_ms"] = 1e3 * per_msg
     return row
 
 
