@@ -87,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``fedrec`` command."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    # alembic (imported by Flower's link state) announces each plugin at INFO
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         if args.cmd == "methods":
             print("\n".join(method_names()))

@@ -96,7 +96,18 @@ def server_app_for(
                 history.append(m)
             if writer:
                 writer.round(eng, key)
-            log.info("round %d: %d/%d clients served", rnd, m["clients"], m["sampled"])
+            val = f"val_{eng.cfg.eval.select_metric}"
+            log.info(
+                "round %d (%d/%d): %d/%d clients served, %s=%.4f, %.1f s",
+                rnd,
+                rnd + 1,
+                eng.cfg.train.rounds,
+                m["clients"],
+                m["sampled"],
+                val,
+                m.get(val, float("nan")),
+                m["round_s"],
+            )
         _finish(grid, host, opts, key)
         if writer:
             writer.finish(eng.history, len(host))

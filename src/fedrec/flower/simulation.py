@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +40,7 @@ def run_flower_simulation(
     server_app, client_app = flower_apps(cfg.to_dict(), num_nodes, history, out, resume)
     b = cfg.backbone
     one_actor = b.kind == "causal-lm" and b.split_k > 0
-    with woken():  # messages handed over when stored, not polled for
+    with woken(), quiet_flower():  # woken: messages handed over when stored
         run_simulation(
             server_app=server_app,
             client_app=client_app,
@@ -46,3 +50,37 @@ def run_flower_simulation(
             },
         )
     return history
+
+
+class _NotRunSimulationDeprecation(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "`run_simulation` function is deprecated" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def quiet_flower() -> Iterator[None]:
+    """Flower's log once, at INFO, without the notices fedrec answers itself.
+
+    Flower's logger (``flwr``, level DEBUG, its own console handler at INFO)
+    also propagates to the root logger, whose handler (``fedrec``'s CLI sets
+    INFO) printed every record again, DEBUG included; here it does not
+    propagate. Left out: the notice that ``run_simulation`` is deprecated (a
+    decision, docs/design.md: fedrec runs Flower's simulation in its own
+    process, so the CLI keeps the history and the run directory; ``flwr run``
+    is the other way in) and Ray's tip about ``CUDA_VISIBLE_DEVICES`` (fedrec's
+    actors ask for no GPU).
+    """
+    flwr_log = logging.getLogger("flwr")
+    quiet = _NotRunSimulationDeprecation()
+    propagate = flwr_log.propagate
+    flwr_log.propagate = False
+    flwr_log.addFilter(quiet)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings(
+                "ignore", "Tip: In future versions of Ray", FutureWarning
+            )
+            yield
+    finally:
+        flwr_log.removeFilter(quiet)
+        flwr_log.propagate = propagate
