@@ -33,10 +33,10 @@ def test_killed_flower_run_resumes_to_the_uninterrupted_metrics(
     # round, before its checkpoint: the nodes are one round ahead of it
     real = S._evaluate_round
 
-    def killed(grid, eng, host, live, rnd, opts, key):
+    def killed(fleet, eng, live, rnd):
         if rnd == 1:
             raise RuntimeError("server killed")
-        return real(grid, eng, host, live, rnd, opts, key)
+        return real(fleet, eng, live, rnd)
 
     monkeypatch.setattr(S, "_evaluate_round", killed)
     run = tmp_path / "killed"

@@ -231,6 +231,7 @@ def test_decoding_as_messages_equals_one_process_with_or_without_node_caches(
 
     from fedrec.flower.client import client_app_for
     from fedrec.flower.growing_log import GrowingLog
+    from fedrec.flower.server import Fleet
     from fedrec.flower.split import eval_items, scratch_of, sides
     from fedrec.flower.split_server import evaluate_round
     from fedrec.flower.store import NodeStore
@@ -261,7 +262,8 @@ def test_decoding_as_messages_equals_one_process_with_or_without_node_caches(
         appended.clear()
         grid = _InProcessGrid(app, 2, **how)
         run = f"k-{mode}"
-        got = evaluate_round(grid, eng, {0: 100, 1: 101}, {0, 1}, 0, opts, run)
+        fleet = Fleet(grid, {0: 100, 1: 101}, opts, run)
+        got = evaluate_round(fleet, eng, {0, 1}, 0)
         for key in ("val_ndcg@10", "val_recall@10", "test_ndcg@10", "test_users"):
             assert got[key] == pytest.approx(want[key], abs=1e-6), (mode, key)
         assert got["test_users"] > 0 and got["split_eval_hidden_bytes"] > 0
@@ -327,6 +329,7 @@ def test_a_node_dying_mid_round_is_left_out_as_if_never_there(
     import torch
 
     from fedrec.flower.client import client_app_for
+    from fedrec.flower.server import Fleet
     from fedrec.flower.split_server import evaluate_round, train_round
 
     monkeypatch.setattr("fedrec.flower.split_server.ENTRIES_PER_MESSAGE", 1)
@@ -337,9 +340,10 @@ def test_a_node_dying_mid_round_is_left_out_as_if_never_there(
         eng = build_engine(config_from_raw(raw))
         key = f"d{dies_after}-{len(live)}-{backbone['kind']}"
         grid = _InProcessGrid(app, 2, dies=dies)
-        m = train_round(grid, eng, host, live, 0, opts, key)
+        fleet = Fleet(grid, host, opts, key)
+        m = train_round(fleet, eng, live, 0)
         grid.got = dict.fromkeys(grid.got, 0)  # and dies again in the evaluation
-        m |= evaluate_round(grid, eng, host, live, 0, opts, key)
+        m |= evaluate_round(fleet, eng, live, 0)
         runs[len(live)] = (m, {n: t.clone() for n, t in eng.server.items()})
     (alone, s_alone), (died, s_died) = runs[1], runs[2]
     assert died["failed_partitions"] == [1] == alone["failed_partitions"]
@@ -365,6 +369,7 @@ def test_the_discriminative_split_as_messages_equals_the_embedded_engine(
 
     from fedrec.flower import split
     from fedrec.flower.client import client_app_for
+    from fedrec.flower.server import Fleet
     from fedrec.flower.split_server import evaluate_round, train_round
 
     monkeypatch.setattr("fedrec.flower.split_server.ENTRIES_PER_MESSAGE", per_message)
@@ -372,24 +377,24 @@ def test_the_discriminative_split_as_messages_equals_the_embedded_engine(
     eng, ref = build_engine(config_from_raw(raw)), build_engine(config_from_raw(raw))
     assert split.uses_split(eng) and not split.generative(eng)
     app, opts, host = client_app_for(raw), {"round-timeout": 60.0}, {0: 100, 1: 101}
-    grid = _InProcessGrid(app, 2)
+    fleet = Fleet(_InProcessGrid(app, 2), host, opts, f"e{per_message}")
     for rnd in range(2):
-        got = train_round(grid, eng, host, {0, 1}, rnd, opts, f"e{per_message}")
+        got = train_round(fleet, eng, {0, 1}, rnd)
         want = ref.train_round(rnd)
         assert got["train_loss"] == pytest.approx(want["train_loss"], abs=1e-6)
         assert got["clients"] == 3 and got["failed_partitions"] == []
         for n, t in ref.server.items():
             assert torch.allclose(eng.server[n], t, atol=1e-6), (rnd, n)
-        before = grid.sent
-        got |= evaluate_round(grid, eng, host, {0, 1}, rnd, opts, f"e{per_message}")
-        sent = grid.sent - before
+        before = fleet.grid.sent
+        got |= evaluate_round(fleet, eng, {0, 1}, rnd)
+        sent = fleet.grid.sent - before
         for sp in ("val", "test"):
             for k, v in ref.evaluate(sp).items():
                 if isinstance(v, float):
                     assert got[f"{sp}_{k}"] == pytest.approx(v, abs=1e-6), (rnd, sp, k)
         assert got["test_ndcg@10"] > 0 and got["val_ndcg@20"] > 0  # not all misses
         assert got["split_hidden_bytes"] > 0 and got["split_eval_hidden_bytes"] > 0
-        assert not grid.replies
+        assert not fleet.grid.replies
 
     # the nodes' model holds no server block (a node that ran one would have
     # failed), and still its own layers

@@ -20,6 +20,7 @@ import logging
 import resource
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,16 +78,16 @@ def server_app_for(
         key = writer.restore(eng) if writer else ""
         if history is not None:
             history.extend(eng.history)
-        host = _discover(grid, int(opts["min-nodes"]), opts)
+        fleet = Fleet(grid, _discover(grid, int(opts["min-nodes"]), opts), opts, key)
         train, evaluate = _train_round, _evaluate_round
         if split.uses_split(eng):  # FELLRec's split: steps and decoding as messages
             train, evaluate = split_server.train_round, split_server.evaluate_round
         for rnd in range(eng.round, eng.cfg.train.rounds):
             t0 = time.perf_counter()
-            live = _wait_live(grid, host, int(opts["min-nodes"]), opts, rnd)
-            m = train(grid, eng, host, live, rnd, opts, key)
+            live = fleet.live(rnd)
+            m = train(fleet, eng, live, rnd)
             t1 = time.perf_counter()
-            m.update(evaluate(grid, eng, host, live, rnd, opts, key))
+            m.update(evaluate(fleet, eng, live, rnd))
             m["eval_s"] = time.perf_counter() - t1
             m["round_s"] = time.perf_counter() - t0
             m["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -108,32 +109,115 @@ def server_app_for(
                 m.get(val, float("nan")),
                 m["round_s"],
             )
-        _finish(grid, host, opts, key)
+        fleet.finish()
         if writer:
-            writer.finish(eng.history, len(host))
+            writer.finish(eng.history, fleet.parts)
 
     return server_app
 
 
-def _train_round(
-    grid: Any,
-    eng: Any,
-    host: dict[int, int],
-    live: set[int],
-    rnd: int,
-    opts: dict[str, Any],
-    key: str,
-) -> dict[str, Any]:
-    """Sample, broadcast to the live nodes, aggregate what came back; the metrics.
+@dataclass
+class Fleet:
+    """The run's SuperNodes as the ServerApp reaches them.
 
-    ``key`` names the nodes' stores of this run (stable across a resume).
+    ``host``: ``{partition-id: node id}`` (:func:`_discover`); ``opts``: the
+    run config's ``min-nodes`` and timeouts; ``key`` names the nodes' stores of
+    this run (stable across a resume).
     """
+
+    grid: Any
+    host: dict[int, int]
+    opts: dict[str, Any]
+    key: str = ""
+
+    @property
+    def parts(self) -> int:
+        """The number of partitions (``num-partitions``)."""
+        return len(self.host)
+
+    def live(self, rnd: int) -> set[int]:
+        """Partitions whose node is connected; waits for ``min-nodes`` of them."""
+        need, t0 = int(self.opts["min-nodes"]), time.monotonic()
+        while True:
+            alive = set(self.grid.get_node_ids())
+            live = {p for p, n in self.host.items() if n in alive}
+            if len(live) >= need:
+                gone = sorted(set(self.host) - live)
+                if gone:
+                    log.warning(
+                        "round %d: SuperNodes of partitions %s are gone", rnd, gone
+                    )
+                return live
+            if time.monotonic() - t0 > float(self.opts["node-timeout"]):
+                raise FedrecError(
+                    f"round {rnd}: {len(live)} SuperNode(s) left, min-nodes = {need}"
+                )
+            time.sleep(0.5)
+
+    def collect(self, msgs: list[Any], rnd: int, kind: str) -> dict[int, Any]:
+        """Send and receive; ``{partition: reply content}`` of those that succeeded.
+
+        A node that answers with an error (it died — the SuperLink then answers
+        for it —, the audit refused, the app raised) or not within
+        ``round-timeout`` is logged and left out. Replies are matched to
+        partitions by message id. Polls are paced to the replies' arrival
+        (:class:`~fedrec.flower.pacing.ReplyPacer`), so a round ends about a
+        millisecond after its last reply; in the simulation a stored reply
+        wakes the poll at once (:mod:`fedrec.flower.wake`).
+        """
+        part_of = {n: p for p, n in self.host.items()}
+        ids = list(self.grid.push_messages(msgs))
+        waiting = {
+            i: part_of[m.metadata.dst_node_id] for i, m in zip(ids, msgs, strict=True)
+        }
+        got, pacer = {}, ReplyPacer()
+        end = time.monotonic() + float(self.opts["round-timeout"])
+        while waiting and time.monotonic() < end:
+            REPLIED.clear()  # before the poll: a reply stored meanwhile re-wakes
+            replies = list(self.grid.pull_messages(list(waiting)))
+            pacer.seen(time.monotonic(), len(replies))
+            for rep in replies:
+                p = waiting.pop(rep.metadata.reply_to_message_id)
+                if rep.has_error():
+                    log.warning(
+                        "round %d %s: partition %d failed: %s",
+                        rnd,
+                        kind,
+                        p,
+                        rep.error.reason,
+                    )
+                else:
+                    got[p] = rep.content
+            if waiting:
+                REPLIED.wait(pacer.pause(time.monotonic()))
+        for p in waiting.values():
+            log.warning("round %d %s: no reply from partition %d in time", rnd, kind, p)
+        return got
+
+    def finish(self) -> None:
+        """Tell every connected node the run is over (best effort)."""
+        from flwr.app import ConfigRecord, Message, RecordDict
+
+        alive = set(self.grid.get_node_ids())
+        content = RecordDict({"config": ConfigRecord({"store": self.key})})
+        msgs = [
+            Message(content, n, "query.finish")
+            for n in self.host.values()
+            if n in alive
+        ]
+        self.collect(msgs, -1, "finish")
+
+
+def _train_round(fleet: Fleet, eng: Any, live: set[int], rnd: int) -> dict[str, Any]:
+    """Sample, broadcast to the ``live`` partitions, aggregate; the metrics."""
     from flwr.app import Message
 
     t0 = time.perf_counter()
-    clients, received, sel, contents = train_contents(eng, rnd, len(host), live, key)
-    msgs = [Message(contents[p], host[p], "train") for p in sel]
-    replies = _collect(grid, msgs, host, opts, rnd, "train")
+    clients, received, sel, contents = train_contents(
+        eng, rnd, fleet.parts, live, fleet.key
+    )
+    msgs = [Message(contents[p], fleet.host[p], "train") for p in sel]
+    replies = fleet.collect(msgs, rnd, "train")
     served = torch.zeros(len(clients), dtype=torch.bool)
     uploads = {n: torch.empty_like(received[n]) for n in eng.partition.uploaded}
     losses = torch.full((len(clients),), float("nan"), dtype=torch.float64)
@@ -145,7 +229,7 @@ def _train_round(
         compute_s += float(rep["metrics"]["compute_s"])
         node_s += float(rep["metrics"].get("node_s", 0.0))
         served |= sel[p]
-    failed = (set(sel) - set(replies)) | (set(host) - live)
+    failed = (set(sel) - set(replies)) | (set(fleet.host) - live)
     m = close_round(eng, rnd, clients, served, uploads, received, losses, t0, failed)
     m.update(
         client_compute_s=compute_s,  # inside client_update, summed over nodes
@@ -209,28 +293,19 @@ def close_round(
     return m
 
 
-def _evaluate_round(
-    grid: Any,
-    eng: Any,
-    host: dict[int, int],
-    live: set[int],
-    rnd: int,
-    opts: dict[str, Any],
-    key: str,
-) -> dict[str, Any]:
+def _evaluate_round(fleet: Fleet, eng: Any, live: set[int], rnd: int) -> dict[str, Any]:
     """Every live node scores its clients; the task pools the scores."""
     from flwr.app import ConfigRecord, Message, RecordDict
 
-    cfg = ConfigRecord({"round": rnd, "store": key})
-
-    all_ids, parts, msgs = torch.arange(eng.fed.n_clients), len(host), []
+    cfg = ConfigRecord({"round": rnd, "store": fleet.key})
+    all_ids, parts, msgs = torch.arange(eng.fed.n_clients), fleet.parts, []
     for p in sorted(live):
         mine = all_ids[all_ids % parts == p]
         g = {a: t[mine] for a, t in eng.groups.items()}
         part = to_record(eng.strategy.broadcast(eng.server, eng.partition, mine, g))
         content = RecordDict({"received": part, "config": cfg})
-        msgs.append(Message(content, host[p], "evaluate"))
-    scores = _collect(grid, msgs, host, opts, rnd, "evaluate")
+        msgs.append(Message(content, fleet.host[p], "evaluate"))
+    scores = fleet.collect(msgs, rnd, "evaluate")
     return pooled_metrics(eng, scores.values())
 
 
@@ -277,18 +352,6 @@ def _discover(grid: Any, need: int, opts: dict[str, Any]) -> dict[int, int]:
     return host
 
 
-def _finish(
-    grid: Any, host: dict[int, int], opts: dict[str, Any], key: str = ""
-) -> None:
-    """Tell every connected node the run (stores ``key``) is over (best effort)."""
-    from flwr.app import ConfigRecord, Message, RecordDict
-
-    alive = set(grid.get_node_ids())
-    content = RecordDict({"config": ConfigRecord({"store": key})})
-    msgs = [Message(content, n, "query.finish") for n in host.values() if n in alive]
-    _collect(grid, msgs, host, opts, -1, "finish")
-
-
 def _wait_nodes(grid: Any, need: int, timeout: float) -> list[int]:
     t0 = time.monotonic()
     while len(ids := sorted(grid.get_node_ids())) < need:
@@ -299,72 +362,6 @@ def _wait_nodes(grid: Any, need: int, timeout: float) -> list[int]:
             )
         time.sleep(0.2)
     return ids
-
-
-def _wait_live(
-    grid: Any, host: dict[int, int], need: int, opts: dict[str, Any], rnd: int
-) -> set[int]:
-    """Partitions whose node is connected; waits for ``need`` of them."""
-    t0 = time.monotonic()
-    while True:
-        alive = set(grid.get_node_ids())
-        live = {p for p, n in host.items() if n in alive}
-        if len(live) >= need:
-            gone = sorted(set(host) - live)
-            if gone:
-                log.warning("round %d: SuperNodes of partitions %s are gone", rnd, gone)
-            return live
-        if time.monotonic() - t0 > float(opts["node-timeout"]):
-            raise FedrecError(
-                f"round {rnd}: {len(live)} SuperNode(s) left, min-nodes = {need}"
-            )
-        time.sleep(0.5)
-
-
-def _collect(
-    grid: Any,
-    msgs: list[Any],
-    host: dict[int, int],
-    opts: dict[str, Any],
-    rnd: int,
-    kind: str,
-) -> dict[int, Any]:
-    """Send and receive; ``{partition: reply content}`` of the replies that succeeded.
-
-    A node that answers with an error (it died — the SuperLink then answers for
-    it —, the audit refused, the app raised) or not within ``round-timeout`` is
-    logged and left out. Replies are matched to partitions by message id. Polls
-    are paced to the replies' arrival (:class:`~fedrec.flower.pacing.ReplyPacer`),
-    so a round ends about a millisecond after its last reply; in the
-    simulation a stored reply wakes the poll at once (:mod:`fedrec.flower.wake`).
-    """
-    part_of = {n: p for p, n in host.items()}
-    ids = list(grid.push_messages(msgs))
-    waiting = {
-        i: part_of[m.metadata.dst_node_id] for i, m in zip(ids, msgs, strict=True)
-    }
-    got, end, pacer = {}, time.monotonic() + float(opts["round-timeout"]), ReplyPacer()
-    while waiting and time.monotonic() < end:
-        REPLIED.clear()  # before the poll: a reply stored meanwhile re-wakes
-        replies = list(grid.pull_messages(list(waiting)))
-        pacer.seen(time.monotonic(), len(replies))
-        for rep in replies:
-            p = waiting.pop(rep.metadata.reply_to_message_id)
-            if rep.has_error():
-                log.warning(
-                    "round %d %s: partition %d failed: %s",
-                    rnd,
-                    kind,
-                    p,
-                    rep.error.reason,
-                )
-            else:
-                got[p] = rep.content
-        if waiting:
-            REPLIED.wait(pacer.pause(time.monotonic()))
-    for p in waiting.values():
-        log.warning("round %d %s: no reply from partition %d in time", rnd, kind, p)
-    return got
 
 
 class _RunWriter:

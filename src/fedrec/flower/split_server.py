@@ -17,6 +17,7 @@ import torch
 from fedrec.flower.mods import HIDDEN, SCORES, UPLOADS
 from fedrec.flower.records import from_record, to_record
 from fedrec.flower.runconfig import eval_splits
+from fedrec.flower.server import Fleet, close_round, pooled_metrics
 from fedrec.flower.split import (
     ENTRIES_PER_MESSAGE,
     Tensors,
@@ -41,11 +42,12 @@ class _Link:
 
     ``send(kind, {partition: (records, config)})`` sends one message per node
     and returns ``{partition: reply}`` of the nodes that answered (a failed or
-    late node is logged by the ServerApp's ``_collect`` and left out).
+    late node is logged by :meth:`~fedrec.flower.server.Fleet.collect` and
+    left out).
     """
 
-    def __init__(self, grid: Any, host: dict[int, int], opts: dict, rnd: int, key: str):
-        self.grid, self.host, self.opts, self.rnd, self.key = grid, host, opts, rnd, key
+    def __init__(self, fleet: Fleet, rnd: int):
+        self.fleet, self.rnd = fleet, rnd
         self.bytes = 0  # hidden states and their gradients, both ways
 
     def send(
@@ -54,41 +56,29 @@ class _Link:
         from flwr.app import ConfigRecord, RecordDict
         from flwr.app import Message as FlwrMessage
 
-        from fedrec.flower.server import _collect
-
         msgs = []
         for p, (records, cfg) in sorted(by_node.items()):
             content = RecordDict({k: to_record(v) for k, v in records.items()})
             content["config"] = ConfigRecord(
-                {**cfg, "round": self.rnd, "store": self.key}
+                {**cfg, "round": self.rnd, "store": self.fleet.key}
             )
             self.bytes += sum(t.nbytes for t in records.get(HIDDEN, {}).values())
-            msgs.append(FlwrMessage(content, self.host[p], kind))
-        got = _collect(self.grid, msgs, self.host, self.opts, self.rnd, kind)
+            msgs.append(FlwrMessage(content, self.fleet.host[p], kind))
+        got = self.fleet.collect(msgs, self.rnd, kind)
         for rep in got.values():
             if HIDDEN in rep.array_records:
                 self.bytes += sum(t.nbytes for t in from_record(rep[HIDDEN]).values())
         return got
 
 
-def train_round(
-    grid: Any,
-    eng: Any,
-    host: dict[int, int],
-    live: set[int],
-    rnd: int,
-    opts: dict[str, Any],
-    key: str,
-) -> dict[str, Any]:
+def train_round(fleet: Fleet, eng: Any, live: set[int], rnd: int) -> dict[str, Any]:
     """The split's version of the ServerApp's ``_train_round``; the metrics.
 
     Clients of a node that fails are left out of the round from that step
     on (logged, ``failed_partitions``), as in the unsplit round.
     """
-    from fedrec.flower.server import close_round
-
-    t0, s, parts = time.perf_counter(), sides(eng), len(host)
-    link = _Link(grid, host, opts, rnd, key)
+    t0, s, parts = time.perf_counter(), sides(eng), fleet.parts
+    link = _Link(fleet, rnd)
     clients = eng.sample(rnd)
     ids = clients.tolist()
     received, _ = eng.client_params(clients)
@@ -181,15 +171,7 @@ def train_round(
     return m
 
 
-def evaluate_round(
-    grid: Any,
-    eng: Any,
-    host: dict[int, int],
-    live: set[int],
-    rnd: int,
-    opts: dict[str, Any],
-    key: str,
-) -> dict[str, Any]:
+def evaluate_round(fleet: Fleet, eng: Any, live: set[int], rnd: int) -> dict[str, Any]:
     """The split's version of the ServerApp's ``_evaluate_round``; the metrics.
 
     Every live node's clients score their evaluated rows through the split: a
@@ -197,9 +179,7 @@ def evaluate_round(
     (:func:`_decode`); a discriminative one encodes item tables and rows
     (:func:`_encode`). The nodes score, the server pools.
     """
-    from fedrec.flower.server import pooled_metrics
-
-    s, parts, link = sides(eng), len(host), _Link(grid, host, opts, rnd, key)
+    s, parts, link = sides(eng), fleet.parts, _Link(fleet, rnd)
     all_ids = torch.arange(eng.fed.n_clients)
     nodes, server_side = {}, {}
     for p in sorted(live):

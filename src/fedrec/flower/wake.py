@@ -5,7 +5,7 @@ In flwr 1.41's simulation both ends of a message poll for it:
 - a loop hands the ServerApp's new messages to the node workers, polling the
   link state every 100 ms (``vce_api.add_messages_to_queue``), so each
   broadcast waits 0–100 ms before any node sees it;
-- the ServerApp sees replies only by polling the grid (``_collect``, paced
+- the ServerApp sees replies only by polling the grid (``Fleet.collect``, paced
   by :class:`~fedrec.flower.pacing.ReplyPacer`), so a round ends up to a few
   milliseconds after its last reply was stored.
 
