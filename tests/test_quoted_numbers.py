@@ -1,0 +1,503 @@
+"""Every headline number the docs quote, recomputed from its committed results file.
+
+Each ``Claim`` is ``(doc, results file, quote)``: ``quote`` maps the parsed results
+file (a ``.json``: its object; a ``.csv``: its rows, dicts of strings) to the exact
+string the doc prints, formatted as the doc formats it (``f"{ratio:.1f}×"``). The
+test asserts that string occurs in the doc, runs of whitespace (line breaks
+included) counting as one space. Re-running a bench or an experiment that changes
+a results file therefore fails here until the prose quotes the new values.
+
+To cover another results file, add one line to ``CLAIMS``, e.g. for
+``results/fedpa-kuaisar-r/table.csv``::
+
+    Claim("README.md", "results/fedpa-kuaisar-r/table.csv",
+          lambda rows: f"AUC {mean_of(rows, 'test_auc', method='fedpa'):.4f}"),
+
+A qualitative claim can be checked too: make ``quote`` return the doc's words only
+while the numbers support them (see ``_more_than_double``). Pure file reads.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable, Iterable
+from functools import cache
+from pathlib import Path
+from statistics import mean
+from typing import Any, NamedTuple
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Claim(NamedTuple):
+    doc: str  # path from the repository root
+    source: str  # results file, path from the repository root
+    quote: Callable[[Any], str]  # parsed results -> the string the doc prints
+
+
+@cache
+def load(source: str) -> Any:
+    path = ROOT / source
+    if path.suffix == ".csv":
+        with path.open(newline="") as f:
+            return list(csv.DictReader(f))
+    return json.loads(path.read_text())
+
+
+@cache
+def doc_text(doc: str) -> str:
+    return " ".join((ROOT / doc).read_text().split())
+
+
+# --- formatting, as the docs write numbers ---------------------------------------
+
+
+def times(v: float) -> str:
+    return f"{v:.1f}×"
+
+
+def count(v: float) -> str:
+    return f"{v:,.0f}"
+
+
+def span(values: Iterable[float], fmt: str = ".2f") -> str:
+    vs = list(values)
+    return f"{min(vs):{fmt}}–{max(vs):{fmt}}"
+
+
+def mb(nbytes: float, fmt: str = ".0f") -> str:
+    return f"{nbytes / 1e6:{fmt}} MB"
+
+
+def mean_of(rows: list[dict[str, str]], column: str, **where: str) -> float:
+    """Mean of a CSV column over the rows matching ``where`` (for table.csv files)."""
+    picked = [r for r in rows if all(r[k] == v for k, v in where.items())]
+    return mean(float(r[column]) for r in picked)
+
+
+# --- bench/results/*.json ---------------------------------------------------------
+
+
+def command(d: dict) -> str:
+    """The JSON's command, without a scratch ``--out`` and the interpreter."""
+    return d["command"].split(" --out")[0].removeprefix("python ")
+
+
+def _k(d: dict, model: str, k: int) -> dict:
+    return next(r for r in d[model]["by_k"] if r["k"] == k)
+
+
+def _share(d: dict, model: str, k: int) -> str:
+    r, whole = _k(d, model, k), d[model]["whole_model_params"]
+    return f"{r['client_params'] / whole:.0%}"
+
+
+def _metric(v: float) -> str:
+    return "0.0" if v == 0 else f"{v:.6f}"
+
+
+def _split_row(d: dict, side: str, label: str, wire: str) -> str:
+    s = d[side]
+    eval_s = f"{s['eval_s']:.0f} s" if s["eval_s"] >= 100 else f"{s['eval_s']:.1f} s"
+    cells = [
+        label,
+        repr(s["train_loss"]),
+        *(_metric(s[m]) for m in ("val_ndcg@10", "test_ndcg@10", "test_recall@10")),
+        f"{s['train_s']:.1f} s",
+        eval_s,
+        wire,
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _split_rows(d: dict, eval_bytes_name: str) -> list[str]:
+    f = d["flower"]
+    train = mb(
+        f["split_hidden_bytes"], ".1f" if f["split_hidden_bytes"] < 1e8 else ".0f"
+    )
+    wire = f"{train} training, {mb(f['split_eval_hidden_bytes'])} {eval_bytes_name}"
+    return [
+        _split_row(d, "flower", "Flower, split as messages", wire),
+        _split_row(d, "embedded", "embedded, split in one process", "—"),
+    ]
+
+
+def _n_clients(d: dict) -> int:
+    return int(
+        next(s for s in d["set"] if s.startswith("data.n_clients=")).split("=")[1]
+    )
+
+
+def _flower_rows(d: dict, clients: int, placement: str) -> list[dict]:
+    return [
+        r for r in d["rows"] if (r["clients"], r["placement"]) == (clients, placement)
+    ]
+
+
+def _flower_summary(d: dict, clients: int, placement: str) -> dict:
+    return next(
+        s
+        for s in d["summary"]
+        if (s["clients"], s["placement"]) == (clients, placement)
+    )
+
+
+def _flower_row(d: dict, clients: int, placement: str) -> str:
+    rows, s = (
+        _flower_rows(d, clients, placement),
+        _flower_summary(d, clients, placement),
+    )
+    per_client = ".2f" if clients < 1000 else ".3f"
+
+    def ms(field: str, fmt: str = ".2f") -> str:
+        return span((r[field] for r in rows), fmt) + " ms"
+
+    def ratio(field: str, bold: bool = False) -> str:
+        m = f"{s[field]['median']:.2f}"
+        return (
+            f"{f'**{m}**' if bold else m} ({s[field]['min']:.2f}–{s[field]['max']:.2f})"
+        )
+
+    cells = [
+        f"{clients:,}",
+        placement,
+        ms("fedrec_overhead_ms_per_client", per_client),
+        ms("echo_ms_per_client", per_client),
+        ms("busy_echo_ms_per_client", per_client),
+        ms("idle_echo_ms_per_client", per_client),
+        ratio("overhead_ratio", bold=True),
+        ratio("mean_overhead_ratio"),
+        ratio("overhead_ratio_vs_busy_echo", bold=True),
+        ratio("overhead_ratio_vs_idle_echo"),
+        ms("fedrec_node_glue_ms_per_message"),
+        ms("fedrec_compute_ms_per_client"),
+        ms("embedded_ms_per_client"),
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _echo_ratios(d: dict) -> str:
+    """Medians vs the echo: '1.40× (shared) and 1.31× (pinned) ..., 1.05× and 1.02×'."""
+
+    def m(c: int, p: str) -> str:
+        return f"{_flower_summary(d, c, p)['overhead_ratio']['median']:.2f}×"
+
+    return (
+        f"{m(100, 'shared')} (shared) and {m(100, 'pinned')} (pinned) the echo's at "
+        f"100 clients, {m(1000, 'shared')} and {m(1000, 'pinned')} at 1,000"
+    )
+
+
+def _vs_slow_echoes(d: dict) -> str:
+    fields = ("overhead_ratio_vs_busy_echo", "overhead_ratio_vs_idle_echo")
+    return "the medians are " + span(
+        s[f]["median"] for s in d["summary"] for f in fields
+    )
+
+
+def _wake(d: dict) -> str:
+    w = d["wake_round_trip_us"]
+    same, other = w["same_cpu"], w["other_cpu"]
+    return (
+        f"{same['after_0_ms']:.0f} µs on the same CPU and {other['after_0_ms']:.0f} µs "
+        f"across CPUs back to back, {same['after_16_ms']:.0f} and "
+        f"{other['after_16_ms']:.0f} µs after 16 ms asleep"
+    )
+
+
+HOPS = {
+    "to_actor_ms": "to the actor",
+    "in_app_ms": "in the app, beyond the compute",
+    "back_ms": "back to Flower's worker",
+}
+
+
+def _hop_row(d: dict, clients: int, hop: str) -> str:
+    rows = [r for r in d["rows"] if r["clients"] == clients]
+    first = (
+        f"{clients:,} ({clients // rows[0]['nodes']})" if hop == "to_actor_ms" else ""
+    )
+    cells = [span(r[app][hop] for r in rows) + " ms" for app in ("fedrec", "echo")]
+    cells.append(span(r["idle_echo"][hop] for r in rows) + " ms")
+    if hop == "in_app_ms":
+        cells[0] = f"**{cells[0]}**"
+    return f"| {first} | {HOPS[hop]} | " + " | ".join(cells) + " |"
+
+
+def _hop_compute(d: dict) -> str:
+    def c(clients: int) -> str:
+        return span(
+            (r["compute_ms"] for r in d["rows"] if r["clients"] == clients), ".1f"
+        )
+
+    return f"{c(100)} ms a message of 10 clients, {c(1000)} ms of 100"
+
+
+def _glue_row(d: dict, clients: int) -> str:
+    r = next(r for r in d["rows"] if r["clients"] == clients)
+    cells = [f"{clients:,} ({r['clients_per_message']})"] + [
+        f"{r[f]:.2f} ms"
+        for f in ("trained_glue_ms", "warm_glue_ms", "evicted_glue_ms", "echo_call_ms")
+    ]
+    return "| " + " | ".join(cells) + " |"
+
+
+def _more_than_double(d: dict) -> str:
+    r = next(r for r in d["rows"] if r["clients_per_message"] == 10)
+    ok = r["evicted_glue_ms"] > 2 * r["warm_glue_ms"]
+    return (
+        "Cold caches more than double the warm glue at 10 clients" if ok else "(false)"
+    )
+
+
+B = "bench/README.md"
+ENGINE, FEDPA = "bench/results/engine.json", "bench/results/fedpa.json"
+SPLIT = "bench/results/split.json"
+SFR = "bench/results/split_flower_real.json"
+SFRD = "bench/results/split_flower_real_discriminative.json"
+FLOWER, HOPS_JSON = "bench/results/flower.json", "bench/results/flower_hops.json"
+GLUE = "bench/results/flower_glue.json"
+SMOL, MINI = "smollm2-135m", "minilm-l6"
+
+CLAIMS: list[Claim] = [
+    # README.md, the Benchmarks paragraph
+    Claim(
+        "README.md",
+        FEDPA,
+        lambda d: (
+            f"FedPA {times(d['ratio'])} the loop ({count(d['stacked_clients_per_s'])}"
+            f" vs {count(d['loop_clients_per_s'])} clients/s)"
+        ),
+    ),
+    Claim(
+        "README.md",
+        FEDPA,
+        lambda d: (
+            f"a full {d['full_run_rounds']}-round FedPA run in {d['full_run_s']:.1f} s"
+        ),
+    ),
+    Claim(
+        "README.md", ENGINE, lambda d: f"FedAvg of the full model {times(d['ratio'])}"
+    ),
+    # docs/fellrec.md
+    Claim(
+        "docs/fellrec.md",
+        SFR,
+        lambda d: f"({mb(d['flower']['split_eval_hidden_bytes'])} for",
+    ),
+    # bench/README.md: engine.json
+    Claim(B, ENGINE, command),
+    Claim(B, ENGINE, lambda d: f"trains {count(d['stacked_clients_per_s'])} clients/s"),
+    Claim(
+        B,
+        ENGINE,
+        lambda d: (
+            f"the loop {count(d['loop_clients_per_s'])} (`loop_clients_per_s`): "
+            f"{times(d['ratio'])} (`ratio`)"
+        ),
+    ),
+    Claim(B, ENGINE, lambda d: f"≈ {1000 / d['loop_clients_per_s']:.1f} ms a client"),
+    Claim(B, ENGINE, lambda d: f"{d['clients_per_round']:,} clients a round"),
+    Claim(
+        B,
+        "results/fedpa-kuaisar-r/table.csv",
+        lambda rows: (
+            f"all {count(mean_of(rows, 'model_params', method='fedavg-full'))}"
+            " parameters"
+        ),
+    ),
+    # fedpa.json
+    Claim(B, FEDPA, command),
+    Claim(
+        B,
+        FEDPA,
+        lambda d: (
+            f"trains {count(d['stacked_clients_per_s'])} clients/s, the loop "
+            f"{count(d['loop_clients_per_s'])}: {times(d['ratio'])} (`ratio`)"
+        ),
+    ),
+    Claim(
+        B,
+        FEDPA,
+        lambda d: (
+            f"full {d['full_run_rounds']}-round run takes {d['full_run_s']:.1f} s"
+        ),
+    ),
+    Claim(
+        B,
+        FEDPA,
+        lambda d: (
+            f"best validation AUC {d['full_run_best_val_auc']:g}, test AUC "
+            f"{d['full_run_test_auc_at_best']:g} at that round"
+        ),
+    ),
+    Claim(B, FEDPA, lambda d: f"{d['clients_per_round']:,} private clients a round"),
+    Claim(
+        B,
+        FEDPA,
+        lambda d: f"(`pretrain_s_if_not_cached`: {d['pretrain_s_if_not_cached']})",
+    ),
+    # split.json
+    Claim(B, SPLIT, command),
+    Claim(
+        B,
+        SPLIT,
+        lambda d: (
+            f"keeps {_share(d, SMOL, 1)} of SmolLM2 "
+            f"({_k(d, SMOL, 1)['client_params'] / 1e6:.1f} M of "
+            f"{d[SMOL]['whole_model_params'] / 1e6:.1f} M"
+        ),
+    ),
+    Claim(
+        B,
+        SPLIT,
+        lambda d: (
+            f"{_share(d, MINI, 1)} of MiniLM "
+            f"({_k(d, MINI, 1)['client_params'] / 1e6:.1f} M of "
+            f"{d[MINI]['whole_model_params'] / 1e6:.1f} M)"
+        ),
+    ),
+    Claim(B, SPLIT, lambda d: f"to {_share(d, SMOL, 28)} at k = 28 for SmolLM2"),
+    Claim(
+        B,
+        SPLIT,
+        lambda d: (
+            f"the client's {_k(d, SMOL, 1)['client_s_per_step']:.2f} s at k = 1 and "
+            f"{_k(d, SMOL, 28)['client_s_per_step']:.2f} s at k = 28, the server's "
+            f"{_k(d, SMOL, 1)['server_s_per_step']:.2f} s and "
+            f"{_k(d, SMOL, 28)['server_s_per_step']:.2f} s"
+        ),
+    ),
+    Claim(
+        B,
+        SPLIT,
+        lambda d: (
+            f"{mb(_k(d, SMOL, 1)['wire_bytes_per_step'], '.1f')} (SmolLM2) or "
+            f"{mb(_k(d, MINI, 1)['wire_bytes_per_step'], '.1f')} (MiniLM) whatever k is"
+        ),
+    ),
+    Claim(
+        B,
+        SPLIT,
+        lambda d: (
+            "SmolLM2 "
+            + ", ".join(
+                f"{count(_k(d, SMOL, k)['client_peak_mb'])} MB at k = {k}"
+                for k in (1, 4, 28)
+            )
+            + f", against {count(d[SMOL]['whole_model_peak_mb'])} MB for the whole"
+        ),
+    ),
+    Claim(
+        B,
+        SPLIT,
+        lambda d: (
+            "k = 1 needs "
+            f"{_k(d, SMOL, 1)['client_peak_mb'] / d[SMOL]['whole_model_peak_mb']:.0%}"
+            " of it"
+        ),
+    ),
+    Claim(
+        B,
+        SPLIT,
+        lambda d: (
+            "MiniLM "
+            + ", ".join(
+                f"{count(_k(d, MINI, k)['client_peak_mb'])} MB at k = {k}"
+                for k in (1, 4)
+            )
+            + f", against {count(d[MINI]['whole_model_peak_mb'])} MB whole "
+            f"({_k(d, MINI, 1)['client_peak_mb'] / d[MINI]['whole_model_peak_mb']:.0%})"
+        ),
+    ),
+    # split_flower_real.json
+    Claim(B, SFR, command),
+    Claim(
+        B,
+        SFR,
+        lambda d: f"`environment.git_commit` {d['environment']['git_commit'][:7]}",
+    ),
+    Claim(B, SFR, lambda d: _split_rows(d, "decoding")[0]),
+    Claim(B, SFR, lambda d: _split_rows(d, "decoding")[1]),
+    Claim(B, SFR, lambda d: f"(`metrics_max_abs_diff`: {d['metrics_max_abs_diff']})"),
+    Claim(
+        B,
+        SFR,
+        lambda d: (
+            "Flower's evaluation is "
+            f"{d['flower']['eval_s'] / d['embedded']['eval_s']:.2f}× the embedded one"
+        ),
+    ),
+    # split_flower_real_discriminative.json
+    Claim(B, SFRD, command),
+    Claim(
+        B,
+        SFRD,
+        lambda d: f"`environment.git_commit` {d['environment']['git_commit'][:7]}",
+    ),
+    Claim(B, SFRD, lambda d: _split_rows(d, "evaluation")[0]),
+    Claim(B, SFRD, lambda d: _split_rows(d, "evaluation")[1]),
+    Claim(
+        B,
+        SFRD,
+        lambda d: (
+            f"≈ {mb(d['flower']['split_hidden_bytes'] / _n_clients(d))} a client "
+            "and round"
+        ),
+    ),
+    # flower.json
+    Claim(B, FLOWER, command),
+    *(
+        Claim(B, FLOWER, lambda d, c=c, p=p: _flower_row(d, c, p))
+        for c in (100, 1000)
+        for p in ("shared", "pinned")
+    ),
+    Claim(B, FLOWER, _echo_ratios),
+    Claim(B, FLOWER, _vs_slow_echoes),
+    Claim(B, FLOWER, _wake),
+    Claim(B, FLOWER, lambda d: f"median of the {d['counted_rounds']} `counted_rounds`"),
+    # flower_hops.json
+    Claim(B, HOPS_JSON, command),
+    *(
+        Claim(B, HOPS_JSON, lambda d, c=c, h=h: _hop_row(d, c, h))
+        for c in (100, 1000)
+        for h in HOPS
+    ),
+    Claim(B, HOPS_JSON, _hop_compute),
+    # flower_glue.json
+    Claim(B, GLUE, command),
+    Claim(B, GLUE, lambda d: _glue_row(d, 100)),
+    Claim(B, GLUE, lambda d: _glue_row(d, 1000)),
+    Claim(B, GLUE, _more_than_double),
+]
+
+
+def _ids() -> list[str]:
+    seen: dict[tuple[str, str], int] = {}
+    ids = []
+    for c in CLAIMS:
+        key = (c.doc, Path(c.source).name)
+        seen[key] = seen.get(key, 0) + 1
+        ids.append(f"{c.doc}<-{key[1]}#{seen[key]}")
+    return ids
+
+
+@pytest.mark.parametrize("claim", CLAIMS, ids=_ids())
+def test_doc_quotes_the_results_file(claim: Claim):
+    quoted = " ".join(claim.quote(load(claim.source)).split())
+    assert quoted in doc_text(claim.doc), (
+        f"{claim.doc} should quote {quoted!r} from {claim.source}; "
+        "update the prose to the committed results"
+    )
+
+
+def test_every_bench_result_is_quoted():
+    """Each committed bench JSON backs at least one claim in bench/README.md."""
+    results = {
+        p.relative_to(ROOT).as_posix() for p in (ROOT / "bench/results").glob("*.json")
+    }
+    quoted = {c.source for c in CLAIMS if c.doc == B}
+    assert results <= quoted, sorted(results - quoted)
