@@ -182,9 +182,23 @@ def test_table_writes_csv_and_markdown(cfg, tmp_path, capsys):
         assert 0.0 <= float(r["test_auc"]) <= 1.0
     local = [r for r in rows if r["method"] == "local"]
     assert all(float(r["upload_bytes_per_round"]) == 0 for r in local)
+    assert {r["commit"] for r in rows} == {rows[0]["commit"]}
     md = (out / "table.md").read_text()
     assert "±" in md
     assert "| fedavg | 2 |" in md and "| local | 2 |" in md
+    assert "seed varies:" in md
+    # the config's method is the reference of the intervals
+    assert "Δtest_auc vs fedavg [95% CI]" in md
+    with open(out / "intervals.csv", newline="") as f:
+        got = [(r["method"], r["metric"], r["seeds"]) for r in csv.DictReader(f)]
+    assert got == [("local", "test_auc", "0 1"), ("local", "test_gauc", "0 1")]
+
+
+def test_table_versus_must_be_a_method(cfg, tmp_path, capsys):
+    argv = ["table", str(cfg), "--methods", "fedavg", "local", "--versus", "fedprox"]
+    assert main(argv + ["--out", str(tmp_path / "t"), "--quiet", "--reuse"]) == 2
+    assert "--versus fedprox" in capsys.readouterr().err
+    assert not (tmp_path / "t").exists()  # refused before running anything
 
 
 def test_table_rejects_unknown_method(cfg, tmp_path):

@@ -6,6 +6,7 @@ Examples
     fedrec run --resume runs/demo-fedavg-s0-20261123-101500
     fedrec table configs/demo.toml --seeds 2
     fedrec table configs/demo.toml --methods fedavg local centralised
+    fedrec table configs/demo.toml --seeds 3 --versus fedavg --reuse
     fedrec sweep configs/demo.toml --key privacy.ldp_epsilon --values 0 1 10
 """
 
@@ -22,6 +23,20 @@ from fedrec.config import ExperimentConfig, load_config
 from fedrec.errors import FedrecError
 from fedrec.registry import method_names
 from fedrec.runs import resume_run, run_experiment, run_flower
+
+REUSE_HELP = (
+    "keep finished runs made by another commit, a dirty tree or no recorded "
+    "commit (default: run them again)"
+)
+SEED_VARIES = (
+    "seed varies: pre-training init and batch order, adapter init, batch order, "
+    "client sampling, LDP noise; fixed by the data config: split, open/private "
+    "division, client partition"
+)
+TOPK_SEED_VARIES = (
+    "seed varies: adapter (LoRA) init, batch order, client sampling, the "
+    "validation subsample; fixed by the data config: split, user groups"
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,6 +86,13 @@ def _parser() -> argparse.ArgumentParser:
     table.add_argument(
         "--preset", metavar="NAME", help="apply the config's [presets] NAME first"
     )
+    table.add_argument(
+        "--versus",
+        metavar="NAME",
+        help="reference of the paired bootstrap intervals (default: the config's "
+        "[method] name if it is a variant, else the first variant)",
+    )
+    table.add_argument("--reuse", action="store_true", help=REUSE_HELP)
     sw = sub.add_parser("sweep", help="vary one config value; write a table and plot")
     sw.add_argument("config")
     sw.add_argument("--key", required=True, help="e.g. privacy.ldp_epsilon")
@@ -79,6 +101,17 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     sw.add_argument("--out", type=Path, default=Path("results/sweep"))
     sw.add_argument("--quiet", action="store_true")
+    sw.add_argument("--reuse", action="store_true", help=REUSE_HELP)
+    sw.add_argument(
+        "--tune",
+        metavar="KEY=V1,V2,...",
+        help="also run KEY at each value and add rows with the one that validates "
+        "best, e.g. privacy.ldp_clip=0.1,0.3,3",
+    )
+    sw.add_argument(
+        "--tune-for", nargs="+", metavar="VALUE", help="swept values to tune (all)"
+    )
+    sw.add_argument("--versus", help="reference value of the intervals (the first)")
     sub.add_parser("methods", help="list registered methods")
     return p
 
@@ -154,11 +187,14 @@ def _table(args: argparse.Namespace) -> None:
             _header(path, cfg, args.seeds)
             + (f" Variant overrides: {'; '.join(sets)}." if sets else "")
         )
-    rows = tables.run_all(runs, args.seeds, args.out, not args.quiet)
+    own = load_config(args.config[0], args.set, args.preset).method["name"]
+    versus = _reference(args.versus, [label for label, _ in runs], own)
+    rows = tables.run_all(runs, args.seeds, args.out, not args.quiet, args.reuse)
     header = "\n\n".join(headers)
     if args.preset:
         header = f"Preset `{args.preset}`.\n\n{header}"
-    print(tables.write_table(rows, args.out, header))
+    intervals = tables.paired_intervals(rows, versus)
+    print(tables.write_table(rows, args.out, header, intervals=intervals))
     if rows and rows[0].get("test_ndcg@10_clients") is not None:
         every_round = all("test" in c.eval.splits for _, c in runs)
         tables.plot_curves(
@@ -170,13 +206,53 @@ def _table(args: argparse.Namespace) -> None:
     print(f"results: {args.out}")
 
 
+def _reference(versus: str | None, labels: list[str], own: str) -> str:
+    """``versus`` (checked), else the method ``own`` if a label, else the first."""
+    labels = list(dict.fromkeys(labels))
+    if versus is not None:
+        if versus not in labels:
+            raise FedrecError(f"--versus {versus}: not among {labels}")
+        return versus
+    return own if own in labels else labels[0]
+
+
 def _sweep(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.set)
+    tune = None
+    if args.tune:
+        tkey, eq, grid = args.tune.partition("=")
+        if not eq or not grid:
+            raise FedrecError(f"--tune {args.tune}: expected KEY=V1,V2,...")
+        tune = (tkey.strip(), [g.strip() for g in grid.split(",")])
     rows = tables.sweep(
-        cfg, args.key, args.values, args.seeds, args.out, not args.quiet, args.config
+        cfg,
+        args.key,
+        args.values,
+        args.seeds,
+        args.out,
+        not args.quiet,
+        args.config,
+        args.reuse,
+        tune,
+        args.tune_for,
     )
     header = _header(args.config, cfg, args.seeds) + f" Sweep of `{args.key}`."
-    print(tables.write_table(rows, args.out, header, by="value", name="sweep"))
+    if tune:
+        header += (
+            f" Rows '…, {tune[0].rsplit('.', 1)[-1]} tuned': the value of "
+            f"`{tune[0]}` among the config's and {', '.join(tune[1])} with the best "
+            f"mean val_{cfg.eval.select_metric} (every run in sweep-grid.csv)."
+        )
+        tables.write_table(rows, args.out, header, by="value", name="sweep-grid")
+    shown = [r for r in rows if not r.get("grid")]
+    labels = [r["value"] for r in shown]
+    versus = _reference(args.versus, labels, labels[0])
+    intervals = tables.paired_intervals(shown, versus)
+    print(
+        tables.write_table(
+            shown, args.out, header, by="value", name="sweep", intervals=intervals
+        )
+    )
     tables.plot_sweep(rows, args.out, args.key)
     print(f"results: {args.out}")
 
@@ -200,14 +276,16 @@ def _header(path: str, cfg: ExperimentConfig, seeds: int) -> str:
             f"{t.max_rows_per_client or 'all'} train samples per client per round, "
             f"≤ {cfg.eval.max_samples or 'all'} validation samples per user group"
             f"{decode}; selection by best val_{cfg.eval.select_metric}; every test "
-            f"user, tested {when}; mean ± std over {seeds} seed(s); per-client "
-            f"values over the {d.n_clients} user groups for every method."
+            f"user, tested {when}; mean ± std over {seeds} seed(s) "
+            f"({TOPK_SEED_VARIES}); per-client values over the {d.n_clients} user "
+            "groups for every method."
         )
     return (
         f"Config `{path}`; data {where}; split {d.split}; clients: {d.users.clients} "
         f"users; {t.rounds} rounds, {t.local_epochs} local epoch(s), batch "
         f"{t.batch_size}, client fraction {t.client_fraction}; selection by best "
-        f"val_{cfg.eval.select_metric}; mean ± std over {seeds} seed(s)."
+        f"val_{cfg.eval.select_metric}; mean ± std over {seeds} seed(s) "
+        f"({SEED_VARIES})."
     )
 
 

@@ -9,6 +9,7 @@ through the same validation.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -243,15 +244,15 @@ class PretrainConfig:
     the open users' rows (``data.users`` defines the division; the clients are
     then the private users) and ``"pretrain-kd"`` distils it from a teacher of
     ``[pretrain.kd]``'s size. The checkpoint is the epoch with the best AUC on
-    each open user's latest ``holdout`` rows: no private row shapes it. Results
-    are cached under ``cache_dir`` by a hash of everything they depend on.
+    each open user's latest ``holdout`` rows: no private row shapes it. Its
+    initialisation and batch order are seeded by ``run.seed``. Results are
+    cached under ``cache_dir`` by a hash of everything they depend on.
     """
 
     epochs: int = 20
     lr: float = 1e-3
     batch_size: int = 1024
     holdout: float = 0.2
-    seed: int = 0
     cache_dir: str = ".cache/pretrain"
     kd: KDConfig = field(default_factory=KDConfig)
 
@@ -267,12 +268,20 @@ class PrivacyConfig:
     ``ldp_epsilon > 0``: clip each uploaded tensor to L1 norm ``ldp_clip`` and
     add Laplace(0, 2·clip/ε) noise per entry (ε-LDP per round). ``ldp_scale > 0``
     without ε: Laplace(0, ldp_scale) noise, no clipping, no ε claimed (the
-    δ-only mode of the reference line of work).
+    δ-only mode of the reference line of work). ``ldp_epsilon = inf``: clipping
+    to ``ldp_clip`` only, no noise (a reference row; no privacy).
+
+    The noise is seeded by the operating system on each client.
+    ``reproducible_noise = true`` seeds it by ``(run.seed, round, client)``
+    instead: the server can regenerate and subtract it, so it is for tests and
+    simulation studies only (a warning is logged, the summary records
+    ``ldp_protects = false``, and the Flower app refuses it).
     """
 
     ldp_epsilon: float = 0.0
     ldp_clip: float = 1.0
     ldp_scale: float = 0.0
+    reproducible_noise: bool = False
 
     def __post_init__(self) -> None:
         _check(self.ldp_epsilon >= 0, "privacy.ldp_epsilon must be >= 0")
@@ -282,6 +291,17 @@ class PrivacyConfig:
             not (self.ldp_epsilon and self.ldp_scale),
             "privacy: set ldp_epsilon or ldp_scale, not both",
         )
+
+    @property
+    def ldp(self) -> bool:
+        """Whether uploads are clipped or noised at all."""
+        return self.ldp_epsilon > 0 or self.ldp_scale > 0
+
+    @property
+    def protects(self) -> bool:
+        """Whether the uploads are ε-LDP against the server (noise it cannot redo)."""
+        noised = self.ldp_scale > 0 or 0 < self.ldp_epsilon < math.inf
+        return noised and not self.reproducible_noise
 
 
 @dataclass
@@ -378,6 +398,8 @@ def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
     if tp is Any:
         return value
     if tp is float:
+        if value in ("inf", "-inf"):  # how a run directory's JSON keeps ±inf
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad
         return float(value)

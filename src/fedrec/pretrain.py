@@ -5,13 +5,16 @@ Recipe (fedpa.md §1.3, §7.1), top to bottom:
 1. divide users into open and private (``data.users``);
 2. hold out each open user's latest ``pretrain.holdout`` rows;
 3. train a :class:`~fedrec.models.ctr_mlp.CTRModel` on the other open rows with
-   Adam (state kept across epochs), mini-batches seeded by ``pretrain.seed``;
+   Adam (state kept across epochs), initialisation and mini-batches seeded by
+   ``run.seed`` (each seed of a table adapts its own foundation model, so the
+   spread over seeds includes pre-training's);
 4. keep the epoch with the best AUC on the hold-out (only open users' data);
 5. for ``"pretrain-kd"``: pre-train a teacher of ``[pretrain.kd]``'s size the same
    way, then train the student on the same rows against labels and the teacher.
 
 Results are cached under ``pretrain.cache_dir`` by a hash of everything they
-depend on, so every method and seed of a table adapts the same foundation model.
+depend on (the seed included), so every method of a table adapts, for a given
+seed, the same foundation model.
 """
 
 from __future__ import annotations
@@ -78,11 +81,13 @@ def fit(
     train: np.ndarray,
     val: np.ndarray,
     pc: PretrainConfig,
+    seed: int,
     loss_fn: LossFn | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Adam on ``train`` rows for ``pc.epochs``; the state with the best val AUC.
 
-    ``loss_fn(logits, labels, rows)`` defaults to mean BCE.
+    Batches are drawn by a generator seeded by ``seed``; ``loss_fn(logits,
+    labels, rows)`` defaults to mean BCE.
     """
     df = data.interactions
     users = torch.as_tensor(df["user"].to_numpy().copy())
@@ -90,7 +95,7 @@ def fit(
     labels = torch.as_tensor(df["label"].to_numpy().copy(), dtype=torch.float32)
     loss_fn = loss_fn or (lambda s, y, rows: F.binary_cross_entropy_with_logits(s, y))
     opt = torch.optim.Adam(model.parameters(), lr=pc.lr)
-    gen = torch.Generator().manual_seed(pc.seed)
+    gen = torch.Generator().manual_seed(seed)
     rows_t, val_t = torch.as_tensor(train), torch.as_tensor(val)
     best, best_auc, curve = None, -1.0, []
     for epoch in range(pc.epochs):
@@ -145,6 +150,7 @@ def _key(cfg: ExperimentConfig, mode: str) -> str:
         "min": d.min_interactions,
         "dim": cfg.model.dim,
         "layers": cfg.model.layers,
+        "seed": cfg.run.seed,
         "pretrain": {
             k: v
             for k, v in dataclasses.asdict(cfg.pretrain).items()
@@ -166,7 +172,8 @@ def foundation(cfg: ExperimentConfig, data: InteractionData) -> Path:
     log.info(
         "pre-training (%s) on %d open rows, %d held out", mode, len(train), len(val)
     )
-    torch.manual_seed(cfg.pretrain.seed)
+    seed = cfg.run.seed
+    torch.manual_seed(seed)
     model = CTRModel.for_data(data, cfg.model.dim, cfg.model.layers)
     report: dict[str, Any] = {
         "mode": mode,
@@ -177,7 +184,7 @@ def foundation(cfg: ExperimentConfig, data: InteractionData) -> Path:
     if mode == "pretrain-kd":
         kd = cfg.pretrain.kd
         teacher = CTRModel.for_data(data, kd.teacher_dim, kd.teacher_layers)
-        t_state, t_curve = fit(teacher, data, train, val, cfg.pretrain)
+        t_state, t_curve = fit(teacher, data, train, val, cfg.pretrain, seed)
         teacher.load_state_dict(t_state)
         df = data.interactions
         with torch.no_grad():
@@ -187,7 +194,7 @@ def foundation(cfg: ExperimentConfig, data: InteractionData) -> Path:
             )
         loss_fn = kd_loss(t_logits, cfg.pretrain)
         report["teacher"] = _describe(teacher, t_curve)
-    state, curve = fit(model, data, train, val, cfg.pretrain, loss_fn)
+    state, curve = fit(model, data, train, val, cfg.pretrain, seed, loss_fn)
     model.load_state_dict(state)
     report["model"] = _describe(model, curve)
     atomic_write(path, lambda p: torch.save({"model": state, "report": report}, p))

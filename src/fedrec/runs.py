@@ -3,11 +3,17 @@
 A run directory holds:
 
 - ``config.json``: the resolved, validated config (what ``--resume`` reads);
-- ``env.json``: seed, command, Python/library versions, threads, git commit;
+- ``env.json``: seed, command, Python/library versions, threads, the git
+  commit and whether tracked files differed from it (``git_commit``,
+  ``git_dirty``) when the run started;
 - ``metrics.jsonl``: one JSON line per round;
 - ``checkpoint.pt``: the state after the last finished round (written
   atomically: a kill never leaves half a file);
-- ``summary.json``: the best round by validation metric and its test metrics;
+- ``summary.json``: the best round by validation metric, its test metrics and
+  ``commit``, the code that finished the run (:func:`current_commit`);
+- ``test_rows.npz``: the per-row test outputs of the best validation round
+  (``round``: that round; CTR ``users``, ``labels``, ``probs``; top-K ``user``,
+  ``client`` and one array per metric), for paired bootstrap intervals;
 - ``metrics.png``: the metrics per round.
 """
 
@@ -40,10 +46,11 @@ from fedrec.fl.simulate import EmbeddedEngine
 log = logging.getLogger("fedrec")
 TIMING_KEYS = ("train_s", "eval_s", "round_s", "clients_per_s", "peak_rss_mb")
 LOWER_IS_BETTER = ("logloss",)
+ROWS_FILE = "test_rows.npz"
 
 
 def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (NaN written as null)."""
+    """Write JSON atomically (NaN written as null, ±inf as ``"inf"``/``"-inf"``)."""
     text = json.dumps(_jsonable(obj), indent=2, allow_nan=False)
     atomic_write(path, lambda p: p.write_text(text + "\n"))
 
@@ -54,7 +61,7 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_jsonable(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
-        return None
+        return None if math.isnan(obj) else str(obj)
     if isinstance(obj, np.generic):
         return _jsonable(obj.item())
     return obj
@@ -76,16 +83,7 @@ def environment(cfg: ExperimentConfig) -> dict[str, Any]:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:
             pass
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
-        ).stdout.strip()
-    except OSError:
-        commit = ""
+    commit, dirty = git_state()
     return {
         "seed": cfg.run.seed,
         "command": sys.argv,
@@ -95,8 +93,44 @@ def environment(cfg: ExperimentConfig) -> dict[str, Any]:
         "torch_threads": torch.get_num_threads(),
         "versions": versions,
         "git_commit": commit,
+        "git_dirty": dirty,
         "started": datetime.now().isoformat(timespec="seconds"),
     }
+
+
+def git_state() -> tuple[str, bool]:
+    """The checkout's commit and whether tracked files differ from it.
+
+    ``("", False)`` outside a git checkout (an installed package).
+    """
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(
+                ["git", *args],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                cwd=Path(__file__).parent,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    commit = git("rev-parse", "HEAD")
+    if not commit:
+        return "", False
+    return commit, bool(git("status", "--porcelain", "--untracked-files=no"))
+
+
+def commit_label(commit: str, dirty: bool) -> str:
+    """``<12-digit hash>``, ``+dirty`` appended for a dirty tree; ``""`` without git."""
+    return f"{commit[:12]}{'+dirty' if dirty else ''}" if commit else ""
+
+
+def current_commit() -> str:
+    """:func:`commit_label` of the code running now."""
+    return commit_label(*git_state())
 
 
 def summarise(history: list[dict[str, Any]], cfg: ExperimentConfig) -> dict[str, Any]:
@@ -116,6 +150,7 @@ def summarise(history: list[dict[str, Any]], cfg: ExperimentConfig) -> dict[str,
         "rounds": len(history),
         "select_metric": key,
         "best_round": best["round"],
+        "ldp_protects": cfg.privacy.protects,
     }
     out.update(
         {f"best_{k}": v for k, v in best.items() if k.startswith(("val_", "test_"))}
@@ -275,6 +310,8 @@ class Run:
             clients = bar.add_task("clients trained", total=None)
             for rnd in range(eng.round, total):
                 m = eng.run_round(rnd, on_clients=lambda n: bar.advance(clients, n))
+                if "test" in self.cfg.eval.splits and self._is_best(rnd):
+                    self._save_test_rows(rnd)
                 if (rnd + 1) % self.cfg.run.checkpoint_every == 0 or rnd + 1 == total:
                     atomic_write(
                         self.dir / "checkpoint.pt",
@@ -303,13 +340,30 @@ class Run:
         summary["device_bytes"] = sum(p.numel() * p.element_size() for p in params)
         summary["ldp_epsilon_total"] = eng.epsilon_spent()
         summary["dropped_users"] = eng.fed.split.dropped_users
+        summary["commit"] = current_commit()
         write_json(self.dir / "summary.json", summary)
         plot_history(eng.history, self.dir / "metrics.png", self.cfg.run.name)
         return summary
 
+    def _is_best(self, rnd: int) -> bool:
+        """Whether round ``rnd`` is, so far, the best validation round."""
+        return summarise(self.engine.history, self.cfg).get("best_round") == rnd
+
+    def _save_test_rows(self, rnd: int) -> None:
+        """``test_rows.npz``: the last test evaluation's per-row outputs, at ``rnd``.
+
+        Nothing when the engine keeps no per-row outputs (``last_rows``).
+        """
+        rows = getattr(self.engine, "last_rows", {}).get("test")
+        if rows:
+            arrays = {k: np.asarray(v) for k, v in rows.items()}
+            atomic_write(
+                self.dir / ROWS_FILE, lambda p: np.savez(p, round=rnd, **arrays)
+            )
+
     def _keep_if_best(self, rnd: int) -> None:
         """Keep the aggregated state of the best validation round (``best.pt``)."""
-        if summarise(self.engine.history, self.cfg).get("best_round") == rnd:
+        if self._is_best(rnd):
             eng = self.engine
             state = {
                 "round": rnd,
@@ -322,12 +376,18 @@ class Run:
         """Test once, with the best validation round's state.
 
         For ``eval.splits`` without ``"test"``: the same numbers as testing
-        every round, at the cost of one evaluation.
+        every round, at the cost of one evaluation. Tested again when the test
+        metrics are there but ``test_rows.npz`` is not of that round (a kill
+        between the two), if the engine keeps per-row outputs.
         """
         eng = self.engine
         best = summarise(eng.history, self.cfg).get("best_round")
         entry = next((h for h in eng.history if h["round"] == best), None)
-        if entry is None or "test_eval_s" in entry:
+        if entry is None:
+            return
+        if "test_eval_s" in entry and (
+            not hasattr(eng, "last_rows") or rows_round(self.dir) == best
+        ):
             return
         state = load_checkpoint(self.dir / "best.pt")
         final = {"server": eng.server, "store": eng.store.state_dict()}
@@ -336,9 +396,19 @@ class Run:
         t0 = time.perf_counter()
         entry.update({f"test_{k}": v for k, v in eng.evaluate("test").items()})
         entry["test_eval_s"] = time.perf_counter() - t0
+        self._save_test_rows(best)
         eng.server = final["server"]
         eng.store.load_state_dict(final["store"])
         self._rewrite_metrics()
+
+
+def rows_round(run_dir: Path) -> int | None:
+    """The round of ``run_dir``'s ``test_rows.npz``; ``None`` without one."""
+    try:
+        with np.load(run_dir / ROWS_FILE) as f:
+            return int(f["round"])
+    except (FileNotFoundError, KeyError, ValueError, OSError):
+        return None
 
 
 def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -353,7 +423,7 @@ def finish_run(
     """Metrics, ``summary.json`` and the plot of a finished run; its summary."""
     write_metrics(run_dir, history)
     summary = summarise(history, cfg)
-    summary.update(run_dir=str(run_dir), **extra)
+    summary.update(run_dir=str(run_dir), commit=current_commit(), **extra)
     write_json(run_dir / "summary.json", summary)
     plot_history(history, run_dir / "metrics.png", cfg.run.name)
     return summary

@@ -1,8 +1,10 @@
 """Results tables and sweeps: many runs on the same data, one row each.
 
 ``fedrec table CONFIG`` runs the config's ``[variants.<label>]`` (or
-``--methods``) for seeds ``0..N-1`` and writes ``table.csv`` (one row per run),
-``table.md`` (mean ± std over seeds) and ``test_auc_per_round.png``.
+``--methods``) for seeds ``0..N-1`` and writes ``table.csv`` (one row per run,
+with the commit that made it), ``table.md`` (mean ± std over seeds, and each
+method's difference to a reference with a paired bootstrap interval over test
+users), ``intervals.csv`` (those intervals) and ``test_auc_per_round.png``.
 ``fedrec sweep CONFIG --key K --values ...`` varies one config value and writes
 ``sweep.csv``, ``sweep.md`` and ``sweep.png``.
 
@@ -15,17 +17,39 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import logging
 import math
+import shutil
+from dataclasses import dataclass, field
+from functools import reduce
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from fedrec.atomic import atomic_write
 from fedrec.build import load_data
 from fedrec.config import ExperimentConfig, apply_overrides, config_from_raw
 from fedrec.data.dataset import InteractionData
 from fedrec.errors import ConfigError
-from fedrec.runs import Run, run_experiment
+from fedrec.metrics.bootstrap import (
+    PooledAUC,
+    Statistic,
+    UserMean,
+    paired_difference,
+    replicate,
+)
+from fedrec.metrics.reducers import N_BINS
+from fedrec.runs import (
+    LOWER_IS_BETTER,
+    ROWS_FILE,
+    Run,
+    commit_label,
+    current_commit,
+    run_experiment,
+)
+
+log = logging.getLogger("fedrec")
 
 COLUMNS = [
     "method",
@@ -42,6 +66,7 @@ COLUMNS = [
     "device_bytes",
     "ldp_epsilon_total",
     "wall_s",
+    "commit",
 ]
 TOPK_COLUMNS = [
     "method",
@@ -61,6 +86,7 @@ TOPK_COLUMNS = [
     "upload_bytes_per_client",
     "wall_s",
     "peak_rss_mb",
+    "commit",
 ]
 TOPK_MD = [
     "test_recall@10",
@@ -80,6 +106,8 @@ MD_METRICS = [
     "device_bytes",
     "wall_s",
 ]
+INTERVAL_METRICS = ("test_auc", "test_gauc")
+TOPK_INTERVAL_METRICS = ("test_ndcg@10", "test_recall@10")
 
 
 def variants(
@@ -125,15 +153,18 @@ def run_all(
     seeds: int,
     out: Path,
     progress: bool = True,
+    reuse: bool = False,
 ) -> list[dict[str, Any]]:
     """Run every ``(label, config)`` for each seed; data loaded once per data config.
 
-    Resumable: a run directory that already finished with the same config is
-    reused, one with a checkpoint is resumed; one made with another config is an
-    error (nothing is overwritten).
+    Resumable: a run directory that already finished with the same config and
+    the same clean commit is reused, one with a checkpoint is resumed; one made
+    by another commit, a dirty tree or no recorded commit is removed and run
+    again unless ``reuse``; one made with another config is an error (nothing
+    is overwritten).
     """
     cache: dict[str, InteractionData] = {}
-    rows = []
+    rows, commit = [], current_commit()
     for label, cfg in runs:
         key = json.dumps(cfg.to_dict()["data"], sort_keys=True)
         for seed in range(seeds):
@@ -144,6 +175,11 @@ def run_all(
             if c.backbone.kind != "ctr":  # tables may hold several backbones
                 run_dir = out / "runs" / c.backbone.kind / f"{label}-s{seed}"
             s = _finished(run_dir, c)
+            why = None if reuse else _other_code(run_dir, s, commit)
+            if why:
+                log.warning("re-running %s: %s (--reuse keeps it)", run_dir, why)
+                shutil.rmtree(run_dir)
+                s = None
             if s is None:
                 if (run_dir / "checkpoint.pt").exists():
                     s = Run.resume(run_dir).execute(progress)
@@ -160,6 +196,7 @@ def run_all(
                 split_k=c.backbone.split_k_per_client or c.backbone.split_k,
                 test_users=s.get("test_users"),
                 run_dir=str(run_dir),
+                commit=s.get("commit", ""),
             )
             row["val_recall@10"] = s.get("best_val_recall@10")
             rows.append(row)
@@ -183,6 +220,31 @@ def _finished(run_dir: Path, cfg: ExperimentConfig) -> dict[str, Any] | None:
     return json.loads(summary.read_text()) if summary.exists() else None
 
 
+def _other_code(run_dir: Path, summary: dict[str, Any] | None, now: str) -> str:
+    """Why the run in ``run_dir`` is not this clean commit's (``""`` if it is).
+
+    A finished run's commit is its summary's; an unfinished one's, its
+    ``env.json``'s (the commit that started it).
+    """
+    if summary is not None:
+        made = summary.get("commit") or ""
+    else:
+        try:
+            env = json.loads((run_dir / "env.json").read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return ""  # nothing there to keep
+        known = "git_dirty" in env
+        made = commit_label(env.get("git_commit", ""), env.get("git_dirty", False))
+        made = made if known else ""
+    if not made:
+        return "no recorded commit"
+    if made.endswith("+dirty"):
+        return f"made by a dirty tree ({made})"
+    if made != now:
+        return f"made by commit {made}, this is {now or 'not a git checkout'}"
+    return ""
+
+
 def _cell(values: list[Any], metric: str) -> str:
     v = np.array([np.nan if x is None else x for x in values], dtype=float)
     fmt = (
@@ -198,25 +260,33 @@ def write_table(
     header: str,
     by: str = "method",
     name: str = "table",
+    intervals: Intervals | None = None,
 ) -> str:
     """``<name>.csv`` (a row per run) and ``<name>.md`` (mean ± std per ``by``).
 
     CTR runs get AUC-style columns; top-K runs (FELLRec) get Recall/NDCG@10,
     their spread across clients, the per-client NDCG@10 values and peak memory.
+    With ``intervals`` (:func:`paired_intervals`): ``intervals.csv`` and a
+    ``Δ<metric> vs <reference> [95% CI]`` column per interval metric.
     """
     out.mkdir(parents=True, exist_ok=True)
-    topk = all(r.get("test_auc") is None for r in rows)
+    topk = _is_topk(rows)
     columns, md = (TOPK_COLUMNS, TOPK_MD) if topk else (COLUMNS, MD_METRICS)
     cols = ([by] if by not in columns else []) + columns
     with open(out / f"{name}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
+    titles = list(md)
+    if intervals is not None:
+        write_intervals(intervals, out / "intervals.csv")
+        ref = intervals.reference
+        titles += [f"Δ{m} vs {ref} [95% CI]" for m in intervals.metrics]
     lines = [
         header,
         "",
-        f"| {by} | seeds | " + " | ".join(md) + " |",
-        "|---" * (len(md) + 2) + "|",
+        f"| {by} | seeds | " + " | ".join(titles) + " |",
+        "|---" * (len(titles) + 2) + "|",
     ]
     group = (lambda r: (r["backbone"], r[by])) if topk else (lambda r: (r[by],))
     if topk:
@@ -225,10 +295,185 @@ def write_table(
     for key in dict.fromkeys(group(r) for r in rows):
         rs = [r for r in rows if group(r) == key]
         cells = [_cell([r[m] for r in rs], m) for m in md]
+        if intervals is not None:
+            block = key[0] if topk else ""
+            cells += [intervals.cell(block, key[-1], m) for m in intervals.metrics]
         lines.append(f"| {' | '.join(key)} | {len(rs)} | " + " | ".join(cells) + " |")
+    if intervals is not None:
+        lines += ["", intervals.legend()]
     text = "\n".join(lines) + "\n"
     (out / f"{name}.md").write_text(text)
     return text
+
+
+def _is_topk(rows: list[dict[str, Any]]) -> bool:
+    return all(r.get("test_auc") is None for r in rows)
+
+
+@dataclass
+class Intervals:
+    """Paired bootstrap intervals of each method's difference to ``reference``.
+
+    ``rows``: one dict per (backbone, method, metric) with ``diff``, ``lo``,
+    ``hi`` (NaN where a side has no ``test_rows.npz``), ``n_users`` and
+    ``seeds``; ``notes``: caveats printed under the table.
+    """
+
+    reference: str
+    metrics: tuple[str, ...]
+    resamples: int
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def cell(self, backbone: str, method: str, metric: str) -> str:
+        """``+0.0123 [+0.0051, +0.0190]*`` (``*``: the interval excludes 0)."""
+        if method == self.reference:
+            return "ref"
+        for r in self.rows:
+            if (r["backbone"], r["method"], r["metric"]) == (backbone, method, metric):
+                d, lo, hi = r["diff"], r["lo"], r["hi"]
+                if not all(math.isfinite(x) for x in (d, lo, hi)):
+                    return "–"
+                star = "*" if lo > 0 or hi < 0 else ""
+                return f"{d:+.4f} [{lo:+.4f}, {hi:+.4f}]{star}"
+        return "–"
+
+    def legend(self) -> str:
+        """What the Δ columns are, and why a cell may be ``–``."""
+        users = sorted({r["n_users"] for r in self.rows if r["n_users"]})
+        text = (
+            f"Δ: the method minus `{self.reference}` on the same test users, "
+            "averaged over the seeds both have; 95% paired bootstrap interval "
+            f"(B = {self.resamples} resamples of the "
+            f"{'/'.join(map(str, users)) or '0'} test users with replacement, "
+            "the same for every method and seed; percentile interval); "
+            "* the interval excludes 0."
+        )
+        if any(not math.isfinite(r["diff"]) for r in self.rows):
+            text += (
+                f" –: the run or the reference kept no per-user test outputs "
+                f"(`{ROWS_FILE}` of its best round; Flower runs keep none)."
+            )
+        return " ".join([text, *self.notes])
+
+
+def paired_intervals(
+    rows: list[dict[str, Any]], reference: str, b: int = 1000, seed: int = 0
+) -> Intervals:
+    """Each method's difference to ``reference`` with its bootstrap interval.
+
+    See :mod:`fedrec.metrics.bootstrap` for the formula. CTR tables: pooled
+    test AUC (scores on the probability grid of the reported histogram AUC,
+    :mod:`fedrec.metrics.reducers`, so that Δ is the difference of the
+    table's columns) and GAUC; top-K tables: mean per-user NDCG@10 and
+    Recall@10, per backbone. Users are matched by id; when runs hold
+    different test users, the intersection is used and a note says so.
+    """
+    topk = _is_topk(rows)
+    metrics = TOPK_INTERVAL_METRICS if topk else INTERVAL_METRICS
+    out = Intervals(reference, metrics, b)
+    for block in dict.fromkeys(_block(r, topk) for r in rows):
+        mine = [r for r in rows if _block(r, topk) == block]
+        loaded = {
+            (r["method"], r["seed"]): d
+            for r in mine
+            if (d := _test_rows(r)) is not None
+        }
+        reps, n_users = _replicates(loaded, metrics, topk, b, seed, out.notes)
+        if all(r["method"] != reference for r in mine):
+            out.notes.append(f"`{reference}` has no run on {block or 'this data'}.")
+        for method in dict.fromkeys(r["method"] for r in mine):
+            for metric in metrics if method != reference else ():
+                diff, lo, hi, seeds = paired_difference(
+                    _by_seed(reps, method, metric), _by_seed(reps, reference, metric)
+                )
+                out.rows.append(
+                    dict(
+                        backbone=block,
+                        method=method,
+                        metric=metric,
+                        reference=reference,
+                        diff=diff,
+                        lo=lo,
+                        hi=hi,
+                        n_users=n_users if seeds else 0,
+                        seeds=" ".join(map(str, seeds)),
+                    )
+                )
+    return out
+
+
+def _by_seed(
+    reps: dict[tuple[str, int, str], np.ndarray], method: str, metric: str
+) -> dict[int, np.ndarray]:
+    return {s: v for (m, s, mt), v in reps.items() if (m, mt) == (method, metric)}
+
+
+def _block(row: dict[str, Any], topk: bool) -> str:
+    """Rows compared with each other: one backbone of a top-K table, else all."""
+    return str(row.get("backbone", "")) if topk else ""
+
+
+def _test_rows(row: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    """The run's ``test_rows.npz`` if it is of the summary's best round."""
+    path = Path(row["run_dir"]) / ROWS_FILE
+    if not path.exists():
+        return None
+    with np.load(path) as f:
+        rows = {k: f[k] for k in f.files}
+    return rows if int(rows["round"]) == row.get("best_round") else None
+
+
+def _replicates(
+    loaded: dict[tuple[str, int], dict[str, np.ndarray]],
+    metrics: tuple[str, ...],
+    topk: bool,
+    b: int,
+    seed: int,
+    notes: list[str],
+) -> tuple[dict[tuple[str, int, str], np.ndarray], int]:
+    """:func:`replicate` of every (method, seed, metric) over the common users."""
+    if not loaded:
+        return {}, 0
+    key = "user" if topk else "users"
+    sets = [np.unique(d[key]) for d in loaded.values()]
+    common = reduce(np.intersect1d, sets)
+    if any(len(s) != len(common) for s in sets):
+        notes.append(
+            f"The runs' test users differ: intervals over the {len(common)} "
+            f"users all of them share (of {max(len(s) for s in sets)})."
+        )
+    stats: dict[tuple[str, int, str], Statistic] = {}
+    for (method, s), d in loaded.items():
+        keep = np.isin(d[key], common)
+        u = np.searchsorted(common, d[key][keep])
+        for metric in metrics:
+            stats[(method, s, metric)] = _statistic(d, keep, u, metric, len(common))
+    return replicate(stats, len(common), b, seed), len(common)
+
+
+def _statistic(
+    d: dict[str, np.ndarray], keep: np.ndarray, u: np.ndarray, metric: str, n: int
+) -> Statistic:
+    """The bootstrap statistic of ``metric`` on rows ``keep`` of users ``u``."""
+    if metric == "test_auc":  # on the grid of the table's histogram AUC
+        p = np.clip(d["probs"][keep], 0.0, 1.0)
+        grid = np.minimum((p * N_BINS).astype(np.int64), N_BINS - 1)
+        return PooledAUC(u, d["labels"][keep], grid, n)
+    if metric == "test_gauc":
+        return UserMean.gauc(u, d["labels"][keep], d["probs"][keep], n)
+    return UserMean.of_rows(u, d[metric.removeprefix("test_")][keep], n)
+
+
+def write_intervals(intervals: Intervals, path: Path) -> None:
+    """``intervals.csv``: method, metric, reference, diff, lo, hi, n_users, seeds."""
+    cols = ["method", "metric", "reference", "diff", "lo", "hi", "n_users", "seeds"]
+    if any(r["backbone"] for r in intervals.rows):
+        cols.insert(0, "backbone")
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(intervals.rows)
 
 
 def plot_clients(
@@ -328,55 +573,110 @@ def sweep(
     out: Path,
     progress: bool = True,
     source: str = "",
+    reuse: bool = False,
+    tune: tuple[str, list[str]] | None = None,
+    tune_for: list[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Vary config ``key`` over ``values`` (TOML literals); one row per run."""
+    """Vary config ``key`` over ``values`` (TOML literals); one row per run.
+
+    ``tune = (key2, grid)``: for each value in ``tune_for`` (default: all), also
+    run ``key2`` at each grid value, and add the rows ``"<v>, <key2> tuned"``:
+    the runs of the ``key2`` value (the config's own or a grid one) with the
+    best mean validation ``select_metric`` over seeds — chosen on validation
+    only, reported on test. Every row has ``value`` (its label), ``method`` (the
+    same, for :func:`paired_intervals`), ``swept`` (``v``) and ``grid`` (whether
+    it is a grid run, kept out of the markdown table).
+    ``reuse``: keep finished runs made by another commit (see :func:`run_all`).
+    """
     base = cfg.to_dict()
     base.pop("variants")
     base.pop("presets")
+    plan = [(v, None) for v in values]
+    if tune is not None:
+        plan += [(v, t) for v in (tune_for or values) for t in tune[1]]
     runs = []
-    for v in values:
-        raw = apply_overrides(base, [f"{key}={v}"])
-        raw["run"]["name"] = f"{key}={v}"
-        runs.append((f"{key}={v}", config_from_raw(raw, source)))
-    rows = run_all(runs, seeds, out, progress)
-    for r, (v, _) in zip(
-        rows, [(v, s) for v in values for s in range(seeds)], strict=True
-    ):
-        r["value"] = v
+    for v, t in plan:
+        sets = [f"{key}={v}"] + ([f"{tune[0]}={t}"] if tune and t is not None else [])
+        raw = apply_overrides(base, sets)
+        raw["run"]["name"] = label = ",".join(sets)
+        runs.append((label, config_from_raw(raw, source)))
+    rows = run_all(runs, seeds, out, progress, reuse)
+    each = [(v, t) for v, t in plan for _ in range(seeds)]
+    for r, (v, t) in zip(rows, each, strict=True):
+        short = tune[0].rsplit(".", 1)[-1] if tune else ""
+        r["value"] = r["method"] = v if t is None else f"{v}, {short}={t}"
+        r["swept"], r["grid"] = v, t is not None
+    if tune is not None:
+        for v in tune_for or values:
+            rows += _tuned(rows, v, tune[0], cfg)
     return rows
+
+
+def _tuned(
+    rows: list[dict[str, Any]], v: str, key: str, cfg: ExperimentConfig
+) -> list[dict[str, Any]]:
+    """Copies of the runs of swept value ``v`` whose ``key`` value validates best."""
+    metric = f"val_{cfg.eval.select_metric}"
+    sign = 1 if cfg.eval.select_metric in LOWER_IS_BETTER else -1
+    mine = [r for r in rows if r["swept"] == v]
+    by_label = {r["value"]: [x for x in mine if x["value"] == r["value"]] for r in mine}
+    best = min(
+        by_label,
+        key=lambda lab: sign * np.mean([float(x[metric]) for x in by_label[lab]]),
+    )
+    short = key.rsplit(".", 1)[-1]
+    own = reduce(lambda d, k: d[k], key.split("."), cfg.to_dict())
+    chosen = best.rsplit("=", 1)[1] if "=" in best else f"{own}"
+    label = f"{v}, {short} tuned ({chosen})"
+    return [
+        {**r, "value": label, "method": label, "grid": False} for r in by_label[best]
+    ]
 
 
 def plot_sweep(
     rows: list[dict[str, Any]], out: Path, key: str, metric: str = "test_auc"
 ) -> Path:
-    """Mean ± std of ``metric`` against the swept value."""
+    """Mean ± std of ``metric`` against the swept value.
+
+    One line for the values as swept and one for their tuned rows (if any);
+    the values 0 and ``inf`` (a mechanism off, or at its limit) as
+    horizontal reference lines.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    vals = list(dict.fromkeys(r["value"] for r in rows))
-    xs = [float(v) if v not in ("inf",) else math.inf for v in vals]
-    means = [np.mean([r[metric] for r in rows if r["value"] == v]) for v in vals]
-    stds = [np.std([r[metric] for r in rows if r["value"] == v]) for v in vals]
     fig, ax = plt.subplots(figsize=(6, 4))
-    pos = [i for i, x in enumerate(xs) if math.isfinite(x) and x > 0]
-    ax.errorbar(
-        [xs[i] for i in pos],
-        [means[i] for i in pos],
-        yerr=[stds[i] for i in pos],
-        marker="o",
-        capsize=3,
-        label="with LDP",
-    )
-    for i, x in enumerate(xs):
-        if x == 0:  # 0 switches the mechanism off: the reference line
-            ax.axhline(means[i], ls="--", color="grey", label=f"{key} = 0 (off)")
+    shown = [r for r in rows if not r.get("grid")]
+    for tuned in (False, True):
+        mine = [r for r in shown if (r["value"] != r.get("swept", r["value"])) == tuned]
+        labels = list(dict.fromkeys(r["value"] for r in mine))
+        if not labels:
+            continue
+        xs = [
+            float(r["swept"] if "swept" in r else r["value"])
+            for r in (next(x for x in mine if x["value"] == lab) for lab in labels)
+        ]
+        ys = [[float(r[metric]) for r in mine if r["value"] == lab] for lab in labels]
+        pos = [i for i, x in enumerate(xs) if 0 < x < math.inf]
+        ax.errorbar(
+            [xs[i] for i in pos],
+            [np.mean(ys[i]) for i in pos],
+            yerr=[np.std(ys[i]) for i in pos],
+            marker="o",
+            capsize=3,
+            label="tuned on validation" if tuned else "as swept",
+        )
+        for i, x in enumerate(xs):
+            if not tuned and x in (0, math.inf):
+                style = "--" if x == 0 else ":"
+                ax.axhline(np.mean(ys[i]), ls=style, color="grey", label=f"{key} = {x}")
     ax.legend()
     ax.set(xlabel=key, ylabel=metric, xscale="log")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = out / "sweep.png"
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=110))
     plt.close(fig)
     return path

@@ -147,8 +147,13 @@ def test_topk_table_and_per_client_plot(tmp_path):
         {**RAW, "variants": {"fedavg": {"method": {"name": "fedavg"}}, "fellrec": {}}}
     )
     rows = tables.run_all(tables.variants(cfg), 1, tmp_path, progress=False)
-    text = tables.write_table(rows, tmp_path, "header")
+    intervals = tables.paired_intervals(rows, "fellrec", b=50)
+    text = tables.write_table(rows, tmp_path, "header", intervals=intervals)
     assert "test_ndcg@10_client_std" in text and "test_auc" not in text
+    assert "Δtest_ndcg@10 vs fellrec [95% CI]" in text
+    (r,) = [r for r in intervals.rows if r["metric"] == "test_ndcg@10"]
+    point = rows[0]["test_ndcg@10"] - rows[1]["test_ndcg@10"]  # fedavg − fellrec
+    assert r["method"] == "fedavg" and r["diff"] == pytest.approx(point, abs=1e-12)
     assert len(rows[0]["test_ndcg@10_clients"]) == 3
     assert rows[0]["backbone"] == "text-encoder:tiny" and rows[0]["split_k"] == 0
     png = tables.plot_clients(rows, tmp_path)
@@ -293,6 +298,10 @@ def test_testing_only_the_best_round_gives_the_same_summary(tmp_path):
     lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     tested = [json.loads(x) for x in lines if "test_ndcg@10" in x]
     assert [m["round"] for m in tested] == [once["best_round"]]
+    for run, s in (("a", every), ("b", once)):  # per-user outputs of round 1
+        with np.load(tmp_path / run / "test_rows.npz") as f:
+            assert int(f["round"]) == 1
+            assert np.nanmean(f["ndcg@10"]) == pytest.approx(s["test_ndcg@10"])
 
 
 @pytest.mark.gpu

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import math
 
+import numpy as np
+import pytest
 import torch
 
 from fedrec.build import build_engine
@@ -192,3 +194,76 @@ def test_engine_norm_bound_rejects_everyone_and_keeps_server():
     assert m["rejected"] == m["clients"] == eng.fed.n_clients
     for k in before:
         assert torch.equal(before[k], eng.server[k])
+
+
+# ------------------------------------------------- empty clients, NaN losses
+
+
+def _empty_train(fed, client: int) -> None:
+    """Take every training row away from ``client`` (CSR: drop its slice)."""
+    ptr, rows = fed.ptr["train"], fed.rows["train"]
+    a, b = ptr[client], ptr[client + 1]
+    fed.rows["train"] = np.concatenate([rows[:a], rows[b:]])
+    fed.ptr["train"] = np.concatenate([ptr[: client + 1], ptr[client + 1 :] - (b - a)])
+    assert len(fed.client_rows("train", client)) == 0
+
+
+def _fellrec_engine():
+    pytest.importorskip("transformers")
+    pytest.importorskip("peft")
+    data = {"options": {"n_users": 40, "n_items": 30, "seed": 4}}
+    data |= {"split": "global_temporal", "clients": "random", "n_clients": 3}
+    raw = {
+        "data": data,
+        "backbone": {"kind": "text-encoder", "path": "tiny", "max_len": 48},
+        "train": {"rounds": 1, "engine": "loop", "batch_size": 8, "lr": 0.05},
+        "eval": {"select_metric": "ndcg@10", "max_samples": 4},
+        "method": {"name": "fellrec"},
+    }
+    raw["train"]["max_rows_per_client"] = 16
+    return build_engine(config_from_raw(raw))
+
+
+@pytest.mark.parametrize("method", ["fedavg", "fellrec"])
+def test_a_client_without_training_rows_is_never_sampled(method):
+    eng = _engine() if method == "fedavg" else _fellrec_engine()
+    _empty_train(eng.fed, 1)
+    for r in range(3):
+        assert 1 not in eng.sample(r).tolist()
+    m = eng.run_round(0)
+    assert m["rejected"] == 0 and m["clients"] == eng.fed.n_clients - 1
+    assert math.isfinite(m["train_loss"])
+    for name, t in eng.server.items():
+        assert torch.isfinite(t).all(), name
+
+
+def test_a_nan_loss_rejects_the_client_in_fellrec(caplog):
+    """FELLRec reads the losses (curriculum softmax): one NaN would spread to all."""
+    eng = _fellrec_engine()
+    orig = eng.task.loss
+    bad = torch.zeros(len(eng.fed.samples["train"]), dtype=torch.bool)
+    bad[torch.as_tensor(eng.fed.client_rows("train", 2))] = True
+
+    def loss(params, rows, mask, state=None):
+        base = orig(params, rows, mask, state)
+        return base + torch.where(bad[rows].any(), NAN, 0.0) * 0.0  # NaN, no grad
+
+    eng.task.loss = loss
+    before = {k: t.clone() for k, t in eng.server.items()}
+    with caplog.at_level(logging.WARNING, logger="fedrec"):
+        m = eng.train_round(0)
+    assert m["rejected"] == 1
+    assert any(
+        "client 2" in r.getMessage() and "loss" in r.getMessage()
+        for r in caplog.records
+    )
+    for name, t in eng.server.items():
+        assert torch.isfinite(t).all(), name
+    assert any(not torch.equal(before[k], eng.server[k]) for k in before)
+
+
+def test_accept_updates_rejects_a_non_finite_loss():
+    up = {"w": torch.zeros(3, 2)}
+    ok, reasons = accept_updates(up, up, {}, losses=torch.tensor([0.5, NAN, 0.1]))
+    assert ok.tolist() == [True, False, True]
+    assert reasons == ["non-finite loss nan"]

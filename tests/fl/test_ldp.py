@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -92,8 +93,17 @@ def _noise(mod, clients, rnd=0, seed=0, shape=(64,)):
     return {c: out["w"][i] - received["w"][i] for i, c in enumerate(clients)}
 
 
-def test_noise_is_per_client_and_repeatable():
+def test_os_noise_is_new_every_time_whatever_the_server_knows():
     mod = LaplaceLDP(epsilon=1.0, clip=1.0)  # b = 2
+    n1, n2 = _noise(mod, [3, 5]), _noise(mod, [3, 5])  # same seed, round, clients
+    for c in (3, 5):
+        assert n1[c].abs().sum() > 0
+        assert not torch.equal(n1[c], n2[c])
+    assert not torch.equal(n1[3], n1[5])
+
+
+def test_reproducible_noise_is_per_client_and_repeatable():
+    mod = LaplaceLDP(epsilon=1.0, clip=1.0, reproducible=True)  # b = 2
     n1 = _noise(mod, [3, 5])
     n2 = _noise(mod, [3, 5])
     assert not torch.equal(n1[3], n1[5])
@@ -200,6 +210,59 @@ def test_epsilon_is_the_worst_clients_participation():
         eng.run_round(r)
         assert eng.history[r]["ldp_epsilon_total"] == 2.0 * counts.max()
     assert eng.epsilon_spent() == 2.0 * counts.max()
+
+
+def test_clip_only_row_clips_and_adds_no_noise():
+    mod = LaplaceLDP(epsilon=math.inf, clip=0.5)
+    assert mod.scale == 0 and mod.epsilon_per_round == math.inf
+    received = {"w": torch.zeros(2, 4, dtype=torch.float64)}
+    uploads = {
+        "w": torch.tensor([[1.0, -1.0, 0.0, 2.0], [0.1, 0.0, 0.0, 0.1]]).double()
+    }
+    out = mod(uploads, received, _ctx([0, 1]))
+    # client 0: L1 = 4 > 0.5, scaled by 1/8; client 1: L1 = 0.2, kept as is
+    want = torch.tensor([[0.125, -0.125, 0.0, 0.25], [0.1, 0.0, 0.0, 0.1]]).double()
+    assert torch.equal(out["w"], want)
+    cfg = config_from_raw({"privacy": {"ldp_epsilon": "inf", "ldp_clip": 0.5}})
+    assert cfg.privacy.ldp and not cfg.privacy.protects
+
+
+def _two_runs(privacy):
+    """Uploads and metrics of two engines of one config and seed, one round each."""
+    out = []
+    for _ in range(2):
+        eng = build_engine(_cfg(privacy, rounds=1))
+        seen = _capture(eng)
+        m = eng.run_round(0)
+        out.append((seen[0], m["val_auc"], m["train_loss"]))
+    return out
+
+
+def test_two_runs_with_ldp_differ_and_reproducible_noise_repeats(caplog):
+    (up_a, auc_a, loss_a), (up_b, auc_b, _) = _two_runs(LDP)
+    assert all(not torch.equal(up_a[n], up_b[n]) for n in up_a)
+    assert auc_a != auc_b
+    with caplog.at_level(logging.WARNING, logger="fedrec"):
+        (up_a, auc_a, loss_r), (up_b, auc_b, _) = _two_runs(
+            {**LDP, "reproducible_noise": True}
+        )
+    assert all(torch.equal(up_a[n], up_b[n]) for n in up_a)
+    assert auc_a == auc_b and loss_r == loss_a  # the noise comes after the loss
+    assert any("protects nothing" in r.getMessage() for r in caplog.records)
+
+
+def test_summary_says_whether_ldp_protects(tmp_path):
+    from fedrec.runs import run_experiment
+
+    def protects(privacy):
+        cfg = _cfg(privacy, rounds=1)
+        return run_experiment(cfg, tmp_path / str(privacy), progress=False)[
+            "ldp_protects"
+        ]
+
+    assert protects(LDP) is True
+    assert protects({**LDP, "reproducible_noise": True}) is False
+    assert protects({}) is False
 
 
 def test_no_ldp_spends_no_epsilon():

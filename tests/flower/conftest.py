@@ -192,11 +192,18 @@ def deployment(tmp_path: Path) -> Iterator[Deployment]:
 
 @pytest.fixture
 def demo_config(tmp_path: Path) -> Callable[..., Path]:
-    """``rounds -> path``: ``configs/flower-demo.toml`` with 120 users."""
+    """``rounds -> path``: ``configs/flower-demo.toml`` with 120 users.
 
-    def write(rounds: int, extra: str = "") -> Path:
+    ``ldp=False`` turns its LDP off: LDP noise is drawn from the OS on each
+    node, so only a run without it can equal the embedded engine's.
+    """
+
+    def write(rounds: int, extra: str = "", ldp: bool = True) -> Path:
         text = (ROOT / "configs" / "flower-demo.toml").read_text()
         text = text.replace("rounds = 5", f"rounds = {rounds}{extra}")
+        if not ldp:
+            assert "ldp_epsilon = 100.0" in text
+            text = text.replace("ldp_epsilon = 100.0", "ldp_epsilon = 0.0")
         cfg = tmp_path / "fedpa.toml"
         cfg.write_text(text.replace("n_users = 300", "n_users = 120"))
         return cfg

@@ -60,7 +60,7 @@ def test_a_stopped_deployment_run_resumes_to_the_embedded_engine_rounds(
 
     out = tmp_path / "run"
     deployment.up(3)
-    cfg = demo_config(rounds=2, extra='\ndtype = "float64"')
+    cfg = demo_config(rounds=2, extra='\ndtype = "float64"', ldp=False)
     first = deployment.submit(f'config="{cfg}" out="{out}" {OPTS}')
     metrics = out / "metrics.jsonl"
     deployment.wait_for(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from fedrec.build import build_engine
@@ -17,10 +19,11 @@ pytest.importorskip("ray")
     "method",
     [{"name": "fedavg"}, None],  # None: FedPA
 )
-def test_flower_simulation_equals_embedded_engine(method, small_raw):
+def test_flower_simulation_equals_embedded_engine(method, small_raw, monkeypatch):
     from fedrec.flower.simulation import run_flower_simulation
 
     raw = small_raw(method)
+    replies = _record_replies(monkeypatch)
     flower = run_flower_simulation(config_from_raw(raw), num_nodes=3)
     eng = build_engine(config_from_raw(raw))
     embedded = [eng.run_round(r) for r in range(3)]
@@ -28,10 +31,55 @@ def test_flower_simulation_equals_embedded_engine(method, small_raw):
     for f, e in zip(flower, embedded, strict=True):
         for key in ("train_loss", "val_auc", "test_auc", "val_logloss", "test_gauc"):
             assert f[key] == pytest.approx(e[key], abs=1e-9), key
+        for key in ("test_precision", "test_recall", "test_f1", "test_logloss"):
+            assert f[key] == pytest.approx(e[key], abs=1e-9), key
     private = set(eng.partition.names(PRIVATE))
     assert all(not (set(f["received_on_server"]) & private) for f in flower)
     if method is None:  # FedPA
         assert private  # the check above was not vacuous
+        _assert_no_rows_crossed(replies, eng, rounds=3, nodes=3)
+
+
+def _record_replies(monkeypatch) -> list[tuple[str, Any]]:
+    """``(kind, content)`` of every reply that reaches the ServerApp.
+
+    The wire audit is a node's outermost mod: what arrives is what it passed.
+    """
+    from fedrec.flower.server import Fleet
+
+    seen: list[tuple[str, Any]] = []
+    collect = Fleet.collect
+
+    def recording(self, msgs, rnd, kind):
+        got = collect(self, msgs, rnd, kind)
+        seen.extend((kind, content) for content in got.values())
+        return got
+
+    monkeypatch.setattr(Fleet, "collect", recording)
+    return seen
+
+
+def _assert_no_rows_crossed(replies, eng, rounds: int, nodes: int) -> None:
+    """Replies hold shared parameters and fixed-shape stats only: no row array."""
+    from flwr.app import ArrayRecord
+
+    from fedrec.flower.records import shapes
+    from fedrec.flower.runconfig import eval_splits
+
+    schema, uploaded = eng.task.stat_shapes(), set(eng.partition.uploaded)
+    want = {f"{s}/{n}": schema[n] for s in eval_splits(eng) for n in schema}
+    per_row = ("label", "user", "item", "prob", "row", "client", "score")
+    kinds = [kind for kind, _ in replies]
+    assert kinds.count("evaluate") == rounds * nodes  # none refused
+    for kind, content in replies:
+        records = {k: r for k, r in content.items() if isinstance(r, ArrayRecord)}
+        assert set(records) <= {"uploads", "stats"}, (kind, set(records))
+        if "uploads" in records:
+            assert set(shapes(records["uploads"])) <= uploaded
+        if kind == "evaluate":
+            assert shapes(records["stats"]) == want  # every entry's shape fixed
+        for name in shapes(records.get("stats", {})):
+            assert not any(w in name for w in per_row), name
 
 
 @pytest.mark.slow

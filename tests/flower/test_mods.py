@@ -18,6 +18,8 @@ RAW = {
     "method": {"name": "fedpa", "group_attrs": ["group"], "adapter_lr": 0.01},
     "privacy": {"ldp_epsilon": 5.0, "ldp_clip": 1.0},
 }
+# the embedded engine's noise, repeatable (never on a Flower app: see below)
+REPRODUCIBLE = {"ldp_epsilon": 5.0, "ldp_clip": 1.0, "reproducible_noise": True}
 
 
 @pytest.fixture
@@ -100,10 +102,11 @@ def test_wire_audit_passes_hidden_states_and_refuses_logits(identity):
 
 
 def test_ldp_client_mod_releases_exactly_the_embedded_engines_upload(identity):
+    """The client mod is the engine's mechanism (shown with repeatable noise)."""
     from fedrec.flower.mods import upload_mods
     from fedrec.flower.records import from_record
 
-    eng = build_engine(config_from_raw(RAW))
+    eng = build_engine(config_from_raw({**RAW, "privacy": REPRODUCIBLE}))
     clients = torch.tensor([0, 4, 9])
     received, held = eng.client_params(clients)
     embedded, _, _ = eng.client_update(0, clients, received, held)
@@ -115,3 +118,88 @@ def test_ldp_client_mod_releases_exactly_the_embedded_engines_upload(identity):
     for n, t in embedded.items():
         torch.testing.assert_close(released[n], t, rtol=0, atol=0)
         assert not torch.equal(released[n], raw_up[n])  # the noise is there
+
+
+def test_ldp_client_mod_draws_new_noise_for_every_message(identity):
+    from fedrec.flower.mods import upload_mods
+    from fedrec.flower.records import from_record
+
+    eng = build_engine(config_from_raw(RAW))
+    clients = torch.tensor([0, 4])
+    received, held = eng.client_params(clients)
+    raw_up, _, _ = eng.client_update(0, clients, received, held, mods=False)
+    msg = _train_message(eng, clients, received)
+    mod = upload_mods(lambda ctx: eng)
+    a, b = (
+        from_record(mod(msg, _Ctx(), lambda m, c: _reply(m, raw_up)).content["uploads"])
+        for _ in range(2)
+    )
+    for n in a:
+        assert not torch.equal(a[n], b[n]), n
+
+
+def test_flower_refuses_reproducible_noise():
+    from fedrec.errors import ConfigError
+    from fedrec.flower.runconfig import engine_for
+    from fedrec.flower.simulation import run_flower_simulation
+
+    raw = config_from_raw({**RAW, "privacy": REPRODUCIBLE}).to_dict()
+    with pytest.raises(ConfigError, match="reproducible_noise"):
+        engine_for(raw)  # a node
+    with pytest.raises(ConfigError, match="reproducible_noise"):
+        run_flower_simulation(config_from_raw(raw), num_nodes=1)
+
+
+def _stats_reply(audit, stats):
+    """The audit's verdict on an evaluate reply whose ``stats`` record is ``stats``."""
+    from flwr.app import Message, RecordDict
+
+    from fedrec.flower.records import to_record
+
+    msg = _train_message(None, torch.arange(1), {})
+    content = RecordDict({"stats": to_record(stats)})
+    return audit(msg, _Ctx(), lambda m, c: Message(content, reply_to=m))
+
+
+def test_wire_audit_passes_the_tasks_stats_and_refuses_rows(identity):
+    """Fixed-shape statistics pass; a label array, or a row-shaped entry, does not."""
+    from fedrec.flower.mods import AUDIT_ERROR, wire_audit
+
+    eng = build_engine(config_from_raw({**RAW, "privacy": {}}))
+    eng.evaluate("test")
+    rows = eng.last_rows["test"]  # the node's per-row scores
+    stats = {f"test/{k}": v for k, v in eng.task.stats(rows).items()}
+    audit = wire_audit(lambda ctx: set(), lambda ctx: eng.task.stat_shapes())
+    assert not _stats_reply(audit, stats).has_error()
+
+    labels = torch.as_tensor(rows["labels"])
+    bad = {
+        "test/labels": labels,  # a row array under a name not in the schema
+        "test/users": torch.as_tensor(rows["users"]),
+        "test/hist": torch.zeros(2, len(labels)),  # a row-dependent shape
+        "test/logloss": torch.as_tensor(rows["probs"]),
+        "ghost/gauc": torch.zeros(2),  # not a split
+    }
+    for name, value in bad.items():
+        refused = _stats_reply(audit, {**stats, name: value})
+        assert refused.has_error() and refused.error.code == AUDIT_ERROR
+        assert name in refused.error.reason
+        assert not refused.has_content()
+    # an app without a schema sends no statistics at all
+    refused = _stats_reply(wire_audit(lambda ctx: set()), stats)
+    assert refused.has_error() and "test/hist" in refused.error.reason
+
+
+def test_wire_audit_refuses_a_scores_record(identity):
+    """Per-row scores are not a record a node may send, whatever they hold."""
+    from flwr.app import Message, RecordDict
+
+    from fedrec.flower.mods import AUDIT_ERROR, wire_audit
+    from fedrec.flower.records import to_record
+
+    audit = wire_audit(lambda ctx: set(), lambda ctx: {"hist": (2, 3)})
+    msg = _train_message(None, torch.arange(1), {})
+    content = RecordDict({"scores": to_record({"test/labels": torch.ones(5)})})
+    refused = audit(msg, _Ctx(), lambda m, c: Message(content, reply_to=m))
+    assert refused.has_error() and refused.error.code == AUDIT_ERROR
+    assert "'scores'" in refused.error.reason

@@ -144,12 +144,10 @@ def client_batches(
 ) -> list[np.ndarray]:
     """Local positions ``0..n_rows-1`` of each mini-batch, epoch after epoch.
 
-    Each epoch is a fresh permutation from ``default_rng([seed, rnd, cid, epoch])``;
-    when one batch holds every row, the order cannot change the mean loss and
-    no permutation is drawn.
+    Each epoch is a fresh permutation from ``default_rng([seed, rnd, cid, epoch])``,
+    also when one batch holds every row (the order of a batch's rows is that of
+    its floating-point sums, so every seed's run is its own).
     """
-    if n_rows <= batch_size:
-        return [np.arange(n_rows)] * epochs if n_rows else []
     out: list[np.ndarray] = []
     for e in range(epochs):
         perm = np.random.default_rng([seed, rnd, cid, e]).permutation(n_rows)

@@ -1,7 +1,9 @@
 """Reject client updates that are non-finite or implausibly large.
 
 A client's update is ``Δ_c = upload_c − received_c`` over all uploaded tensors.
-It is rejected if any entry is NaN/Inf, or if ``||Δ_c||_2 > max_norm`` (when a
+It is rejected if any entry is NaN/Inf, if its training loss is (when losses
+are given: a loss that strategies read, e.g. FELLRec's curriculum softmax,
+would spread one NaN to every client), or if ``||Δ_c||_2 > max_norm`` (when a
 bound is set). Rejected clients are left out of aggregation and keep their old
 private state; the round goes on with the rest.
 """
@@ -14,9 +16,15 @@ from fedrec.fl.task import Params
 
 
 def accept_updates(
-    uploads: Params, received: Params, private: Params, max_norm: float = 0.0
+    uploads: Params,
+    received: Params,
+    private: Params,
+    max_norm: float = 0.0,
+    losses: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
     """``bool (C,)`` mask of accepted clients and one reason per rejected client.
+
+    ``losses`` ``(C,)``: each client's mean training loss (optional).
 
     One pass per tensor: ``||Δ_c||`` is NaN or Inf whenever an uploaded entry is,
     and a private tensor's per-client sum is non-finite whenever an entry is.
@@ -37,12 +45,17 @@ def accept_updates(
     for t in private.values():
         finite &= torch.isfinite(t.reshape(C, -1).sum(1, dtype=torch.float64))
     norm = sq.sqrt()
-    ok = finite.clone()
+    good_loss = (
+        torch.ones(C, dtype=torch.bool) if losses is None else torch.isfinite(losses)
+    )
+    ok = finite & good_loss
     if max_norm > 0:
         ok &= norm <= max_norm
     reasons = [
         "non-finite values"
         if not finite[c]
+        else f"non-finite loss {float(losses[c])}"  # type: ignore[index]
+        if not good_loss[c]
         else f"update norm {norm[c]:.4g} > {max_norm}"
         for c in range(C)
         if not ok[c]

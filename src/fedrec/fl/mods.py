@@ -3,11 +3,20 @@
 A mod is ``mod(uploads, received, ctx) -> uploads`` over stacked ``(C, ...)``
 tensors; mods compose in order and never see private tensors. The engine applies
 them on the client side of the wire (and the Flower engine as client mods).
+
+LDP noise is drawn on the client from a generator seeded by the operating
+system (:func:`secrets.randbits`), fresh for every client and round: nothing the
+server knows (run seed, round, client id) regenerates it. The
+``privacy.reproducible_noise`` switch seeds it by ``(seed, round, client)``
+instead, for tests and simulation studies only: such noise protects nothing
+(the run's summary says ``ldp_protects = false``) and the Flower app refuses it.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+import secrets
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -17,10 +26,12 @@ import torch
 from fedrec.config import PrivacyConfig
 from fedrec.fl.task import Params
 
+log = logging.getLogger("fedrec")
+
 
 @dataclass
 class ModContext:
-    """Seed, round and client ids, so every client's noise is its own and repeatable."""
+    """Seed, round and client ids (what reproducible noise is keyed by)."""
 
     seed: int
     round: int
@@ -55,20 +66,31 @@ class LaplaceLDP:
 
     With ``epsilon = 0`` and ``scale > 0``: noise Laplace(0, scale), no clipping,
     no ε claimed (the δ-only mode of the reference line of work).
+
+    ``epsilon = inf``: clipping only, no noise (a reference row that separates
+    the effect of clipping from that of the noise; no privacy).
+
+    Each client's noise comes from its own generator, seeded by the operating
+    system; ``reproducible=True`` seeds it by ``(seed, round, client id)``
+    (regenerable by the server: no protection, tests and simulation only).
     """
 
     def __init__(
-        self, epsilon: float = 0.0, clip: float = 1.0, scale: float = 0.0
+        self,
+        epsilon: float = 0.0,
+        clip: float = 1.0,
+        scale: float = 0.0,
+        reproducible: bool = False,
     ) -> None:
         if epsilon < 0 or clip <= 0 or scale < 0:
             raise ValueError("LaplaceLDP needs epsilon >= 0, clip > 0, scale >= 0")
         if not (epsilon > 0) ^ (scale > 0):
             raise ValueError("LaplaceLDP needs exactly one of epsilon > 0 or scale > 0")
-        self.epsilon, self.clip = epsilon, clip
+        self.epsilon, self.clip, self.reproducible = epsilon, clip, reproducible
         self.scale = 2 * clip / epsilon if epsilon > 0 else scale
 
     def __call__(self, uploads: Params, received: Params, ctx: ModContext) -> Params:
-        """Clip (ε mode) and add per-client seeded Laplace noise."""
+        """Clip (ε mode) and add each client's Laplace noise."""
         names = list(uploads)
         C = len(ctx.clients)
         delta = {n: uploads[n] - received[n] for n in names}
@@ -82,29 +104,45 @@ class LaplaceLDP:
                 n: d * factor.to(d.dtype).view(-1, *[1] * (d.dim() - 1))
                 for n, d in delta.items()
             }
-        out = {}
-        for n in names:
-            out[n] = received[n] + delta[n]
+        out = {n: received[n] + delta[n] for n in names}
+        if self.scale == 0:  # ε = ∞: clipping only
+            return out
         sizes = [out[n][0].numel() for n in names]
         noise = torch.empty(C, sum(sizes), dtype=torch.float64)
         for i, cid in enumerate(ctx.clients):  # one draw per client, in name order
-            key = np.random.SeedSequence([ctx.seed, ctx.round, cid, 7])
-            gen = torch.Generator().manual_seed(
-                int(key.generate_state(1, np.uint64)[0] >> 1)
-            )
+            gen = torch.Generator().manual_seed(self._seed(ctx, cid))
             noise[i] = laplace((sum(sizes),), self.scale, gen, torch.float64)
         for n, chunk in zip(names, noise.split(sizes, dim=1), strict=True):
             out[n] = out[n] + chunk.reshape(out[n].shape).to(out[n].dtype)
         return out
 
+    def _seed(self, ctx: ModContext, cid: int) -> int:
+        """63 random bits from the OS, or (reproducible) from (seed, round, cid)."""
+        if not self.reproducible:
+            return secrets.randbits(63)
+        key = np.random.SeedSequence([ctx.seed, ctx.round, cid, 7])
+        return int(key.generate_state(1, np.uint64)[0] >> 1)
+
     @property
     def epsilon_per_round(self) -> float:
-        """ε of one upload (``inf`` in δ-only mode, where none is claimed)."""
+        """ε of one upload (``inf`` in δ-only and clip-only modes: none claimed)."""
         return self.epsilon if self.epsilon > 0 else math.inf
 
 
 def build_mods(privacy: PrivacyConfig) -> list[UploadMod]:
     """The configured upload mods, in order."""
-    if privacy.ldp_epsilon > 0 or privacy.ldp_scale > 0:
-        return [LaplaceLDP(privacy.ldp_epsilon, privacy.ldp_clip, privacy.ldp_scale)]
-    return []
+    if not privacy.ldp:
+        return []
+    if privacy.reproducible_noise:
+        log.warning(
+            "privacy.reproducible_noise: LDP noise is seeded by (seed, round, "
+            "client) and can be regenerated by the server; it protects nothing "
+            "(tests and simulation studies only)"
+        )
+    mod = LaplaceLDP(
+        privacy.ldp_epsilon,
+        privacy.ldp_clip,
+        privacy.ldp_scale,
+        privacy.reproducible_noise,
+    )
+    return [mod]

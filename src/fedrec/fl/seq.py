@@ -5,11 +5,13 @@ fellrec.md §2.3); :class:`SeqRecTask` is what a client computes: the softmax
 cross-entropy of ``cos(e_seq, e_item)/τ`` over all items with the true next
 item (RecFormer stage 1: the item table is re-encoded with the client's
 current model at the start of its local phase and frozen within it), and
-full-ranking top-K metrics per client with its seen items masked.
+full-ranking top-K metrics per client with its seen items masked, reduced to
+per-group sums (:meth:`SeqRecTask.stats`) before they leave a node.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from fedrec.errors import DataError
 from fedrec.fl.clients import SPLITS, ClientIndex, client_csr
 from fedrec.fl.task import Params
 from fedrec.metrics import client_stats, topk_metrics
+from fedrec.metrics.reducers import group_sums
 from fedrec.models.causal_lm import GenerativeRecommender, prompt, swapped_in
 from fedrec.models.text_encoder import TextSeqRecommender
 
@@ -81,8 +84,8 @@ class SeqFedData(ClientIndex):
 
 
 def concat_scores(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Rows of :meth:`SeqRecTask.row_metrics` joined (none: an empty ``client``)."""
-    out = {"client": np.zeros(0, np.int64)}
+    """Rows of :meth:`SeqRecTask.row_metrics` joined (none: empty ids)."""
+    out = {"user": np.zeros(0, np.int64), "client": np.zeros(0, np.int64)}
     if parts:
         out = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
     return out
@@ -231,11 +234,12 @@ class SeqRecTask:
     def client_scores(
         self, split: str, chunks: Iterable[tuple[torch.Tensor, Params]], train: Any
     ) -> dict[str, np.ndarray]:
-        """Per-user top-K metrics of every client in ``chunks`` and their group ids.
+        """Per-user top-K metrics of every client in ``chunks``, with user ids.
 
-        ``{"client": (n,), "<metric>@<k>": (n,)}`` over the evaluated users
-        (``client``: the user's group, see :class:`SeqFedData`); on
-        Flower each node calls this for its own clients and the server pools.
+        ``{"user": (n,), "client": (n,), "<metric>@<k>": (n,)}`` over the
+        evaluated users (``client``: the user's group, see
+        :class:`SeqFedData`). Local: on Flower each node calls this for its own
+        clients and sends only their :meth:`stats`.
         """
         s = self.fed.samples[split]
         parts = []
@@ -255,53 +259,106 @@ class SeqRecTask:
     ) -> dict[str, np.ndarray]:
         """Top-K metrics of ``split``'s ``rows`` from their ``(b, I)`` item scores.
 
-        Also each row's user group (``client``); ``(b,)`` each.
+        Also each row's user (``user``) and user group (``client``); ``(b,)``
+        each. Per-row values stay on the node; :meth:`stats` reduces them.
         """
         s = self.fed.samples[split]
         m = topk_metrics(
             scores, [s.targets[i] for i in rows], KS, history=[s.seen[i] for i in rows]
         )
         out = {k: np.asarray(v, float) for k, v in m.items()}
-        out["client"] = np.asarray(self.fed.group_of_user[s.user[rows]])
+        out["user"] = np.asarray(s.user[rows], np.int64)
+        out["client"] = np.asarray(self.fed.group_of_user[out["user"]])
         return out
 
-    def pooled_metrics(self, scores: dict[str, np.ndarray]) -> dict[str, Any]:
+    @staticmethod
+    @functools.cache
+    def metric_names() -> tuple[str, ...]:
+        """The per-row metrics of :meth:`row_metrics`: ``<metric>@<k>``, k in KS."""
+        return tuple(topk_metrics(np.zeros((0, 1)), [], KS))
+
+    def stat_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Names and shapes of :meth:`stats`: ``(G,)`` each, G user groups."""
+        g = (self.fed.n_groups,)
+        out = {"users": g}
+        for m in self.metric_names():
+            out |= {f"{m}.sum": g, f"{m}.n": g}
+        return out
+
+    def stats(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        r"""Per-group sums of :meth:`client_scores`' rows (what a node sends).
+
+        With :math:`g_u` user :math:`u`'s group and :math:`x_u` a metric
+        (NaN: undefined for that user),
+
+        .. math::
+            \mathrm{users}_g = |\{u : g_u = g\}|, \quad
+            \mathrm{sum}_g = \sum_{u : g_u = g,\, x_u \ne \mathrm{NaN}} x_u, \quad
+            n_g = |\{u : g_u = g,\, x_u \ne \mathrm{NaN}\}|
+
+        as ``users``, ``<metric>.sum`` and ``<metric>.n``, each ``(G,)``.
+        """
+        g, n = np.asarray(scores["client"], np.int64), self.fed.n_groups
+        out = {"users": np.bincount(g, minlength=n).astype(np.int64)}
+        for m in self.metric_names():
+            values = scores.get(m, np.zeros(0))
+            out[f"{m}.sum"], out[f"{m}.n"] = group_sums(values, g, n)
+        return out
+
+    def metrics_from_stats(self, stats: dict[str, np.ndarray]) -> dict[str, Any]:
         """Overall (mean over evaluated users) and per-client top-K metrics.
 
-        Adds, for recall@10 and ndcg@10, the imbalance across clients:
+        Of :meth:`stats` summed over nodes: ``<m> = Σ_g sum_g / Σ_g n_g``;
+        ``users`` and ``users_clients`` (per group). Adds, for recall@10 and
+        ndcg@10, the imbalance across clients (the groups with users):
         ``<m>_client_std`` (ddof 0), ``<m>_client_gap`` (max − min),
-        ``<m>_client_worst``, and the per-client values ``<m>_clients``.
+        ``<m>_client_worst``, and the per-client values ``<m>_clients``
+        (``sum_g / n_g``; ``None`` for a group without users). ``{}`` when no
+        user was evaluated.
         """
-        cl = scores["client"]
-        if not len(cl):
+        users = np.asarray(stats["users"], np.int64)
+        if not users.sum():
             return {}
-        n = self.fed.n_groups
         out: dict[str, Any] = {
-            "users": int(len(cl)),
-            "users_clients": [int((cl == c).sum()) for c in range(n)],
+            "users": int(users.sum()),
+            "users_clients": [int(u) for u in users],
         }
-        for k, v in scores.items():
-            if k == "client":
-                continue
-            out[k] = float(np.nanmean(v))
-            if k in ("recall@10", "ndcg@10"):
-                means = {int(c): float(np.nanmean(v[cl == c])) for c in np.unique(cl)}
-                st = client_stats(means)
-                out.update(
-                    {
-                        f"{k}_client_std": st["std"],
-                        f"{k}_client_gap": st["gap"],
-                        f"{k}_client_worst": st["worst"],
-                        f"{k}_clients": [means.get(c) for c in range(n)],
-                    }
-                )
+        for m in self.metric_names():
+            total, n = stats[f"{m}.sum"], stats[f"{m}.n"]
+            out[m] = float(total.sum() / n.sum()) if n.sum() else float("nan")
+            if m in ("recall@10", "ndcg@10"):
+                out |= _client_spread(m, total, n, users)
         return out
 
     def evaluate(
         self, split: str, chunks: Iterable[tuple[torch.Tensor, Params]], train: Any
     ) -> dict[str, Any]:
-        """:meth:`pooled_metrics` of :meth:`client_scores` (one process)."""
-        return self.pooled_metrics(self.client_scores(split, chunks, train))
+        """``metrics_from_stats(stats(client_scores(...)))`` (one process)."""
+        return self.metrics_from_stats(
+            self.stats(self.client_scores(split, chunks, train))
+        )
+
+
+def _client_spread(
+    m: str, total: np.ndarray, n: np.ndarray, users: np.ndarray
+) -> dict[str, Any]:
+    """``<m>_client_std/gap/worst/_clients`` from per-group sums and counts ``(G,)``.
+
+    A group's value is ``total_g / n_g`` (NaN when none of its users has one);
+    groups without users have none (``None`` in ``<m>_clients``).
+    """
+    means = {
+        c: float(total[c] / n[c]) if n[c] else float("nan")
+        for c in range(len(users))
+        if users[c]
+    }
+    st = client_stats(means)
+    return {
+        f"{m}_client_std": st["std"],
+        f"{m}_client_gap": st["gap"],
+        f"{m}_client_worst": st["worst"],
+        f"{m}_clients": [means.get(c) for c in range(len(users))],
+    }
 
 
 class GenRecTask(SeqRecTask):

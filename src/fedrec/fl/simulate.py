@@ -2,7 +2,7 @@
 
 One round t:
 
-1. sample ``C`` clients with ``default_rng([seed, t, 1])``;
+1. sample ``C`` clients that hold training rows with ``default_rng([seed, t, 1])``;
 2. broadcast: each sampled client gets its copy of the shared state
    (``strategy.broadcast``) and its private state from the client store;
 3. ``client_update``: train all C clients at once
@@ -105,6 +105,8 @@ class EmbeddedEngine:
         self.participation = torch.zeros(fed.n_clients, dtype=torch.long)
         self.history: list[dict[str, Any]] = []
         self.round = 0
+        # split -> the task's per-row scores of the last evaluation (local only)
+        self.last_rows: dict[str, dict[str, np.ndarray]] = {}
 
     def _n_values(self, attr: str) -> int:
         data = self.fed.data
@@ -113,11 +115,18 @@ class EmbeddedEngine:
 
     # ----------------------------------------------------------------- rounds
     def sample(self, rnd: int) -> torch.Tensor:
-        """Ids of this round's clients (sorted), seeded by ``(seed, rnd)``."""
-        n, tc = self.fed.n_clients, self.cfg.train
+        """Ids of this round's clients (sorted), seeded by ``(seed, rnd)``.
+
+        Only clients with training rows are sampled (one without has no
+        update; ``client_fraction`` counts those that have).
+        """
+        tc = self.cfg.train
+        able = np.flatnonzero(self.fed.sizes("train") > 0)
+        n = len(able)
         c = tc.clients_per_round or max(1, int(n * tc.client_fraction))
         rng = np.random.default_rng([self.cfg.run.seed, rnd, 1])
-        return torch.as_tensor(np.sort(rng.choice(n, size=min(c, n), replace=False)))
+        pick = rng.choice(n, size=min(c, n), replace=False)
+        return torch.as_tensor(np.sort(able[pick]))
 
     def client_params(self, clients: torch.Tensor) -> tuple[Params, Params]:
         """(received shared state, private state) of the given clients, ``(C, ...)``."""
@@ -207,7 +216,7 @@ class EmbeddedEngine:
             self.participation[clients] += 1
         if uploads or private:
             bound = self.cfg.guard.max_update_norm
-            ok, reasons = accept_updates(uploads, received, private, bound)
+            ok, reasons = accept_updates(uploads, received, private, bound, losses)
         for c, why in zip(clients[~ok].tolist(), reasons, strict=True):
             log.warning("round %d: rejected the update of client %d (%s)", rnd, c, why)
         kept = clients[ok]
@@ -269,7 +278,12 @@ class EmbeddedEngine:
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict[str, Any]:
-        """The task's metrics of every client, each under its own model."""
+        """The task's metrics of every client, each under its own model.
+
+        ``metrics_from_stats(stats(rows))`` of the task's per-row
+        ``client_scores`` (the reducers the Flower server uses on the nodes'
+        summed stats); the rows are kept in ``last_rows[split]``.
+        """
         n = self.fed.n_clients
 
         def chunks() -> Iterator[tuple[torch.Tensor, Params]]:
@@ -278,7 +292,9 @@ class EmbeddedEngine:
                 received, private = self.client_params(cids)
                 yield cids, {**received, **private}
 
-        return self.task.evaluate(split, chunks(), self.cfg.train)
+        rows = self.task.client_scores(split, chunks(), self.cfg.train)
+        self.last_rows[split] = rows
+        return self.task.metrics_from_stats(self.task.stats(rows))
 
     def run_round(
         self, rnd: int, on_clients: Callable[[int], None] | None = None

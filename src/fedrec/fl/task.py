@@ -2,7 +2,10 @@
 
 A task is written for ONE client (no client dimension); the stacked engine
 ``vmap``s it over clients and the reference loop calls it client by client, so
-the model code exists once.
+the model code exists once. Its evaluation is three steps both engines share:
+per-row ``client_scores`` (local), their additive ``stats`` (fixed shapes
+``stat_shapes()``: what a Flower node sends) and ``metrics_from_stats`` of the
+stats summed over nodes.
 """
 
 from __future__ import annotations
@@ -60,11 +63,12 @@ class CTRTask:
     def client_scores(
         self, split: str, chunks: Iterable[tuple[torch.Tensor, Params]], train: Any
     ) -> dict[str, np.ndarray]:
-        """``probs``, ``labels`` and ``users`` of every client's rows in ``split``.
+        """``probs``, ``labels``, ``users`` ``(n,)`` of the clients' rows in ``split``.
 
         ``chunks`` yields ``(client ids (C,), params (C, ...))``; the stacked
         engine predicts a chunk at once, the loop engine client by client. On
-        Flower each node calls this for its own clients.
+        Flower each node calls this for its own clients and sends only their
+        :meth:`stats`: the rows stay on the node.
         """
         from fedrec.fl.loop import predict_loop
         from fedrec.fl.stacked import predict_stacked
@@ -92,16 +96,42 @@ class CTRTask:
         }
 
     @staticmethod
-    def pooled_metrics(scores: dict[str, np.ndarray]) -> dict[str, float]:
-        """Pooled CTR metrics of :meth:`client_scores` (concatenated over nodes)."""
-        from fedrec.metrics import ctr_metrics
+    def stat_shapes() -> dict[str, tuple[int, ...]]:
+        """Names and shapes of :meth:`stats` (fixed: no row or user count in them)."""
+        from fedrec.metrics.reducers import CTR_STAT_SHAPES
 
-        if len(scores["labels"]) == 0:
-            return {}
-        return ctr_metrics(scores["labels"], scores["probs"], scores["users"])
+        return dict(CTR_STAT_SHAPES)
+
+    @staticmethod
+    def stats(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Additive statistics of :meth:`client_scores`' rows (what a node sends).
+
+        ``hist`` (2, 2**16), ``logloss`` (2,), ``confusion`` (2, 2), ``gauc``
+        (2,); see :mod:`fedrec.metrics.reducers`. Statistics of disjoint rows
+        pool by a sum (a user's rows never span two nodes).
+        """
+        from fedrec.metrics.reducers import ctr_stats
+
+        return ctr_stats(scores["labels"], scores["probs"], scores["users"])
+
+    @staticmethod
+    def metrics_from_stats(stats: dict[str, np.ndarray]) -> dict[str, float]:
+        """``auc``, ``gauc``, ``logloss``, ``precision``, ``recall``, ``f1``.
+
+        Of :meth:`stats` summed over nodes; ``{}`` when no row was evaluated.
+        """
+        from fedrec.metrics.reducers import ctr_metrics_from_stats
+
+        return ctr_metrics_from_stats(stats)
 
     def evaluate(
         self, split: str, chunks: Iterable[tuple[torch.Tensor, Params]], train: Any
     ) -> dict[str, float]:
-        """Pooled CTR metrics over every client's rows, each under its own params."""
-        return self.pooled_metrics(self.client_scores(split, chunks, train))
+        """Pooled CTR metrics over every client's rows, each under its own params.
+
+        Through the same reducers as the Flower server:
+        ``metrics_from_stats(stats(client_scores(...)))``.
+        """
+        return self.metrics_from_stats(
+            self.stats(self.client_scores(split, chunks, train))
+        )

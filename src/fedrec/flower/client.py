@@ -10,8 +10,11 @@ hosts the clients ``c ≡ p (mod P)``. Their private tensors live in the node's
 - ``train``: the engine's batched ``client_update`` for the sampled clients the
   node hosts; the reply holds their ``uploads`` (after the client mods: LDP,
   then the wire audit);
-- ``evaluate``: the task's per-row scores (``client_scores``) of every hosted
-  client, for the server to pool;
+- ``evaluate``: the task's additive statistics (``task.stats``: fixed shapes,
+  e.g. CTR bin counts and sums, top-K per-group sums) of every hosted client's
+  rows, the ``stats`` record (``"<split>/<name>"``); the per-row scores stay on
+  the node, the server sums the statistics over nodes (``task.stat_shapes()``
+  is what the wire audit lets through);
 - ``train.split_*`` and ``evaluate.split_*``: the training steps and the
   evaluation of a config with ``backbone.split_k``, the FELLRec split
   (:mod:`fedrec.flower.split_node`);
@@ -29,7 +32,7 @@ import torch
 from flwr.clientapp import ClientApp
 
 from fedrec.errors import FedrecError
-from fedrec.flower.mods import SCORES, UPLOADS, upload_mods, wire_audit
+from fedrec.flower.mods import STATS, UPLOADS, upload_mods, wire_audit
 from fedrec.flower.records import from_record, to_record
 from fedrec.flower.runconfig import engine_for, eval_splits, raw_of
 from fedrec.flower.store import NodeStore
@@ -139,7 +142,15 @@ def _build(key: str, raw: dict[str, Any] | None) -> FedrecClientApp:
     def shared(context: Context) -> frozenset[str]:
         return uploaded(engine_of(context))
 
-    app = FedrecClientApp(key, raw, mods=[wire_audit(shared), upload_mods(engine_of)])
+    @functools.cache  # per engine, as ``uploaded``
+    def schema(eng: Any) -> dict[str, tuple[int, ...]]:
+        return eng.task.stat_shapes()
+
+    def stat_shapes(context: Context) -> dict[str, tuple[int, ...]]:
+        return schema(engine_of(context))
+
+    audit = wire_audit(shared, stat_shapes)
+    app = FedrecClientApp(key, raw, mods=[audit, upload_mods(engine_of)])
 
     def bank(store: NodeStore, at_most: int, context: Context, eng: Any):
         """Private tensors of the node's clients, one row per hosted client.
@@ -192,8 +203,8 @@ def _build(key: str, raw: dict[str, Any] | None) -> FedrecClientApp:
         params = {**from_record(msg.content["received"]), **private}
         out = {}
         for split in eval_splits(eng):
-            scores = eng.task.client_scores(split, [(mine, params)], eng.cfg.train)
-            out.update({f"{split}/{k}": v for k, v in scores.items()})
-        return Message(content=RecordDict({SCORES: to_record(out)}), reply_to=msg)
+            rows = eng.task.client_scores(split, [(mine, params)], eng.cfg.train)
+            out.update({f"{split}/{k}": v for k, v in eng.task.stats(rows).items()})
+        return Message(content=RecordDict({STATS: to_record(out)}), reply_to=msg)
 
     return app

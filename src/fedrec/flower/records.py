@@ -147,6 +147,15 @@ def names(record: Any) -> list[str]:
     return list(record)
 
 
+def shapes(record: Any) -> dict[str, tuple[int, ...]]:
+    """Each tensor's shape in an ``ArrayRecord`` (without decoding the data)."""
+    if _is_packed(record):
+        return {
+            name: tuple(shape) for name, _, _, shape, *_ in _meta(record[PACKED].data)
+        }
+    return {n: tuple(a.shape) for n, a in record.items()}
+
+
 def _is_packed(record: Any) -> bool:
     return list(record) == [PACKED] and record[PACKED].stype == PACKED
 

@@ -6,8 +6,8 @@ import gc
 import json
 from typing import Any
 
-from fedrec.config import config_from_raw, load_config
-from fedrec.errors import FedrecError
+from fedrec.config import ExperimentConfig, config_from_raw, load_config
+from fedrec.errors import ConfigError, FedrecError
 
 _ENGINES: dict[str, Any] = {}
 _RUN_CONFIGS: dict[str, dict[str, Any]] = {}
@@ -30,9 +30,24 @@ def engine_for(raw: dict[str, Any]) -> Any:
 
     key = json.dumps(raw, sort_keys=True)
     if key not in _ENGINES:
-        _ENGINES[key] = build_engine(config_from_raw(raw))
+        _ENGINES[key] = build_engine(flower_config(raw))
         gc.freeze()
     return _ENGINES[key]
+
+
+def flower_config(raw: dict[str, Any]) -> ExperimentConfig:
+    """The validated config of a Flower run; refuses what must not run there.
+
+    ``privacy.reproducible_noise``: noise seeded by what the server knows is
+    no protection, and a Flower run is a deployment (or its rehearsal).
+    """
+    cfg = config_from_raw(raw)
+    if cfg.privacy.reproducible_noise:
+        raise ConfigError(
+            "privacy.reproducible_noise: the Flower app refuses noise the server "
+            "can regenerate; LDP noise on Flower is always drawn from the OS"
+        )
+    return cfg
 
 
 def config_from_run_config(run_config: dict[str, Any]) -> dict[str, Any]:

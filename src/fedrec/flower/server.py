@@ -8,7 +8,9 @@ A round:
    :mod:`fedrec.flower.client`);
 3. the server aggregates the replies that arrived (``server_update``); a node
    that fails or times out is logged and its clients sit the round out;
-4. each live node scores its clients' validation/test rows; the server pools.
+4. each live node scores its clients' validation/test rows and replies with
+   their additive statistics (``task.stats``, no row); the server sums them
+   and computes the metrics (``task.metrics_from_stats``).
 
 The server waits for ``min-nodes`` SuperNodes (up to ``node-timeout`` s) before
 each round, and fails with a clear error when too few remain.
@@ -31,10 +33,10 @@ from fedrec.atomic import atomic_write
 from fedrec.build import build_engine, load_checkpoint
 from fedrec.config import config_from_raw
 from fedrec.errors import CheckpointError, FedrecError
-from fedrec.flower.mods import SCORES, UPLOADS
+from fedrec.flower.mods import STATS, UPLOADS
 from fedrec.flower.pacing import ReplyPacer
 from fedrec.flower.records import arrays, from_record, to_record
-from fedrec.flower.runconfig import eval_splits, raw_of
+from fedrec.flower.runconfig import eval_splits, flower_config, raw_of
 from fedrec.flower.wake import REPLIED
 
 log = logging.getLogger("fedrec.flower")
@@ -69,7 +71,7 @@ def server_app_for(
         if nodes is not None:
             opts["min-nodes"] = nodes
         raw_ = raw_of(raw, context)
-        eng = build_engine(config_from_raw(raw_))  # fresh: this run's own state
+        eng = build_engine(flower_config(raw_))  # fresh: this run's own state
         run_dir = out or (Path(str(rc["out"])) if rc.get("out") else None)
         writer = None
         if run_dir is not None:
@@ -294,7 +296,7 @@ def close_round(
 
 
 def _evaluate_round(fleet: Fleet, eng: Any, live: set[int], rnd: int) -> dict[str, Any]:
-    """Every live node scores its clients; the task pools the scores."""
+    """Every live node reduces its clients' scores to stats; the task pools them."""
     from flwr.app import ConfigRecord, Message, RecordDict
 
     cfg = ConfigRecord({"round": rnd, "store": fleet.key})
@@ -310,20 +312,22 @@ def _evaluate_round(fleet: Fleet, eng: Any, live: set[int], rnd: int) -> dict[st
 
 
 def pooled_metrics(eng: Any, replies: Any) -> dict[str, Any]:
-    """``<split>_<metric>``: the nodes' ``scores`` records pooled by the task.
+    """``<split>_<metric>``: the task's metrics of the nodes' ``stats`` summed.
 
-    A record's entries are ``"<split>/<key>"`` (the task's per-row scores).
+    A record's entries are ``"<split>/<name>"``, the task's additive
+    statistics of the node's rows (fixed shapes, ``task.stat_shapes()``);
+    pooled by an elementwise sum over nodes, then ``task.metrics_from_stats``.
     """
+    summed: dict[str, dict[str, np.ndarray]] = {}
+    for rep in replies:
+        for k, v in arrays(rep[STATS]).items():
+            split, _, name = k.partition("/")
+            acc = summed.setdefault(split, {})
+            acc[name] = acc[name] + v if name in acc else v
     out: dict[str, Any] = {}
     for split in eval_splits(eng):
-        pooled: dict[str, list[np.ndarray]] = {}
-        for rep in replies:
-            for k, v in arrays(rep[SCORES]).items():
-                if k.startswith(f"{split}/"):
-                    pooled.setdefault(k.split("/", 1)[1], []).append(v)
-        if pooled:
-            cat = {k: np.concatenate(v) for k, v in pooled.items()}
-            metrics = eng.task.pooled_metrics(cat)
+        if split in summed:
+            metrics = eng.task.metrics_from_stats(summed[split])
             out.update({f"{split}_{k}": v for k, v in metrics.items()})
     return out
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from fedrec.config import ExperimentConfig
 from fedrec.flower.apps import flower_apps
+from fedrec.flower.runconfig import flower_config
 from fedrec.flower.wake import woken
 
 
@@ -35,6 +36,7 @@ def run_flower_simulation(
     """
     from flwr.simulation import run_simulation
 
+    flower_config(cfg.to_dict())  # refused before Ray starts, not in the ServerApp
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     history: list[dict[str, Any]] = []
     server_app, client_app = flower_apps(cfg.to_dict(), num_nodes, history, out, resume)

@@ -21,7 +21,7 @@ import torch
 from fedrec.fl.seq import concat_scores
 from fedrec.flower.client import store_of
 from fedrec.flower.growing_log import GrowingLog
-from fedrec.flower.mods import HIDDEN, SCORES, UPLOADS
+from fedrec.flower.mods import HIDDEN, STATS, UPLOADS
 from fedrec.flower.records import from_record, to_record
 from fedrec.flower.split import (
     Batch,
@@ -153,7 +153,8 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
         """Block ``L−1`` and pooling of each batch of ``entries``.
 
         Item chunks make a client's item table (kept in the scratch); evaluated
-        rows are scored against it (the reply's ``scores``).
+        rows are scored against it, and the reply's ``stats`` hold the task's
+        statistics of their top-K metrics (no row).
         """
         eng, s, _, _, cfg, store = setup(msg, context)
         saved, down = store.load() or {}, from_record(msg.content[HIDDEN])
@@ -183,7 +184,7 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
                 eng.task.row_metrics(b.split, rows, e @ table.T)
             )
         store.save(saved)
-        return reply(msg, {SCORES: _concat(parts)} if parts else {})
+        return reply(msg, {STATS: _stats(eng, parts)} if parts else {})
 
     for kind in ("train", "evaluate"):
         getattr(app, kind)("split_enc_head")(enc_head)
@@ -276,7 +277,7 @@ def register(app: Any, engine_of: Callable[[Any], Any]) -> None:
         _persist(disk, store.root)
         if still or not items:
             return reply(msg, {}, open=still)
-        return reply(msg, {SCORES: _scores(eng, saved, items)}, open=[])
+        return reply(msg, {STATS: _scores(eng, saved, items)}, open=[])
 
 
 # (node store, round, row) -> this process's KV caches of that row's decoding
@@ -365,10 +366,11 @@ def _forget(root: Any) -> None:
 
 
 def _scores(eng: Any, saved: Tensors, items: list[tuple[str, int, int]]) -> Tensors:
-    """``"<split>/<metric>"``: per-row top-K metrics of the decoded titles.
+    """``"<split>/<name>"``: the task's statistics of the decoded titles' metrics.
 
     Grounded on this node, in the chunks of one client's rows that
-    :meth:`~fedrec.fl.seq.SeqRecTask.client_scores` scores in one process.
+    :meth:`~fedrec.fl.seq.SeqRecTask.client_scores` scores in one process;
+    the per-row metrics stay here.
     """
     tokens = [
         scratch_of(saved, i, "tok:")["ids"][0].tolist() for i in range(len(items))
@@ -385,15 +387,18 @@ def _scores(eng: Any, saved: Tensors, items: list[tuple[str, int, int]]) -> Tens
             scores = eng.model.ground([titles[i] for i in idx])
             metrics = eng.task.row_metrics(split, rows, scores)
             parts.setdefault(split, []).append(metrics)
-    return _concat(parts)
+    return _stats(eng, parts)
 
 
-def _concat(parts: dict[str, list[dict[str, np.ndarray]]]) -> Tensors:
-    """The ``scores`` record (``"<split>/<metric>"``) of per-split row metrics."""
+def _stats(eng: Any, parts: dict[str, list[dict[str, np.ndarray]]]) -> Tensors:
+    """The ``stats`` record (``"<split>/<name>"``) of per-split row metrics.
+
+    ``eng.task.stats`` of each split's rows: fixed-shape per-group sums.
+    """
     return {
         f"{split}/{k}": torch.as_tensor(v)
         for split, ps in parts.items()
-        for k, v in concat_scores(ps).items()
+        for k, v in eng.task.stats(concat_scores(ps)).items()
     }
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from fedrec.flower.mods import HIDDEN, SCORES, UPLOADS
+from fedrec.flower.mods import HIDDEN, STATS, UPLOADS
 from fedrec.flower.records import from_record, to_record
 from fedrec.flower.runconfig import eval_splits
 from fedrec.flower.server import Fleet, close_round, pooled_metrics
@@ -177,7 +177,8 @@ def evaluate_round(fleet: Fleet, eng: Any, live: set[int], rnd: int) -> dict[str
     Every live node's clients score their evaluated rows through the split: a
     generative config decodes each row's title, a message pair per token
     (:func:`_decode`); a discriminative one encodes item tables and rows
-    (:func:`_encode`). The nodes score, the server pools.
+    (:func:`_encode`). The nodes score and reduce their rows to the task's
+    statistics; the server sums them (:func:`~fedrec.flower.server.pooled_metrics`).
     """
     s, parts, link = sides(eng), fleet.parts, _Link(fleet, rnd)
     all_ids = torch.arange(eng.fed.n_clients)
@@ -199,7 +200,7 @@ def evaluate_round(fleet: Fleet, eng: Any, live: set[int], rnd: int) -> dict[str
         )
     else:
         got = _encode(link, eng, "evaluate", nodes, server_side, eval_splits(eng))
-        replies = [r for rs in got.values() for r in rs if SCORES in r.array_records]
+        replies = [r for rs in got.values() for r in rs if STATS in r.array_records]
     return (
         pooled_metrics(eng, replies) | extra | {"split_eval_hidden_bytes": link.bytes}
     )

@@ -77,12 +77,44 @@ def gauc(
     float
         The GAUC, or ``nan`` when no user has both classes.
     """
+    if weight not in ("rows", "pos"):
+        raise ValueError(f"weight must be 'rows' or 'pos', got {weight!r}")
+    auc_u, n_rows, n_pos = user_aucs(labels, scores, groups)
+    if auc_u.size == 0:
+        return float("nan")
+    w = n_rows if weight == "rows" else n_pos
+    return float(np.sum(w * auc_u) / np.sum(w))
+
+
+def user_aucs(
+    labels: ArrayLike, scores: ArrayLike, groups: ArrayLike
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    r"""Each user's exact AUC and row counts: the per-user part of :func:`gauc`.
+
+    .. math::
+        \mathrm{AUC}_u = \frac{R_u^{+} - n_u^{+}(n_u^{+}+1)/2}{n_u^{+} n_u^{-}}
+
+    with :math:`R_u^{+}` the sum of the tie-averaged 1-based ranks of user
+    :math:`u`'s positive rows among its rows by ascending score. Users with a
+    single class are left out.
+
+    Parameters
+    ----------
+    labels, scores, groups : array-like of shape (n,)
+        Binary ground truth, predicted scores and user (group) id of each row.
+
+    Returns
+    -------
+    auc_u, n_rows, n_pos : ndarray of shape (U,)
+        AUC, number of rows and of positive rows of the ``U`` users that have
+        both classes (float64; in the order of their sorted ids).
+    """
     y, s = _as_1d(labels), _as_1d(scores)
     _, g = np.unique(np.asarray(groups).reshape(-1), return_inverse=True)
-    if not (y.size == s.size == g.size) or weight not in ("rows", "pos"):
-        raise ValueError("need equal-length inputs and weight in {'rows', 'pos'}")
+    if not (y.size == s.size == g.size):
+        raise ValueError(f"need equal-length inputs, got {y.size}, {s.size}, {g.size}")
     if y.size == 0:
-        return float("nan")
+        return np.zeros(0), np.zeros(0), np.zeros(0)
     order = np.lexsort((s, g))  # by group, then ascending score
     g, s, y = g[order], s[order], y[order]
     n, n_groups = y.size, int(g.max()) + 1
@@ -98,12 +130,9 @@ def gauc(
     r_pos = np.bincount(g, weights=rank * y, minlength=n_groups)
     n_neg = counts - n_pos
     ok = (n_pos > 0) & (n_neg > 0)
-    if not ok.any():
-        return float("nan")
     n_pos, n_neg, r_pos = n_pos[ok], n_neg[ok], r_pos[ok]
     auc_u = (r_pos - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
-    w = counts[ok] if weight == "rows" else n_pos
-    return float(np.sum(w * auc_u) / np.sum(w))
+    return auc_u, counts[ok], n_pos
 
 
 def log_loss(labels: ArrayLike, probs: ArrayLike, eps: float = 1e-7) -> float:
@@ -126,10 +155,31 @@ def log_loss(labels: ArrayLike, probs: ArrayLike, eps: float = 1e-7) -> float:
     float
         The mean natural-log loss (``nan`` for empty input).
     """
+    terms = bce_terms(labels, probs, eps)
+    return float(np.mean(terms)) if terms.size else float("nan")
+
+
+def bce_terms(labels: ArrayLike, probs: ArrayLike, eps: float = 1e-7) -> np.ndarray:
+    r"""Per-row binary cross entropy, the terms :func:`log_loss` averages.
+
+    .. math::
+        \ell_i = -\left[ y_i \ln \hat p_i + (1 - y_i) \ln (1 - \hat p_i) \right],
+        \qquad \hat p_i = \mathrm{clip}(p_i, \epsilon, 1 - \epsilon)
+
+    Parameters
+    ----------
+    labels, probs : array-like of shape (n,)
+        Binary ground truth and predicted probabilities of the positive class.
+    eps : float, default 1e-7
+        Clipping margin that keeps the logarithms finite.
+
+    Returns
+    -------
+    ndarray of shape (n,)
+        :math:`\ell_i` (float64).
+    """
     y, p = _as_1d(labels), np.clip(_as_1d(probs), eps, 1.0 - eps)
-    if y.size == 0:
-        return float("nan")
-    return float(-np.mean(y * np.log(p) + (1.0 - y) * np.log1p(-p)))
+    return -(y * np.log(p) + (1.0 - y) * np.log1p(-p))
 
 
 def weighted_prf(
