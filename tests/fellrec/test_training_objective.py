@@ -22,27 +22,8 @@ from fedrec.models.text_encoder import TextSeqRecommender, load_encoder
 pytest.importorskip("transformers")
 pytest.importorskip("peft")
 
-RAW = {
-    "data": {
-        "kind": "synthetic",
-        "options": {"n_users": 40, "n_items": 30, "seed": 4},
-        "split": "global_temporal",
-        "val_ratio": 0.1,
-        "test_ratio": 0.1,
-        "clients": "random",
-        "n_clients": 3,
-    },
-    "backbone": {"kind": "text-encoder", "path": "tiny", "max_len": 48},
-    "train": {
-        "rounds": 1,
-        "engine": "loop",
-        "batch_size": 8,
-        "lr": 0.05,
-        "max_rows_per_client": 16,
-    },
-    "eval": {"select_metric": "ndcg@10", "max_samples": 8},
-    "method": {"name": "fellrec"},
-}
+from test_fellrec_pipeline import RAW  # noqa: E402  (the tiny text-encoder run)
+
 GEN = {
     **RAW,
     "backbone": {"kind": "causal-lm", "path": "tiny", "max_len": 256},
