@@ -24,7 +24,7 @@ import json
 from collections.abc import Callable, Iterable
 from functools import cache
 from pathlib import Path
-from statistics import mean
+from statistics import mean, pstdev
 from typing import Any, NamedTuple
 
 import pytest
@@ -76,6 +76,16 @@ def mean_of(rows: list[dict[str, str]], column: str, **where: str) -> float:
     """Mean of a CSV column over the rows matching ``where`` (for table.csv files)."""
     picked = [r for r in rows if all(r[k] == v for k, v in where.items())]
     return mean(float(r[column]) for r in picked)
+
+
+# --- results/fellrec-objective/zero_shot.json ------------------------------------
+
+ZERO_SHOT = "results/fellrec-objective/zero_shot.json"
+
+
+def _zs(d: dict, text: str, tau: str = "0.05") -> dict:
+    """The zero-shot objective's values for item text ``text`` at ``tau``."""
+    return d[text][tau]
 
 
 # --- bench/results/*.json ---------------------------------------------------------
@@ -262,7 +272,44 @@ FLOWER, HOPS_JSON = "bench/results/flower.json", "bench/results/flower_hops.json
 GLUE = "bench/results/flower_glue.json"
 SMOL, MINI = "smollm2-135m", "minilm-l6"
 
+FEDPA_TABLE = "results/fedpa-kuaisar-r/table.csv"
+FEDPA_CI = "results/fedpa-kuaisar-r/intervals.csv"
+
+
+def auc3(method: str, std: bool = False) -> Callable[[Any], str]:
+    """``0.705`` (``± 0.002`` with ``std``): a method's mean test AUC over seeds."""
+
+    def quote(rows: list[dict[str, str]]) -> str:
+        v = [float(r["test_auc"]) for r in rows if r["method"] == method]
+        text = f"{mean(v):.3f}"
+        return text + (f" ± {pstdev(v):.3f}" if std else "")
+
+    return quote
+
+
+def delta(method: str, metric: str = "test_auc") -> Callable[[Any], str]:
+    """``+0.0022 [+0.0006, +0.0039]``: a paired interval as table.md prints it."""
+
+    def quote(rows: list[dict[str, str]]) -> str:
+        (r,) = [x for x in rows if x["method"] == method and x["metric"] == metric]
+        lo, hi = float(r["lo"]), float(r["hi"])
+        return f"{float(r['diff']):+.4f} [{lo:+.4f}, {hi:+.4f}]"
+
+    return quote
+
+
 CLAIMS: list[Claim] = [
+    # README.md: the FedPA table
+    *(
+        Claim("README.md", FEDPA_TABLE, auc3(m))
+        for m in ("fedavg-full", "fedavg-lora", "centralised", "fedper", "local")
+    ),
+    Claim("README.md", FEDPA_TABLE, auc3("pretrained", std=True)),
+    Claim("README.md", FEDPA_TABLE, auc3("fedpa", std=True)),
+    *(
+        Claim("README.md", FEDPA_CI, delta(m))
+        for m in ("local", "fedper", "fedpa-no-user", "fedpa-no-group", "fedpa-no-gate")
+    ),
     # README.md, the Benchmarks paragraph
     Claim(
         "README.md",
@@ -287,6 +334,37 @@ CLAIMS: list[Claim] = [
         "docs/fellrec.md",
         SFR,
         lambda d: f"({mb(d['flower']['split_eval_hidden_bytes'])} for",
+    ),
+    Claim(
+        "docs/fellrec.md",
+        ZERO_SHOT,
+        lambda d: (
+            f"the history holds {_zs(d, 'title_year_genres')['history_mass']:.0%} of"
+            ' the softmax mass with "title (year) genres" texts'
+            f" ({_zs(d, 'title')['history_mass']:.0%} with titles alone)"
+        ),
+    ),
+    Claim(
+        "docs/fellrec.md",
+        ZERO_SHOT,
+        lambda d: (
+            f"masked cross-entropy is {_zs(d, 'title_year_genres')['masked_ce']:.2f}"
+            f" (unmasked {_zs(d, 'title_year_genres')['ce']:.2f}; titles alone"
+            f" {_zs(d, 'title')['masked_ce']:.2f} / {_zs(d, 'title')['ce']:.2f})"
+        ),
+    ),
+    Claim(
+        "docs/fellrec.md",
+        ZERO_SHOT,
+        lambda d: (
+            "(full texts) is "
+            + ", ".join(
+                f"{_zs(d, 'title_year_genres', t)['masked_ce']:.2f} at {at}"
+                for t, at in (("0.05", "τ = 0.05"), ("0.1", "0.1"), ("0.2", "0.2"))
+            )
+            + f" and {_zs(d, 'title_year_genres', '0.5')['masked_ce']:.2f} at 0.5"
+            + f" (a model that knows nothing: {d['uniform_masked_ce']:.2f})"
+        ),
     ),
     # bench/README.md: engine.json
     Claim(B, ENGINE, command),

@@ -10,7 +10,7 @@ from fedrec.config import config_from_raw
 from fedrec.runs import TIMING_KEYS, Run
 
 
-def _cfg(rounds: int = 4):
+def _cfg(rounds: int = 4, initial: bool = False):
     return config_from_raw(
         {
             "data": {"options": {"n_users": 30, "n_items": 40, "seed": 1}},
@@ -22,6 +22,7 @@ def _cfg(rounds: int = 4):
                 "client_fraction": 0.5,
             },
             "method": {"name": "fedprox", "mu": 0.1},
+            "eval": {"initial": initial},
         }
     )
 
@@ -37,10 +38,13 @@ class Killed(Exception):
     pass
 
 
-@pytest.mark.parametrize("killed_after", [0, 2])
-def test_resume_reproduces_uninterrupted_run(tmp_path, killed_after):
+@pytest.mark.parametrize(
+    ("initial", "killed_after"), [(False, 0), (False, 2), (True, -1), (True, 1)]
+)
+def test_resume_reproduces_uninterrupted_run(tmp_path, initial, killed_after):
+    """With eval.initial, round -1 (the untrained model) comes first, once."""
     full = tmp_path / "full"
-    Run.create(_cfg(), full).execute(progress=False)
+    Run.create(_cfg(initial=initial), full).execute(progress=False)
 
     def kill(m):
         if m["round"] == killed_after:
@@ -48,13 +52,15 @@ def test_resume_reproduces_uninterrupted_run(tmp_path, killed_after):
 
     part = tmp_path / "part"
     with pytest.raises(Killed):
-        Run.create(_cfg(), part).execute(progress=False, on_round=kill)
-    assert len(_metrics(part)) == killed_after + 1
+        Run.create(_cfg(initial=initial), part).execute(progress=False, on_round=kill)
+    first = -1 if initial else 0
+    assert len(_metrics(part)) == killed_after + 1 - first
     assert not (part / "summary.json").exists()
 
     resumed = Run.resume(part)
     assert resumed.engine.round == killed_after + 1
     summary = resumed.execute(progress=False)
+    assert [m["round"] for m in _metrics(part)] == list(range(first, 4))
     assert _metrics(part) == _metrics(full)
     full_summary = json.loads((full / "summary.json").read_text())
     assert summary["test_auc"] == full_summary["test_auc"]

@@ -127,9 +127,11 @@ def commit(monkeypatch):
 
     def set_to(hash_: str, dirty: bool = False) -> None:
         monkeypatch.setattr(runs, "git_state", lambda: (hash_, dirty))
+        runs.current_commit.cache_clear()  # read once per process otherwise
 
     set_to("a" * 40)
-    return set_to
+    yield set_to
+    runs.current_commit.cache_clear()
 
 
 def test_table_reuses_finished_runs_and_refuses_another_config(

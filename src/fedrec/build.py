@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -33,6 +33,9 @@ from fedrec.fl.strategy import Strategy
 from fedrec.fl.task import CTRTask
 from fedrec.pretrain import MODES, divide_users, foundation
 from fedrec.registry import build_strategy
+
+if TYPE_CHECKING:
+    from fedrec.fl.seq import SeqFedData
 
 log = logging.getLogger("fedrec")
 
@@ -114,9 +117,7 @@ def build_seq_engine(
     cfg: ExperimentConfig, data: InteractionData, split: Split, strategy: Strategy
 ) -> EmbeddedEngine:
     """FELLRec's setting: user-group clients, an LLM-based recommender."""
-    from fedrec.data.partition import partition_users
-    from fedrec.data.sequences import build_samples
-    from fedrec.fl.seq import GenRecTask, SeqFedData, SeqRecTask
+    from fedrec.fl.seq import GenRecTask, SeqRecTask
     from fedrec.models.causal_lm import GenerativeRecommender, load_causal_lm
     from fedrec.models.peft_lora import add_lora
     from fedrec.models.text_encoder import TextSeqRecommender, load_encoder
@@ -127,26 +128,19 @@ def build_seq_engine(
         )
     if data.item_text is None:
         raise ConfigError(f"{data.source}: the text encoder needs item titles")
-    b, d = cfg.backbone, cfg.data
-    samples = build_samples(data, split, b.window)
-
-    def users_by(layout: str) -> np.ndarray:
-        if layout == "single":
-            return np.zeros(data.n_users, dtype=np.int64)
-        if layout == "user":
-            return np.arange(data.n_users, dtype=np.int64)
-        return partition_users(data, split.train, d.n_clients, layout, d.partition_seed)
-
-    clients = strategy.clients or d.clients
-    fed = SeqFedData.build(data, split, samples, users_by(clients), users_by(d.clients))
-    texts = [t or "unknown" for t in data.item_text]
+    b = cfg.backbone
+    clients = strategy.clients or cfg.data.clients
+    fed = seq_fed_data(cfg, data, split, clients)
+    samples = fed.samples
     model: torch.nn.Module
     if b.kind == "causal-lm":
-        lm, tok = load_causal_lm(b.path or "smollm2", texts, cfg.run.seed)
+        # BIGRec writes and grounds bare titles (fellrec.md §2.2)
+        titles = [t or "unknown" for t in data.titles or data.item_text]
+        lm, tok = load_causal_lm(b.path or "smollm2", titles, cfg.run.seed)
         model = GenerativeRecommender(
             lm,
             tok,
-            texts,
+            titles,
             b.max_len,
             b.max_new_tokens,
             b.num_beams,
@@ -156,9 +150,17 @@ def build_seq_engine(
         model = add_lora(model, b.lora_rank, b.lora_alpha)
         task_cls = GenRecTask
     else:
+        # the encoder reads "title (year) genres" where the data has them
+        texts = [t or "unknown" for t in data.item_text]
         encoder, tok = load_encoder(b.path or "minilm", texts, cfg.run.seed)
         model = TextSeqRecommender(
-            encoder, tok, texts, b.max_len, b.item_max_tokens, b.temperature
+            encoder,
+            tok,
+            texts,
+            b.max_len,
+            b.item_max_tokens,
+            b.temperature,
+            learn_temperature=b.learn_temperature,
         )
         if b.finetune == "lora":
             torch.manual_seed(cfg.run.seed)  # one LoRA init, shared by every client
@@ -185,6 +187,33 @@ def build_seq_engine(
     task.device = torch.device(cfg.train.device)
     model.to(task.device)  # the base model computes there; the state stays
     return eng
+
+
+def seq_fed_data(
+    cfg: ExperimentConfig, data: InteractionData, split: Split, clients: str
+) -> SeqFedData:
+    """Sequential samples (``backbone.window``) grouped by the ``clients`` layout.
+
+    Metrics are reported over the data config's user groups (``data.clients``)
+    whatever ``clients`` is. No model is built: the reference rankers
+    (:mod:`fedrec.references`) use this alone.
+    """
+    from fedrec.data.partition import partition_users
+    from fedrec.data.sequences import build_samples
+    from fedrec.fl.seq import SeqFedData
+
+    d = cfg.data
+    samples = build_samples(data, split, cfg.backbone.window)
+
+    def users_by(layout: str) -> np.ndarray:
+        if layout == "single":
+            return np.zeros(data.n_users, dtype=np.int64)
+        if layout == "user":
+            return np.arange(data.n_users, dtype=np.int64)
+        return partition_users(data, split.train, d.n_clients, layout, d.partition_seed)
+
+    groups = users_by(d.clients)
+    return SeqFedData.build(data, split, samples, users_by(clients), groups)
 
 
 def load_pretrained(model: torch.nn.Module, path: Path) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from fedrec import tables
 from fedrec.config import ExperimentConfig, load_config
 from fedrec.errors import FedrecError
+from fedrec.references import REFERENCES
 from fedrec.registry import method_names
 from fedrec.runs import resume_run, run_experiment, run_flower
 
@@ -191,6 +192,9 @@ def _table(args: argparse.Namespace) -> None:
     versus = _reference(args.versus, [label for label, _ in runs], own)
     rows = tables.run_all(runs, args.seeds, args.out, not args.quiet, args.reuse)
     header = "\n\n".join(headers)
+    users = sorted({r["test_users"] for r in rows if r.get("test_users")})
+    if users:
+        header += f"\n\nTest users per run: {', '.join(map(str, users))}."
     if args.preset:
         header = f"Preset `{args.preset}`.\n\n{header}"
     intervals = tables.paired_intervals(rows, versus)
@@ -268,6 +272,18 @@ def _header(path: str, cfg: ExperimentConfig, seeds: int) -> str:
             else ""
         )
         when = "every round" if "test" in cfg.eval.splits else "once, at that round"
+        initial = " (the untrained model, round -1, included)" * cfg.eval.initial
+        refs = [
+            label
+            for label, v in cfg.variants.items()
+            if isinstance(v, dict) and v.get("method", {}).get("name") in REFERENCES
+        ]
+        ref_note = (
+            f" Reference rows {', '.join(refs)}: rankings from the train split's "
+            "interactions (no model, no training), on the same samples and metrics."
+            if refs
+            else ""
+        )
         return (
             f"Config `{path}`; data {where}; split {d.split}; {d.n_clients} clients "
             f"({d.clients}); backbone {b.kind} `{b.path or 'default'}` "
@@ -275,10 +291,10 @@ def _header(path: str, cfg: ExperimentConfig, seeds: int) -> str:
             f"batch {t.batch_size}, lr {t.lr}; budget: ≤ "
             f"{t.max_rows_per_client or 'all'} train samples per client per round, "
             f"≤ {cfg.eval.max_samples or 'all'} validation samples per user group"
-            f"{decode}; selection by best val_{cfg.eval.select_metric}; every test "
-            f"user, tested {when}; mean ± std over {seeds} seed(s) "
+            f"{decode}; selection by best val_{cfg.eval.select_metric}{initial}; "
+            f"every test user, tested {when}; mean ± std over {seeds} seed(s) "
             f"({TOPK_SEED_VARIES}); per-client values over the {d.n_clients} user "
-            "groups for every method."
+            f"groups for every method.{ref_note}"
         )
     return (
         f"Config `{path}`; data {where}; split {d.split}; clients: {d.users.clients} "

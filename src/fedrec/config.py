@@ -106,6 +106,8 @@ class BackboneConfig:
     storage split: blocks ``[0, k)`` and the last block on the client, the rest on
     the server, hidden states and gradients counted on the wire;
     ``split_k_per_client`` gives each client its own k (its memory budget).
+    ``temperature`` is the text encoder's initial τ of its cosine logits;
+    ``learn_temperature`` makes ``log(τ₀/τ)`` a trained (and shared) scalar.
     """
 
     kind: Literal["ctr", "text-encoder", "causal-lm"] = "ctr"
@@ -116,6 +118,7 @@ class BackboneConfig:
     max_len: int = 512
     item_max_tokens: int = 32
     temperature: float = 0.05
+    learn_temperature: bool = True
     window: int = 10
     max_new_tokens: int = 32
     num_beams: int = 1
@@ -202,6 +205,10 @@ class EvalConfig:
     (sequential tasks; 0 = all). ``splits`` without ``"test"``: the test split
     is evaluated once, with the best validation round's state (kept in
     ``best.pt``), instead of every round — the same summary, cheaper.
+    ``initial``: also evaluate the untrained model, before round 0, as the
+    history's round ``-1``; it is then a selection candidate like any round
+    (selected when no trained round validates better). Off by default, so that
+    CTR runs keep their histories; the FELLRec configs turn it on.
     """
 
     select_metric: Literal[
@@ -212,6 +219,7 @@ class EvalConfig:
     splits: list[Literal["train", "val", "test"]] = field(
         default_factory=lambda: ["val", "test"]
     )
+    initial: bool = False
 
     def __post_init__(self) -> None:
         _check("val" in self.splits, "eval.splits must include 'val' (model selection)")

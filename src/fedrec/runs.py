@@ -6,7 +6,8 @@ A run directory holds:
 - ``env.json``: seed, command, Python/library versions, threads, the git
   commit and whether tracked files differed from it (``git_commit``,
   ``git_dirty``) when the run started;
-- ``metrics.jsonl``: one JSON line per round;
+- ``metrics.jsonl``: one JSON line per round (with ``eval.initial``, first
+  the untrained model's, ``round = -1``);
 - ``checkpoint.pt``: the state after the last finished round (written
   atomically: a kill never leaves half a file);
 - ``summary.json``: the best round by validation metric, its test metrics and
@@ -19,6 +20,7 @@ A run directory holds:
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -99,9 +101,13 @@ def environment(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def git_state() -> tuple[str, bool]:
-    """The checkout's commit and whether tracked files differ from it.
+    """The checkout's commit and whether the package's code differs from it.
 
-    ``("", False)`` outside a git checkout (an installed package).
+    Dirty: a tracked file under the package's directory (``src/fedrec``) is
+    changed, or an untracked one is there — what a run computes. Results,
+    configs (each run keeps its own in ``config.json``) and docs written
+    while runs go do not count. ``("", False)`` outside a git checkout (an
+    installed package).
     """
 
     def git(*args: str) -> str:
@@ -120,7 +126,7 @@ def git_state() -> tuple[str, bool]:
     commit = git("rev-parse", "HEAD")
     if not commit:
         return "", False
-    return commit, bool(git("status", "--porcelain", "--untracked-files=no"))
+    return commit, bool(git("status", "--porcelain", "--", "."))
 
 
 def commit_label(commit: str, dirty: bool) -> str:
@@ -128,13 +134,24 @@ def commit_label(commit: str, dirty: bool) -> str:
     return f"{commit[:12]}{'+dirty' if dirty else ''}" if commit else ""
 
 
+@functools.cache
 def current_commit() -> str:
-    """:func:`commit_label` of the code running now."""
+    """:func:`commit_label` of the code this process runs.
+
+    Read once, when a process first asks: the code a process runs is what it
+    imported when it started, whatever is committed or edited while it runs.
+    """
     return commit_label(*git_state())
 
 
 def summarise(history: list[dict[str, Any]], cfg: ExperimentConfig) -> dict[str, Any]:
-    """Best round by validation ``select_metric``; the test metrics at that round."""
+    """Best round by validation ``select_metric``; the test metrics at that round.
+
+    Ties go to the earliest round, so the untrained model (round ``-1``, with
+    ``eval.initial``) is selected unless a trained round validates strictly
+    better. ``rounds`` counts trained rounds; the upload and throughput
+    figures are theirs, ``wall_s`` and ``peak_rss_mb`` include every entry.
+    """
     metric = cfg.eval.select_metric
     key = f"val_{metric}"
     scored = [
@@ -147,7 +164,7 @@ def summarise(history: list[dict[str, Any]], cfg: ExperimentConfig) -> dict[str,
     out: dict[str, Any] = {
         "method": cfg.method["name"],
         "seed": cfg.run.seed,
-        "rounds": len(history),
+        "rounds": sum(h["round"] >= 0 for h in history),
         "select_metric": key,
         "best_round": best["round"],
         "ldp_protects": cfg.privacy.protects,
@@ -158,12 +175,14 @@ def summarise(history: list[dict[str, Any]], cfg: ExperimentConfig) -> dict[str,
     out.update({k: v for k, v in best.items() if k.startswith("test_")})
     if cfg.eval.select == "per_client":
         out.update(per_client_selection(history, metric))
-    out["upload_bytes_per_round"] = float(
-        np.mean([h["upload_bytes_per_client"] * h["clients"] for h in history])
-    )
-    out["upload_bytes_per_client"] = history[-1]["upload_bytes_per_client"]
+    trained = [h for h in history if h["round"] >= 0]
+    if trained:
+        out["upload_bytes_per_round"] = float(
+            np.mean([h["upload_bytes_per_client"] * h["clients"] for h in trained])
+        )
+        out["upload_bytes_per_client"] = trained[-1]["upload_bytes_per_client"]
+        out["clients_per_s"] = float(np.mean([h["clients_per_s"] for h in trained]))
     out["wall_s"] = float(sum(h["round_s"] + h.get("test_eval_s", 0) for h in history))
-    out["clients_per_s"] = float(np.mean([h["clients_per_s"] for h in history]))
     out["peak_rss_mb"] = max(h["peak_rss_mb"] for h in history)
     return out
 
@@ -180,16 +199,17 @@ def per_client_selection(history: list[dict[str, Any]], metric: str) -> dict[str
     if not history or key not in history[0]:
         raise ConfigError(f"eval.select = 'per_client' needs per-client {key}")
     n = len(history[0][key])
+    at = {h["round"]: h for h in history}  # round -1: the untrained model
     rounds = []
     for c in range(n):
         vals = [(h[key][c], -h["round"]) for h in history if h[key][c] is not None]
-        rounds.append(-max(vals)[1] if vals else len(history) - 1)
+        rounds.append(-max(vals)[1] if vals else history[-1]["round"])
     out: dict[str, Any] = {"selected_rounds": rounds}
     for m in ("recall@10", "ndcg@10"):
         vals, weights = [], []
         for c, r in enumerate(rounds):
-            v = history[r].get(f"test_{m}_clients", [None] * n)[c]
-            w = history[r].get("test_users_clients", [0] * n)[c]
+            v = at[r].get(f"test_{m}_clients", [None] * n)[c]
+            w = at[r].get("test_users_clients", [0] * n)[c]
             if v is not None and w:
                 vals.append(v)
                 weights.append(w)
@@ -208,7 +228,7 @@ def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> None:
 
     rounds = [h["round"] for h in history]
     fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
-    a.plot(rounds, [h["train_loss"] for h in history], marker="o")
+    a.plot(rounds, [h.get("train_loss", math.nan) for h in history], marker="o")
     a.set(xlabel="round", ylabel="train loss", title=title)
     keys = [
         f"{s}_{m}"
@@ -297,6 +317,7 @@ class Run:
 
         eng, total = self.engine, self.cfg.train.rounds
         name = self.cfg.method["name"]
+        val = f"val_{self.cfg.eval.select_metric}"
         cols = [
             TextColumn("{task.description}"),
             BarColumn(),
@@ -308,28 +329,16 @@ class Run:
                 f"{self.cfg.method['name']} rounds", total=total, completed=eng.round
             )
             clients = bar.add_task("clients trained", total=None)
+            if eng.needs_initial():  # round -1: the untrained model
+                self._record(eng.evaluate_initial(), on_round)
             for rnd in range(eng.round, total):
                 m = eng.run_round(rnd, on_clients=lambda n: bar.advance(clients, n))
-                if "test" in self.cfg.eval.splits and self._is_best(rnd):
-                    self._save_test_rows(rnd)
-                if (rnd + 1) % self.cfg.run.checkpoint_every == 0 or rnd + 1 == total:
-                    atomic_write(
-                        self.dir / "checkpoint.pt",
-                        lambda p: torch.save(eng.state_dict(), p),
-                    )
-                with open(self.dir / "metrics.jsonl", "a") as f:
-                    f.write(json.dumps(_jsonable(m)) + "\n")
                 bar.update(
                     rounds,
                     advance=1,
-                    description=(
-                        f"{name} round {rnd} val_auc={m.get('val_auc', math.nan):.4f}"
-                    ),
+                    description=f"{name} round {rnd} {val}={m.get(val, math.nan):.4f}",
                 )
-                if "test" not in self.cfg.eval.splits:
-                    self._keep_if_best(rnd)
-                if on_round:
-                    on_round(m)
+                self._record(m, on_round)
         if "test" not in self.cfg.eval.splits:
             self._test_best_round()
         summary = summarise(eng.history, self.cfg)
@@ -344,6 +353,29 @@ class Run:
         write_json(self.dir / "summary.json", summary)
         plot_history(eng.history, self.dir / "metrics.png", self.cfg.run.name)
         return summary
+
+    def _record(
+        self, m: dict[str, Any], on_round: Callable[[dict[str, Any]], None] | None
+    ) -> None:
+        """After an evaluated round ``m``: test rows, checkpoint, metrics line, best.
+
+        The untrained model's entry (round -1) is checkpointed too, so a resumed
+        run does not evaluate it again.
+        """
+        eng, rnd = self.engine, m["round"]
+        if "test" in self.cfg.eval.splits and self._is_best(rnd):
+            self._save_test_rows(rnd)
+        last = rnd + 1 == self.cfg.train.rounds
+        if (rnd + 1) % self.cfg.run.checkpoint_every == 0 or last:
+            atomic_write(
+                self.dir / "checkpoint.pt", lambda p: torch.save(eng.state_dict(), p)
+            )
+        with open(self.dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(_jsonable(m)) + "\n")
+        if "test" not in self.cfg.eval.splits:
+            self._keep_if_best(rnd)
+        if on_round:
+            on_round(m)
 
     def _is_best(self, rnd: int) -> bool:
         """Whether round ``rnd`` is, so far, the best validation round."""
@@ -470,10 +502,14 @@ def resume_run(run_dir: Path, progress: bool = True) -> dict[str, Any]:
         env = json.loads((run_dir / "env.json").read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         env = {}
-    if env.get("engine") != "flower":
+    if env.get("engine") not in ("flower", "reference"):
         return Run.resume(run_dir).execute(progress)
     cfg_path = run_dir / "config.json"
     cfg = config_from_raw(json.loads(cfg_path.read_text()), str(cfg_path))
+    if env["engine"] == "reference":  # seconds: scored again
+        from fedrec.references import run_reference
+
+        return run_reference(cfg, run_dir)
     return run_flower(cfg, run_dir, int(env["min-nodes"]), resume=True)
 
 
@@ -483,7 +519,15 @@ def run_experiment(
     progress: bool = True,
     data: InteractionData | None = None,
 ) -> dict[str, Any]:
-    """Create a run directory and run ``cfg`` to the end; return its summary."""
+    """Create a run directory and run ``cfg`` to the end; return its summary.
+
+    A reference ranking (``popularity``, ``item-knn``) is scored instead
+    (:func:`fedrec.references.run_reference`): no engine, one entry.
+    """
+    from fedrec.references import REFERENCES, run_reference
+
+    if cfg.method["name"] in REFERENCES:
+        return run_reference(cfg, run_dir, data)
     t0 = time.perf_counter()
     summary = Run.create(cfg, run_dir, data).execute(progress)
     log.info("finished in %.1fs", time.perf_counter() - t0)

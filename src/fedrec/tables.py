@@ -9,7 +9,9 @@ users), ``intervals.csv`` (those intervals) and ``test_auc_per_round.png``.
 ``sweep.csv``, ``sweep.md`` and ``sweep.png``.
 
 A variant is ``method = {...}`` (replacing ``[method]``) and/or
-``set = ["key=value", ...]`` (the same overrides as ``--set``).
+``set = ["key=value", ...]`` (the same overrides as ``--set``). On top-K data
+a variant may name a reference ranking (``popularity``, ``item-knn``,
+:mod:`fedrec.references`): it gets a run directory and a row like a method.
 """
 
 from __future__ import annotations
@@ -525,7 +527,10 @@ def plot_clients(
 def plot_curves(
     rows: list[dict[str, Any]], out: Path, metric: str = "test_auc"
 ) -> Path:
-    """Mean ``metric`` per round per method (over seeds), one PNG."""
+    """Mean ``metric`` per round per method (over seeds), one PNG.
+
+    Rounds as recorded (``-1``: the untrained model, with ``eval.initial``).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -538,18 +543,18 @@ def plot_curves(
         dict.fromkeys((r.get("backbone"), r["method"]) for r in rows)
     ):
         label = f"{key[0]} {key[1]}" if several else key[1]
-        curves = []
+        curves, rounds = [], []
         for r in rows:
             if (r.get("backbone"), r["method"]) == key:
                 path = Path(r["run_dir"]) / "metrics.jsonl"
-                curves.append(
-                    [json.loads(x).get(metric) for x in path.read_text().splitlines()]
-                )
+                lines = [json.loads(x) for x in path.read_text().splitlines()]
+                curves.append([h.get(metric) for h in lines])
+                rounds = [h["round"] for h in lines]
         arr = np.array(
             [[np.nan if v is None else v for v in c] for c in curves], dtype=float
         )
         ax.plot(
-            np.arange(arr.shape[1]),
+            rounds,
             np.nanmean(arr, 0),
             marker=".",
             label=label,

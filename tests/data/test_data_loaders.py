@@ -150,7 +150,15 @@ def test_recbole_values(rb: Path) -> None:
     d = load_recbole(rb)
     assert d.user_ids.tolist() == ["u1", "u2"]
     assert d.item_ids.tolist() == ["i1", "i2", "i3", "i9"]  # i9 only in .item
-    assert d.item_text == ["Toy Story", "Heat", "", "Unseen Movie"]
+    # the encoder's text: "title (year) genres"; i3 has no .item row
+    assert d.item_text == [
+        "Toy Story (1995) Animation Comedy",
+        "Heat (1995) Action Crime",
+        "",
+        "Unseen Movie (1990) Drama",
+    ]
+    assert d.item_title == ["Toy Story", "Heat", "", "Unseen Movie"]
+    assert d.titles == d.item_title
     assert d.item_feature_names == ["release_year", "class"]
     # release_year: 1990 -> 0, 1995 -> 1, i3 unknown -> 2; class first token:
     # Action 0, Animation 1, Drama 2, i3 unknown -> 3
@@ -164,6 +172,23 @@ def test_recbole_values(rb: Path) -> None:
     assert load_recbole(rb, "toy", label_threshold=4).interactions[
         "label"
     ].tolist() == [1, 0, 1]
+
+
+def test_recbole_item_text_keeps_what_the_item_file_has(tmp_path: Path) -> None:
+    write(tmp_path / "t.inter", INTER)
+    # title only: the text is the title, no separate titles
+    write(tmp_path / "t.item", "item_id:token\tmovie_title:token_seq\ni1\tHeat\n")
+    d = load_recbole(tmp_path)
+    assert d.item_text == ["Heat", "", ""] and d.item_title is None
+    assert d.titles == d.item_text
+    # a year without genres, an empty year cell
+    write(
+        tmp_path / "t.item",
+        "item_id:token\ttitle:token_seq\tyear:token\ni1\tHeat\t1995\ni2\tCasino\t\n",
+    )
+    d = load_recbole(tmp_path)
+    assert d.item_text == ["Heat (1995)", "Casino", ""]
+    assert d.item_title == ["Heat", "Casino", ""]
 
 
 def test_recbole_without_side_files_or_timestamp(tmp_path: Path) -> None:
@@ -311,7 +336,9 @@ def test_ml100k_real(ml100k: Path) -> None:
     assert len(d.interactions) == 100_000
     assert (d.n_users, d.n_items) == (943, 1_682)
     assert d.item_text is not None and all(d.item_text)
-    assert "Toy Story" in d.item_text[d.item_ids.tolist().index("1")]
+    toy = d.item_ids.tolist().index("1")
+    assert d.item_text[toy] == "Toy Story (1995) Animation Children's Comedy"
+    assert d.item_title is not None and d.item_title[toy] == "Toy Story"
     assert d.item_feature_names == ["release_year", "class"]
     assert d.user_feature_names == ["age", "gender", "occupation", "zip_code"]
     assert d.interactions["label"].eq(1).all()

@@ -39,6 +39,33 @@ def test_samples_follow_the_reference_protocol():
     assert s["test"].seen[0].tolist() == [0, 1, 2, 3, 4, 5, 6]
 
 
+def test_leave_one_out_samples_one_validation_and_one_test_per_user():
+    from fedrec.data.splits import leave_one_out_split
+
+    # user 0: 0 1 2 3 4; user 1: 5 6 7; user 2: 8 9 (too few: dropped)
+    seqs = {0: [0, 1, 2, 3, 4], 1: [5, 6, 7], 2: [8, 9]}
+    rows = [(u, i, t) for u, items in seqs.items() for t, i in enumerate(items)]
+    df = pd.DataFrame(rows, columns=["user", "item", "timestamp"])
+    df["label"] = 1.0
+    data = InteractionData(df, np.arange(3), np.arange(10))
+    split = leave_one_out_split(data, min_interactions=3)
+    assert split.dropped_users == 1
+    s = build_samples(data, split, window=2)
+    # validation: the second-to-last item; history = the last 2 train items
+    assert s["val"].user.tolist() == [0, 1]
+    assert [t.tolist() for t in s["val"].targets] == [[3], [6]]
+    assert [h.tolist() for h in s["val"].history] == [[1, 2], [5]]
+    assert [x.tolist() for x in s["val"].seen] == [[0, 1, 2], [5]]
+    # test: the last item; history = the last 2 of train + validation
+    assert s["test"].user.tolist() == [0, 1]
+    assert [t.tolist() for t in s["test"].targets] == [[4], [7]]
+    assert [h.tolist() for h in s["test"].history] == [[2, 3], [5, 6]]
+    assert [x.tolist() for x in s["test"].seen] == [[0, 1, 2, 3], [5, 6]]
+    # train: user 0's positions [min(2, 2), 3) = 2; user 1's one item: none
+    assert [h.tolist() for h in s["train"].history] == [[0, 1]]
+    assert [t.tolist() for t in s["train"].targets] == [[2]]
+
+
 RAW = {
     "data": {
         "kind": "synthetic",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -38,6 +39,25 @@ def test_flower_simulation_equals_embedded_engine(method, small_raw, monkeypatch
     if method is None:  # FedPA
         assert private  # the check above was not vacuous
         _assert_no_rows_crossed(replies, eng, rounds=3, nodes=3)
+
+
+@pytest.mark.slow
+def test_flower_evaluates_the_untrained_model_first(small_raw, tmp_path):
+    """eval.initial: the ServerApp's round -1 is the embedded engine's."""
+    from fedrec.flower.simulation import run_flower_simulation
+    from fedrec.runs import run_experiment
+
+    raw = small_raw({"name": "fedavg"})
+    raw |= {"eval": {"initial": True}, "train": {**raw["train"], "rounds": 1}}
+    flower = run_flower_simulation(config_from_raw(raw), num_nodes=2)
+    run_experiment(config_from_raw(raw), tmp_path / "e", progress=False)
+    lines = (tmp_path / "e" / "metrics.jsonl").read_text().splitlines()
+    embedded = [json.loads(x) for x in lines]
+    assert [m["round"] for m in flower] == [m["round"] for m in embedded] == [-1, 0]
+    assert flower[0]["initial"] and "train_loss" not in flower[0]
+    for f, e in zip(flower, embedded, strict=True):
+        for key in ("val_auc", "test_auc", "val_logloss", "test_gauc"):
+            assert f[key] == pytest.approx(e[key], abs=1e-9), (f["round"], key)
 
 
 def _record_replies(monkeypatch) -> list[tuple[str, Any]]:
@@ -98,6 +118,8 @@ def test_fellrec_on_flower_equals_embedded_engine(fellrec_raw):
         assert f["test_ndcg@10_clients"] == pytest.approx(
             e["test_ndcg@10_clients"], abs=1e-5
         )
+        for key in ("fellrec_s_mean", "fellrec_heat", "fellrec_self_weight"):
+            assert f[key] == pytest.approx(e[key], abs=1e-5), key  # the balance log
         assert f["clients"] == 3 and f["failed_partitions"] == []
 
 

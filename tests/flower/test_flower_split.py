@@ -414,3 +414,36 @@ def test_the_discriminative_split_as_messages_equals_the_embedded_engine(
 
     nodes = [sum(batches(c) for c in range(p, 3, 2)) for p in (0, 1)]
     assert sent == sum(2 * -(-n // per_message) for n in nodes)
+
+
+@pytest.mark.usefixtures("as_server")
+@pytest.mark.parametrize("backbone", [GEN, ENC])
+def test_the_split_evaluates_the_untrained_model_as_round_minus_one(
+    fellrec_raw, backbone
+):
+    """eval.initial through the split: round -1's messages score the initial
+    state exactly as the embedded engine's ``evaluate_initial``."""
+    from fedrec.flower.client import client_app_for
+    from fedrec.flower.server import Fleet
+    from fedrec.flower.split_server import evaluate_round
+
+    ev = {"select_metric": "ndcg@10", "max_samples": 4, "initial": True}
+    raw = fellrec_raw(backbone, eval=ev)
+    eng, ref = build_engine(config_from_raw(raw)), build_engine(config_from_raw(raw))
+    fleet = Fleet(
+        _InProcessGrid(client_app_for(raw), 2),
+        {0: 100, 1: 101},
+        {"round-timeout": 60.0},
+        "initial",
+    )
+    got = evaluate_round(fleet, eng, {0, 1}, -1)
+    want = ref.evaluate_initial()
+    assert want["round"] == -1 and ref.round == 0
+    checked = [
+        k
+        for k, v in want.items()
+        if k.startswith(("val_", "test_")) and isinstance(v, float)
+    ]
+    assert {"val_ndcg@10", "test_ndcg@10", "test_recall@10"} <= set(checked)
+    for k in checked:
+        assert got[k] == pytest.approx(want[k], abs=1e-6, nan_ok=True), k

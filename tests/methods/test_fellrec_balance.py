@@ -7,7 +7,15 @@ import math
 import pytest
 import torch
 
-from fedrec.methods.fellrec import FELLRecConfig, heating_weights, mix, similarity
+from fedrec.fl.partition import Partition
+from fedrec.fl.strategy import RoundContext
+from fedrec.methods.fellrec import (
+    FELLRec,
+    FELLRecConfig,
+    heating_weights,
+    mix,
+    similarity,
+)
 
 
 def test_heating_fixture_from_the_spec():
@@ -81,3 +89,58 @@ def test_w_one_reduces_to_similarity_weighted_mean():
     s = similarity(v)
     out = mix(v, s, torch.ones(4, dtype=torch.float64))
     torch.testing.assert_close(out, (s @ v) / s.sum(1, keepdim=True))
+
+
+# three clients sent the same θ = (1, 0); they upload θ0 = (2, 0), θ1 = (1, 1),
+# θ2 = (1, -1), i.e. updates u0 = (1, 0), u1 = (0, 1), u2 = (0, -1)
+SENT = torch.tensor([[1.0, 0.0]] * 3)
+UP = torch.tensor([[2.0, 0.0], [1.0, 1.0], [1.0, -1.0]])
+
+
+def aggregate(similarity_on: str) -> tuple[torch.Tensor, dict, FELLRec]:
+    cfg = FELLRecConfig(heating=False, similarity_on=similarity_on)  # w ≡ 1
+    strategy = FELLRec(cfg)
+    ctx = RoundContext(
+        round=0,
+        clients=torch.arange(3),
+        weights=torch.ones(3, dtype=torch.float64),
+        groups={},
+        n_groups={},
+        losses=torch.tensor([0.3, 0.2, 0.1], dtype=torch.float64),
+    )
+    part = Partition({"theta": "shared"})
+    new = strategy.aggregate({"theta": SENT.clone()}, {"theta": UP}, part, ctx)
+    return new["theta"], strategy.round_log(), strategy
+
+
+def test_similarity_on_params_by_hand():
+    theta, log, strategy = aggregate("params")
+    assert strategy.round_log() == {}  # each aggregation's log is reported once
+    # cos(θ0, θ1) = cos(θ0, θ2) = 2/(2·√2) = 1/√2; cos(θ1, θ2) = 0
+    c = (1 + 1 / math.sqrt(2)) / 2
+    assert log["fellrec_s_min"] == pytest.approx(0.5)
+    assert log["fellrec_s_max"] == pytest.approx(c)
+    assert log["fellrec_s_mean"] == pytest.approx((4 * c + 2 * 0.5) / 6)
+    assert log["fellrec_heat"] == [1.0, 1.0, 1.0]
+    # a_ii = 1 / (1 + Σ_{j≠i} s_ij)
+    assert log["fellrec_self_weight"] == pytest.approx(
+        [1 / (1 + 2 * c), 1 / (1.5 + c), 1 / (1.5 + c)]
+    )
+    # θ1 ← (θ1 + c θ0 + 0.5 θ2) / (1.5 + c)
+    want1 = (UP[1].double() + c * UP[0] + 0.5 * UP[2]) / (1.5 + c)
+    torch.testing.assert_close(theta[1].double(), want1, rtol=1e-6, atol=1e-6)
+
+
+def test_similarity_on_updates_by_hand_and_mixed_from_the_uploads():
+    theta, log, _ = aggregate("update")
+    # cos(u0, u1) = cos(u0, u2) = 0 -> 0.5; cos(u1, u2) = -1 -> 0
+    assert log["fellrec_clients"] == [0, 1, 2]
+    assert (log["fellrec_s_min"], log["fellrec_s_max"]) == pytest.approx((0, 0.5))
+    assert log["fellrec_s_mean"] == pytest.approx((4 * 0.5 + 2 * 0) / 6)
+    assert log["fellrec_self_weight"] == pytest.approx([1 / 2, 2 / 3, 2 / 3])
+    # θ0 ← (θ0 + 0.5 θ1 + 0.5 θ2) / 2 = (1.5, 0);  θ2 ← (θ2 + 0.5 θ0) / 1.5
+    torch.testing.assert_close(theta[0], torch.tensor([1.5, 0.0]))
+    torch.testing.assert_close(theta[2], torch.tensor([4 / 3, -2 / 3]))
+    # the reference mixes in place: client 2 would read the mixed θ0 = (1.5, 0)
+    # and get ((1, -1) + 0.5·(1.5, 0)) / 1.5 = (7/6, -2/3); we do not
+    assert not torch.allclose(theta[2], torch.tensor([7 / 6, -2 / 3]))

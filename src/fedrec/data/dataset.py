@@ -38,7 +38,12 @@ class InteractionData:
     user_feature_names, item_feature_names
         Field names, one per column of the feature arrays.
     item_text
-        One title per item code, or ``None``.
+        One descriptive text per item code (what a text encoder reads: e.g.
+        ``"Toy Story (1995) Animation Children's Comedy"``), or ``None``.
+    item_title
+        One bare title per item code where the source has more than a title
+        (what a generative recommender writes and grounds), or ``None``: the
+        text is the title (:attr:`titles`).
     source
         Loader name and path, for result headers.
     """
@@ -52,6 +57,7 @@ class InteractionData:
     item_feature_names: list[str] = field(default_factory=list)
     item_text: list[str] | None = None
     source: str = ""
+    item_title: list[str] | None = None
 
     def __post_init__(self) -> None:
         missing = [c for c in INTERACTION_COLUMNS if c not in self.interactions]
@@ -85,10 +91,13 @@ class InteractionData:
                 )
             if (arr < 0).any():
                 raise DataError(f"{self.source}: {name} has negative codes")
-        if self.item_text is not None and len(self.item_text) != self.n_items:
-            raise DataError(
-                f"{self.source}: {len(self.item_text)} titles for {self.n_items} items"
-            )
+        for name, texts in (("texts", self.item_text), ("titles", self.item_title)):
+            if texts is not None and len(texts) != self.n_items:
+                raise DataError(
+                    f"{self.source}: {len(texts)} {name} for {self.n_items} items"
+                )
+        if self.item_title is not None and self.item_text is None:
+            raise DataError(f"{self.source}: item titles without item texts")
 
     @property
     def n_users(self) -> int:
@@ -99,6 +108,11 @@ class InteractionData:
     def n_items(self) -> int:
         """Number of item codes."""
         return len(self.item_ids)
+
+    @property
+    def titles(self) -> list[str] | None:
+        """Bare item titles: ``item_title``, else ``item_text`` (title-only data)."""
+        return self.item_title if self.item_title is not None else self.item_text
 
     def user_field_cardinalities(self) -> list[int]:
         """Embedding rows per user field (max code + 1; codes may have gaps)."""

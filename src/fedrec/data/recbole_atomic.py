@@ -26,6 +26,8 @@ from fedrec.errors import DataError
 
 TYPES = ("token", "token_seq", "float", "float_seq")
 TITLE_COLUMNS = ("movie_title", "title")
+YEAR_COLUMNS = ("release_year", "year")
+GENRE_COLUMNS = ("class", "genre", "genres")
 
 
 def read_atomic(path: Path) -> tuple[pd.DataFrame, dict[str, str]]:
@@ -100,8 +102,11 @@ def load_recbole(
         ``.inter`` (first appearance) and then the ``.item`` items never
         interacted with, so full ranking can score the whole catalogue. Titles
         come from ``movie_title`` or ``title`` ("" for items absent from
-        ``.item``). Item / user features are the ``token`` columns and the first
-        token of ``token_seq`` columns (e.g. ``release_year``, ``class``;
+        ``.item``); ``item_text`` is ``"title (year) genres"``
+        (:func:`item_texts`), and ``item_title`` the bare titles where that
+        differs from them (``None``: a title-only table). Item / user
+        features are the ``token`` columns and the first token of
+        ``token_seq`` columns (e.g. ``release_year``, ``class``;
         ``age``, ``gender``, ``occupation``, ``zip_code``), coded ``0..K-1``
         over sorted values; ids without a side row get code ``K``.
 
@@ -133,7 +138,9 @@ def load_recbole(
         label = (rating >= label_threshold).astype(np.float32)
     item_raw = column(df, "item_id", inter, "id")
     item_path, user_path = root / f"{dataset}.item", root / f"{dataset}.user"
-    ifeat, inames, ufeat, unames, titles = None, [], None, [], None
+    ifeat, inames, ufeat, unames = None, [], None, []
+    titles: list[str] | None = None
+    texts: list[str] | None = None
     if item_path.is_file():
         table, types = read_atomic(item_path)
         require_columns(table, ["item_id"], item_path)
@@ -145,8 +152,10 @@ def load_recbole(
         )
         title = next((c for c in TITLE_COLUMNS if c in types), None)
         if title is not None:
-            text = np.append(table[title].fillna("").to_numpy(dtype=object), "")
-            titles = [str(t) for t in text[rows]]  # rows == -1 picks the ""
+            # rows == -1 (an item without a .item row) picks the appended ""
+            titles = [str(t) for t in np.append(_cells(table, title), "")[rows]]
+            full = np.append(item_texts(table, title, types), "")[rows]
+            texts = [str(t) for t in full]
     else:
         items, item_ids = encode_ids(item_raw)
     if user_path.is_file():
@@ -161,6 +170,33 @@ def load_recbole(
         item_features=ifeat,
         user_feature_names=unames,
         item_feature_names=inames,
-        item_text=titles,
+        item_text=texts,
         source=f"recbole:{inter}",
+        item_title=titles if texts != titles else None,
     )
+
+
+def _cells(table: pd.DataFrame, name: str) -> np.ndarray:
+    """Column ``name`` as stripped strings, ``""`` where missing."""
+    return table[name].fillna("").astype(str).str.strip().to_numpy(dtype=object)
+
+
+def item_texts(table: pd.DataFrame, title: str, types: dict[str, str]) -> np.ndarray:
+    """``"title (year) genres"`` per row of an item table (fellrec.md §2.2).
+
+    The year comes from the first of :data:`YEAR_COLUMNS` present, the genres
+    (a ``token_seq``, space-separated) from the first of :data:`GENRE_COLUMNS`;
+    a missing column or an empty cell leaves its part out, so a title-only
+    table gives the titles. E.g. ``Toy Story``, ``1995``, ``Animation
+    Children's Comedy`` → ``"Toy Story (1995) Animation Children's Comedy"``.
+    """
+    out = _cells(table, title)
+    year = next((c for c in YEAR_COLUMNS if c in types), None)
+    genre = next((c for c in GENRE_COLUMNS if c in types), None)
+    if year is not None:
+        y = _cells(table, year)
+        out = np.array([f"{t} ({v})" if v else t for t, v in zip(out, y, strict=True)])
+    if genre is not None:
+        g = _cells(table, genre)
+        out = np.array([f"{t} {v}" if v else t for t, v in zip(out, g, strict=True)])
+    return out.astype(object)

@@ -1,7 +1,7 @@
 """Sequential-recommendation samples (fellrec.md §2.1, the reference protocol).
 
-From a global temporal split, with a history window W (10), per user, items in
-time order (ties by file order):
+From a row split, with a history window W (10), per user, items in time order
+(ties by file order):
 
 - train: for positions i ∈ [min(W, n−1), n) of the user's n train items,
   history = the W items before i, target = item i (users with one train item
@@ -14,6 +14,14 @@ time order (ties by file order):
 ``history`` is oldest → newest; a recommender that reads most-recent-first
 reverses it. ``seen`` (train + valid items of the user, for history masking at
 test time; train items plus earlier valid items at validation) is kept apart.
+
+Under the global temporal split (FELLRec's reference) a user may have several
+validation items, or test items only (no test sample: no history). Under
+leave-one-out (the FELLRec default on ML-100K) every kept user has exactly one
+validation sample, target = its second-to-last item, history = the last W
+train items, seen = its train items; and one test sample, target = its last
+item, history = the last W of train + that validation item, seen = all of
+them.
 """
 
 from __future__ import annotations

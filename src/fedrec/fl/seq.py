@@ -2,11 +2,12 @@
 
 :class:`SeqFedData` holds each client's samples (a client is a group of users,
 fellrec.md §2.3); :class:`SeqRecTask` is what a client computes: the softmax
-cross-entropy of ``cos(e_seq, e_item)/τ`` over all items with the true next
-item (RecFormer stage 1: the item table is re-encoded with the client's
-current model at the start of its local phase and frozen within it), and
-full-ranking top-K metrics per client with its seen items masked, reduced to
-per-group sums (:meth:`SeqRecTask.stats`) before they leave a node.
+cross-entropy of ``cos(e_seq, e_item)/τ`` over every item the sample has not
+seen, with the true next item (RecFormer stage 1: the item table is re-encoded
+with the client's current model at the start of its local phase and frozen
+within it), and full-ranking top-K metrics per client with its seen items
+masked, reduced to per-group sums (:meth:`SeqRecTask.stats`) before they leave
+a node. Training masks what evaluation masks.
 """
 
 from __future__ import annotations
@@ -155,11 +156,15 @@ class SeqRecTask:
         mask: torch.Tensor,
         state: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Mean cross-entropy of ``cos/τ`` logits over all items, ``(b,)`` samples."""
+        """Mean history-masked cross-entropy of ``cos/τ`` logits, ``(b,)`` samples.
+
+        See :meth:`_item_ce`; ρ is the client's ``log_scale`` when it trains.
+        """
         ids, am = self.inputs(rows)
         e = functional_call(self.model, self._on(params), (ids, am))  # (b, d)
         table = state if state is not None else self.begin_local(params)
-        return self._item_ce(e, rows, mask, table)
+        rho = params.get("log_scale", self.model.log_scale)
+        return self._item_ce(e, rows, mask, table, rho)
 
     def _item_ce(
         self,
@@ -167,11 +172,33 @@ class SeqRecTask:
         rows: torch.Tensor,
         mask: torch.Tensor,
         table: torch.Tensor,
+        log_scale: torch.Tensor,
     ) -> torch.Tensor:
-        """``Σ mask·CE(e·tableᵀ/τ, target) / Σ mask``; ``e`` (b, d), table (I, d)."""
+        r"""Masked mean cross-entropy of the training rows ``rows`` ``(b,)``.
+
+        With :math:`z_{ri} = \cos(e_r, t_i)\, e^{\rho} / \tau_0` (``e`` ``(b, d)``,
+        ``table`` ``(I, d)``), :math:`y_r` row r's target and :math:`H_r` its
+        seen items (``samples["train"].seen``: every earlier train item),
+
+        .. math::
+            \ell_r = -z_{r y_r} + \log \sum_{i \notin H_r \setminus \{y_r\}}
+            e^{z_{ri}}, \qquad
+            \mathrm{loss} = \sum_r m_r \ell_r / \sum_r m_r
+
+        — the softmax runs over the items evaluation ranks (it masks the
+        history, :func:`~fedrec.metrics.topk_metrics`), the target always kept.
+        """
         s = self.fed.samples["train"]
-        logits = e @ table.T / self.model.temperature  # (b, I)
-        target = torch.as_tensor([int(s.targets[r][0]) for r in rows.tolist()])
+        rows_l = rows.tolist()
+        logits = self.model.logits(e, table, log_scale)  # (b, I)
+        target = torch.as_tensor([int(s.targets[r][0]) for r in rows_l])
+        at = [(k, i) for k, r in enumerate(rows_l) for i in s.seen[r].tolist()]
+        if at:
+            k, i = torch.as_tensor(at).T
+            hide = torch.zeros(logits.shape, dtype=torch.bool)
+            hide[k, i] = True
+            hide[torch.arange(len(rows_l)), target] = False  # the target stays
+            logits = logits.masked_fill(hide.to(logits.device), float("-inf"))
         ce = F.cross_entropy(logits, target.to(self.device), reduction="none").cpu()
         return (ce * mask).sum() / mask.sum().clamp(min=1)
 
@@ -191,12 +218,14 @@ class SeqRecTask:
         """:meth:`loss` from the backbone's last hidden states ``out`` ``(b, L, d)``.
 
         What FELLRec's split computes in its client tail (every row counted;
-        ``state``: the local phase's item table).
+        ``state``: the local phase's item table; ρ: the model's ``log_scale``,
+        which holds the client's value while its tensors are swapped in).
         """
         if state is None:
             raise ValueError("out_loss needs the local phase's item table (state)")
         e = self.model.pool(out, am)
-        return self._item_ce(e, rows, torch.ones(len(rows)), state)
+        rho = self.model.log_scale
+        return self._item_ce(e, rows, torch.ones(len(rows)), state, rho)
 
     @torch.no_grad()
     def scores(self, params: Params, histories: list[np.ndarray]) -> torch.Tensor:
@@ -382,13 +411,13 @@ class GenRecTask(SeqRecTask):
         return functional_call(self.model, self._on(params), (ids, am)).cpu()
 
     def inputs(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids and mask ``(b, L)`` of training rows' prompts with answers."""
+        """Token ids and mask ``(b, L)``: training prompts, answers, end of sequence."""
         s, titles = self.fed.samples["train"], self.model.titles
         texts = [
             prompt([titles[i] for i in s.history[r]], titles[int(s.targets[r][0])])
             for r in rows.tolist()
         ]
-        return self.model.encode(texts)
+        return self.model.encode(texts, eos=True)
 
     def out_loss(
         self,

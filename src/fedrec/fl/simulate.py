@@ -14,6 +14,9 @@ One round t:
    private tensors in the store, ``strategy.aggregate`` the uploads;
 5. evaluate every client with its own model on validation and test rows.
 
+With ``eval.initial``, the untrained model is evaluated once before round 0
+(:meth:`EmbeddedEngine.evaluate_initial`), as the history's round ``-1``.
+
 Everything random in a round is seeded by ``(seed, t, ...)``, so a run resumed
 from the checkpoint of round t continues exactly as an uninterrupted run.
 """
@@ -43,6 +46,25 @@ from fedrec.fl.task import Params
 
 log = logging.getLogger("fedrec")
 EVAL_CHUNK = 1024
+INITIAL_ROUND = -1  # the history's entry of the untrained model (eval.initial)
+
+
+def initial_entry(metrics: dict[str, Any], t0: float) -> dict[str, Any]:
+    """The history entry of the untrained model's evaluation, begun at ``t0``.
+
+    ``round = -1`` and ``initial = True``, the ``<split>_<metric>`` values, and
+    its timing (``eval_s = round_s``, ``peak_rss_mb``); no training keys. Both
+    engines write it this way.
+    """
+    eval_s = time.perf_counter() - t0
+    return {
+        "round": INITIAL_ROUND,
+        "initial": True,
+        **metrics,
+        "eval_s": eval_s,
+        "round_s": eval_s,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
 
 
 def bytes_per_client(params: Params) -> int:
@@ -262,8 +284,11 @@ class EmbeddedEngine:
         received: Params,
         train_s: float,
     ) -> dict[str, Any]:
-        """A round's training metrics (both engines report the same keys)."""
-        return {
+        """A round's training metrics (both engines report the same keys).
+
+        The strategy's :meth:`~fedrec.fl.strategy.Strategy.round_log` is merged in.
+        """
+        return self.strategy.round_log() | {
             "round": rnd,
             "clients": len(clients),
             "rejected": int((~ok).sum()),
@@ -295,6 +320,30 @@ class EmbeddedEngine:
         rows = self.task.client_scores(split, chunks(), self.cfg.train)
         self.last_rows[split] = rows
         return self.task.metrics_from_stats(self.task.stats(rows))
+
+    def needs_initial(self) -> bool:
+        """Whether the untrained model is still to be evaluated (``eval.initial``)."""
+        return (
+            self.cfg.eval.initial
+            and self.round == 0
+            and all(h["round"] != INITIAL_ROUND for h in self.history)
+        )
+
+    def evaluate_initial(self) -> dict[str, Any]:
+        """Evaluate the untrained model on ``eval.splits``; append it as round -1.
+
+        Every client's state is the initial one (nothing is trained, sampled
+        or drawn), so the rounds after it are those of a run without it.
+        """
+        t0 = time.perf_counter()
+        m = {
+            f"{split}_{k}": v
+            for split in self.cfg.eval.splits
+            for k, v in self.evaluate(split).items()
+        }
+        m = initial_entry(m, t0)
+        self.history.append(m)
+        return m
 
     def run_round(
         self, rnd: int, on_clients: Callable[[int], None] | None = None

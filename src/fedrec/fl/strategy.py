@@ -10,7 +10,9 @@ Both engines drive the same strategy object:
 - :meth:`Strategy.broadcast` gives each sampled client its copy of the shared
   state, ``(C, ...)`` per tensor;
 - :meth:`Strategy.penalty` is an optional client-side term of the local loss;
-- :meth:`Strategy.aggregate` turns the stacked uploads into the next server state.
+- :meth:`Strategy.aggregate` turns the stacked uploads into the next server state;
+- :meth:`Strategy.round_log` reports what the last aggregation decided (the
+  engines merge it into the round's metrics).
 
 The server state never contains a private parameter: the engine keeps those in
 a per-client store that the strategy is never handed.
@@ -19,6 +21,7 @@ a per-client store that the strategy is never handed.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -129,6 +132,15 @@ class Strategy:
     def client_weights(self, ctx: RoundContext) -> torch.Tensor:
         """Aggregation weight of each uploading client (default: uniform)."""
         return torch.ones_like(ctx.weights)
+
+    def round_log(self) -> dict[str, Any]:
+        """What the last :meth:`aggregate` decided, once (default: nothing).
+
+        JSON-able values; the engine merges them into the round's metrics and
+        a strategy returns each aggregation's log only once (``{}`` when the
+        round aggregated nothing).
+        """
+        return {}
 
     def aggregate(
         self, server: Params, uploads: Params, partition: Partition, ctx: RoundContext

