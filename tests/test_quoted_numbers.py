@@ -299,6 +299,21 @@ def delta(method: str, metric: str = "test_auc") -> Callable[[Any], str]:
 
 
 CLAIMS: list[Claim] = [
+    # README.md: the LDP sweep
+    *(
+        Claim("README.md", "results/fedpa-kuaisar-r/ldp/intervals.csv", delta(v))
+        for v in (
+            "inf",
+            "1",
+            "10",
+            "100",
+            "1000",
+            "1, ldp_clip tuned (0.1)",
+            "10, ldp_clip tuned (3)",
+            "100, ldp_clip tuned (10)",
+            "1000, ldp_clip tuned (10)",
+        )
+    ),
     # README.md: the FedPA table
     *(
         Claim("README.md", FEDPA_TABLE, auc3(m))
