@@ -41,7 +41,7 @@ from fedrec.metrics.bootstrap import (
     paired_difference,
     replicate,
 )
-from fedrec.metrics.reducers import N_BINS
+from fedrec.metrics.reducers import probability_bins
 from fedrec.runs import (
     LOWER_IS_BETTER,
     ROWS_FILE,
@@ -459,8 +459,7 @@ def _statistic(
 ) -> Statistic:
     """The bootstrap statistic of ``metric`` on rows ``keep`` of users ``u``."""
     if metric == "test_auc":  # on the grid of the table's histogram AUC
-        p = np.clip(d["probs"][keep], 0.0, 1.0)
-        grid = np.minimum((p * N_BINS).astype(np.int64), N_BINS - 1)
+        grid = probability_bins(d["probs"][keep])
         return PooledAUC(u, d["labels"][keep], grid, n)
     if metric == "test_gauc":
         return UserMean.gauc(u, d["labels"][keep], d["probs"][keep], n)

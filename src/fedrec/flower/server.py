@@ -89,16 +89,21 @@ def server_app_for(
         train, evaluate = _train_round, _evaluate_round
         if split.uses_split(eng):  # FELLRec's split: steps and decoding as messages
             train, evaluate = split_server.train_round, split_server.evaluate_round
-        if eng.needs_initial():  # round -1: the untrained model
-            t0 = time.perf_counter()
-            rnd = INITIAL_ROUND
-            m = initial_entry(evaluate(fleet, eng, fleet.live(rnd), rnd), t0)
+        val = f"val_{eng.cfg.eval.select_metric}"
+
+        def record(m: dict[str, Any]) -> None:
+            """Append a round's metrics (and the caller's copy); checkpoint."""
             eng.history.append(m)
             if history is not None:
                 history.append(m)
             if writer:
                 writer.round(eng, key)
-            val = f"val_{eng.cfg.eval.select_metric}"
+
+        if eng.needs_initial():  # round -1: the untrained model
+            t0 = time.perf_counter()
+            rnd = INITIAL_ROUND
+            record(initial_entry(evaluate(fleet, eng, fleet.live(rnd), rnd), t0))
+            m = eng.history[-1]
             log.info("untrained model: %s=%.4f", val, m.get(val, float("nan")))
         for rnd in range(eng.round, eng.cfg.train.rounds):
             t0 = time.perf_counter()
@@ -109,13 +114,8 @@ def server_app_for(
             m["eval_s"] = time.perf_counter() - t1
             m["round_s"] = time.perf_counter() - t0
             m["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            eng.history.append(m)
             eng.round = rnd + 1
-            if history is not None:
-                history.append(m)
-            if writer:
-                writer.round(eng, key)
-            val = f"val_{eng.cfg.eval.select_metric}"
+            record(m)
             log.info(
                 "round %d (%d/%d): %d/%d clients served, %s=%.4f, %.1f s",
                 rnd,

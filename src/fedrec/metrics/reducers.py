@@ -45,6 +45,28 @@ def _labels(labels: ArrayLike) -> np.ndarray:
     return (np.asarray(labels, dtype=np.float64).reshape(-1) > 0.5).astype(np.int64)
 
 
+def probability_bins(probs: ArrayLike, n_bins: int = N_BINS) -> np.ndarray:
+    r"""Bin :math:`b(p) = \min(\lfloor p B \rfloor, B - 1)` of each probability.
+
+    ``p`` is clipped to [0, 1] first (so ``p = 1`` falls in the last bin); the
+    grid of :func:`label_histogram`, and of the table's bootstrap of its AUC.
+
+    Parameters
+    ----------
+    probs : array-like of shape (n,)
+        Predicted probabilities of the positive class.
+    n_bins : int, default ``N_BINS``
+        :math:`B`, the number of equal-width bins on [0, 1].
+
+    Returns
+    -------
+    ndarray of shape (n,)
+        int64 bin indices in ``[0, B)``.
+    """
+    p = np.clip(np.asarray(probs, dtype=np.float64).reshape(-1), 0.0, 1.0)
+    return np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+
+
 def label_histogram(
     labels: ArrayLike, probs: ArrayLike, n_bins: int = N_BINS
 ) -> np.ndarray:
@@ -68,11 +90,9 @@ def label_histogram(
     ndarray of shape (2, n_bins)
         int64 counts; row 0 negatives, row 1 positives.
     """
-    y = _labels(labels)
-    p = np.clip(np.asarray(probs, dtype=np.float64).reshape(-1), 0.0, 1.0)
-    if y.size != p.size:
-        raise ValueError(f"{y.size} labels, {p.size} probabilities")
-    b = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
+    y, b = _labels(labels), probability_bins(probs, n_bins)
+    if y.size != b.size:
+        raise ValueError(f"{y.size} labels, {b.size} probabilities")
     return np.bincount(y * n_bins + b, minlength=2 * n_bins).reshape(2, n_bins)
 
 
