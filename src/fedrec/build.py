@@ -117,10 +117,11 @@ def build_seq_engine(
     cfg: ExperimentConfig, data: InteractionData, split: Split, strategy: Strategy
 ) -> EmbeddedEngine:
     """FELLRec's setting: user-group clients, an LLM-based recommender."""
-    from fedrec.fl.seq import GenRecTask, SeqRecTask
+    from fedrec.fl.seq import FeatureSeqRecTask, GenRecTask, SeqRecTask
     from fedrec.models.causal_lm import GenerativeRecommender, load_causal_lm
     from fedrec.models.peft_lora import add_lora
     from fedrec.models.text_encoder import TextSeqRecommender, load_encoder
+    from fedrec.models.text_features import FeatureSeqRecommender, item_text_features
 
     if cfg.train.engine != "loop":
         raise ConfigError(
@@ -149,6 +150,14 @@ def build_seq_engine(
         torch.manual_seed(cfg.run.seed)  # one LoRA init, shared by every client
         model = add_lora(model, b.lora_rank, b.lora_alpha)
         task_cls = GenRecTask
+    elif b.kind == "text-features":
+        texts = [t or "unknown" for t in data.item_text]
+        features = item_text_features(b.path or "minilm", texts, b.item_max_tokens)
+        torch.manual_seed(cfg.run.seed)  # one tower init, shared by every client
+        model = FeatureSeqRecommender(
+            features, b.tower_dim, b.tower_layers, b.tower_heads, b.window
+        )
+        task_cls = FeatureSeqRecTask
     else:
         # the encoder reads "title (year) genres" where the data has them
         texts = [t or "unknown" for t in data.item_text]

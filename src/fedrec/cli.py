@@ -271,6 +271,17 @@ def _header(path: str, cfg: ExperimentConfig, seeds: int) -> str:
             if b.kind == "causal-lm"
             else ""
         )
+        trains = (
+            f"frozen text features, tower d = {b.tower_dim}, {b.tower_layers} "
+            f"layer(s), {b.tower_heads} heads, window {b.window}"
+            if b.kind == "text-features"
+            else b.finetune
+        )
+        schedule = (
+            f" (warm-up {t.warmup_rounds} rounds, × {t.lr_decay} a round)"
+            if t.warmup_rounds or t.lr_decay != 1
+            else ""
+        )
         when = "every round" if "test" in cfg.eval.splits else "once, at that round"
         initial = " (the untrained model, round -1, included)" * cfg.eval.initial
         refs = [
@@ -287,8 +298,8 @@ def _header(path: str, cfg: ExperimentConfig, seeds: int) -> str:
         return (
             f"Config `{path}`; data {where}; split {d.split}; {d.n_clients} clients "
             f"({d.clients}); backbone {b.kind} `{b.path or 'default'}` "
-            f"({b.finetune}); {t.rounds} rounds × {t.local_epochs} local epoch(s), "
-            f"batch {t.batch_size}, lr {t.lr}; budget: ≤ "
+            f"({trains}); {t.rounds} rounds × {t.local_epochs} local epoch(s), "
+            f"batch {t.batch_size}, lr {t.lr}{schedule}; budget: ≤ "
             f"{t.max_rows_per_client or 'all'} train samples per client per round, "
             f"≤ {cfg.eval.max_samples or 'all'} validation samples per user group"
             f"{decode}; selection by best val_{cfg.eval.select_metric}{initial}; "

@@ -108,9 +108,14 @@ class BackboneConfig:
     ``split_k_per_client`` gives each client its own k (its memory budget).
     ``temperature`` is the text encoder's initial τ of its cosine logits;
     ``learn_temperature`` makes ``log(τ₀/τ)`` a trained (and shared) scalar.
+    ``kind = "text-features"``: frozen item text features from the encoder at
+    ``path`` (default all-MiniLM-L6-v2) feeding a learnt projection and a small
+    transformer over the last ``window`` items (``tower_dim``,
+    ``tower_layers``, ``tower_heads``), UniSRec-style; everything but the
+    features trains, with no LoRA and no split.
     """
 
-    kind: Literal["ctr", "text-encoder", "causal-lm"] = "ctr"
+    kind: Literal["ctr", "text-encoder", "text-features", "causal-lm"] = "ctr"
     path: str = ""
     finetune: Literal["lora", "full"] = "lora"
     lora_rank: int = 8
@@ -124,9 +129,26 @@ class BackboneConfig:
     num_beams: int = 1
     split_k: int = 0
     split_k_per_client: list[int] = field(default_factory=list)
+    tower_dim: int = 64
+    tower_layers: int = 1
+    tower_heads: int = 2
 
     def __post_init__(self) -> None:
         _check(self.lora_rank >= 1, "backbone.lora_rank must be >= 1")
+        _check(
+            self.tower_dim >= 1 and self.tower_layers >= 1 and self.tower_heads >= 1,
+            "backbone.tower_dim, tower_layers and tower_heads must be >= 1",
+        )
+        _check(
+            self.tower_dim % self.tower_heads == 0,
+            "backbone.tower_dim must be a multiple of backbone.tower_heads",
+        )
+        _check(
+            self.kind != "text-features"
+            or (not self.split_k and not self.split_k_per_client),
+            "backbone.split_k: the flexible-storage split needs a text-encoder "
+            "or causal-lm backbone, not text-features",
+        )
         _check(self.temperature > 0, "backbone.temperature must be > 0")
         _check(self.window >= 1, "backbone.window must be >= 1")
 
@@ -151,6 +173,8 @@ class TrainConfig:
     ``device``: where the FELLRec backbones compute (``"cpu"``, ``"cuda"``,
     ``"cuda:1"``); the federated state (adapters, optimiser moments) stays on
     the CPU and moves in per step. The CTR models always run on the CPU.
+    ``warmup_rounds`` and ``lr_decay`` schedule the learning rate over rounds
+    (:meth:`lr_at`); the defaults keep it constant.
     """
 
     rounds: int = 10
@@ -166,8 +190,22 @@ class TrainConfig:
     min_rows_per_bucket: int = 4096
     max_rows_per_client: int = 0
     device: str = "cpu"
+    warmup_rounds: int = 0
+    lr_decay: float = 1.0
+
+    def lr_at(self, rnd: int) -> float:
+        """Round ``rnd``'s (0-based) learning rate.
+
+        ``lr_t = lr · min(1, (t + 1) / (w + 1)) · γ^t``, ``w = warmup_rounds``,
+        ``γ = lr_decay``: a linear warm-up over the first ``w`` rounds and a
+        geometric decay after every round.
+        """
+        warm = min(1.0, (rnd + 1) / (self.warmup_rounds + 1))
+        return self.lr * warm * self.lr_decay**rnd
 
     def __post_init__(self) -> None:
+        _check(self.warmup_rounds >= 0, "train.warmup_rounds must be >= 0")
+        _check(0 < self.lr_decay <= 1, "train.lr_decay must be in (0, 1]")
         _check(
             self.device == "cpu" or self.device.split(":")[0] == "cuda",
             f"train.device must be 'cpu' or 'cuda[:i]', not {self.device!r}",

@@ -141,3 +141,30 @@ def test_buckets_by_length(max_rows, min_rows, want):
     lengths = np.array([5, 8, 2, 4, 6, 3])
     got = buckets_by_length(lengths, max_rows, min_rows)
     assert [b.tolist() for b in got] == want
+
+
+def test_learning_rate_schedule_over_rounds():
+    from fedrec.config import TrainConfig
+
+    t = TrainConfig(lr=0.1, warmup_rounds=2, lr_decay=0.5)
+    # lr · min(1, (t+1)/3) · 0.5^t
+    assert [t.lr_at(r) for r in range(4)] == pytest.approx(
+        [0.1 / 3, 0.1 * 2 / 3 * 0.5, 0.1 * 0.25, 0.1 * 0.125]
+    )
+    assert TrainConfig(lr=0.1).lr_at(7) == 0.1
+
+
+def test_a_decayed_learning_rate_stops_training_after_round_zero():
+    """Round r trains at ``lr_at(r)``: γ = 1e-12 leaves rounds ≥ 1 without effect."""
+    data = make_synthetic(n_users=40, n_items=60, seed=3, interactions_per_user=(8, 40))
+    cfg = _cfg("stacked", optimizer="sgd", client_fraction=1.0, lr_decay=1e-12)
+    eng = build_engine(cfg, data)
+    eng.run_round(0)
+    after0 = {n: t.clone() for n, t in eng.server.items()}
+    eng.run_round(1)
+    for n, t in eng.server.items():
+        torch.testing.assert_close(t, after0[n], rtol=0, atol=1e-9)
+    moved = build_engine(_cfg("stacked", optimizer="sgd", client_fraction=1.0), data)
+    moved.run_round(0)
+    moved.run_round(1)
+    assert any(not torch.allclose(moved.server[n], after0[n]) for n in after0)

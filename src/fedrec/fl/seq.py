@@ -33,6 +33,7 @@ from fedrec.metrics import client_stats, topk_metrics
 from fedrec.metrics.reducers import group_sums
 from fedrec.models.causal_lm import GenerativeRecommender, prompt, swapped_in
 from fedrec.models.text_encoder import TextSeqRecommender
+from fedrec.models.text_features import FeatureSeqRecommender
 
 KS = (5, 10, 20)
 
@@ -188,9 +189,17 @@ class SeqRecTask:
         — the softmax runs over the items evaluation ranks (it masks the
         history, :func:`~fedrec.metrics.topk_metrics`), the target always kept.
         """
+        return self.masked_ce(self.model.logits(e, table, log_scale), rows, mask)
+
+    def masked_ce(
+        self, logits: torch.Tensor, rows: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Masked mean cross-entropy of training rows ``rows`` from ``(b, I)`` logits.
+
+        Each row's seen items but its target get −∞ (:meth:`_item_ce`).
+        """
         s = self.fed.samples["train"]
         rows_l = rows.tolist()
-        logits = self.model.logits(e, table, log_scale)  # (b, I)
         target = torch.as_tensor([int(s.targets[r][0]) for r in rows_l])
         at = [(k, i) for k, r in enumerate(rows_l) for i in s.seen[r].tolist()]
         if at:
@@ -435,3 +444,41 @@ class GenRecTask(SeqRecTask):
         """−L2 distance of each generated title to every item (client's adapter in)."""
         with swapped_in(self.model, params):
             return self.model.scores(histories).cpu()
+
+
+class FeatureSeqRecTask(SeqRecTask):
+    """Next-item prediction over a :class:`FeatureSeqRecommender`.
+
+    The item table ``g = W t + b`` is one matrix product, so every step
+    recomputes and trains through it: no table is prepared per local phase.
+    Loss: :meth:`SeqRecTask.masked_ce` of ``e · gᵀ``; scores ``e · gᵀ``.
+    """
+
+    model: FeatureSeqRecommender  # type: ignore[assignment]
+
+    def begin_local(self, params: Params) -> None:
+        """Nothing to prepare: the loss computes the item table itself."""
+        return None
+
+    def inputs(self, rows: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        """``(b, L)`` history item ids of training rows (−1 left-padded)."""
+        s = self.fed.samples["train"]
+        return self.model.history_tensor([s.history[r] for r in rows.tolist()])
+
+    def loss(
+        self,
+        params: Params,
+        rows: torch.Tensor,
+        mask: torch.Tensor,
+        state: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """History-masked mean cross-entropy of ``e · gᵀ`` over ``(b,)`` rows."""
+        e, table = functional_call(self.model, self._on(params), (self.inputs(rows),))
+        return self.masked_ce(self.model.logits(e, table), rows, mask)
+
+    @torch.no_grad()
+    def scores(self, params: Params, histories: list[np.ndarray]) -> torch.Tensor:
+        """``(b, I)`` scores ``e · gᵀ`` of every item after each history."""
+        hist = self.model.history_tensor(histories)
+        e, table = functional_call(self.model, self._on(params), (hist,))
+        return self.model.logits(e, table).cpu()

@@ -191,7 +191,7 @@ class EmbeddedEngine:
         params = {n: t.clone() for n, t in {**received, **private}.items()}
         plans = self.client_plans(rnd, clients)
         penalty = self.strategy.penalty()
-        lrs = {n: self.strategy.learning_rate(n, tc.lr) for n in params}
+        lrs = {n: self.strategy.learning_rate(n, tc.lr_at(rnd)) for n in params}
         if not params:  # nothing trainable (e.g. the pre-trained model as is)
             losses = torch.full((len(clients),), math.nan, dtype=torch.float64)
         else:

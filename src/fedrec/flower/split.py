@@ -125,6 +125,8 @@ def sides(eng: Any) -> Sides:
         if eng.mods
         else "private parameters"
         if eng.partition.names(PRIVATE)
+        else "a learning-rate schedule (train.warmup_rounds, train.lr_decay)"
+        if eng.cfg.train.warmup_rounds or eng.cfg.train.lr_decay != 1
         else ""
     )
     if why:
