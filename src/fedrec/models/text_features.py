@@ -98,7 +98,7 @@ class FeatureSeqRecommender(nn.Module):
 def item_text_features(
     path: str, texts: list[str], max_tokens: int = 32
 ) -> torch.Tensor:
-    """``(I, D)`` frozen text features: each text's embedding by the encoder at ``path``.
+    """``(I, D)`` frozen text features: each text embedded by the encoder at ``path``.
 
     The mean-pooled, L2-normalised last hidden state of ``texts`` (at most
     ``max_tokens`` tokens each) under the encoder as loaded (no adapter): what
