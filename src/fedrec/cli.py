@@ -32,10 +32,11 @@ REUSE_HELP = (
 SEED_VARIES = (
     "seed varies: pre-training init and batch order, adapter init, batch order, "
     "client sampling, LDP noise; fixed by the data config: split, open/private "
-    "division, client partition"
+    "division, client partition, new users"
 )
 TOPK_SEED_VARIES = (
-    "seed varies: adapter (LoRA) init, batch order, client sampling, the "
+    "seed varies: init of what trains (LoRA or tower), batch order, client "
+    "sampling, the "
     "validation subsample; fixed by the data config: split, user groups"
 )
 
@@ -307,9 +308,28 @@ def _header(path: str, cfg: ExperimentConfig, seeds: int) -> str:
             f"({TOPK_SEED_VARIES}); per-client values over the {d.n_clients} user "
             f"groups for every method.{ref_note}"
         )
+    u, e = d.users, cfg.eval
+    division = (
+        f"random {u.open_ratio:.0%} open"
+        if u.style == "random"
+        else f"open = {u.in_set_ratio:.0%} of users with {u.attribute} in "
+        f"{u.values} + {u.out_set_ratio:.0%} of the others"
+    )
+    new = (
+        f"; new users: {e.new_users:.0%} of the clients never train, reported "
+        "apart (`_new`); the other columns cover the seen users"
+        if e.new_users
+        else ""
+    )
+    slices = (
+        f"; light ≤ {e.light_rows}, heavy > {e.heavy_rows} train rows"
+        if e.slices
+        else ""
+    )
     return (
-        f"Config `{path}`; data {where}; split {d.split}; clients: {d.users.clients} "
-        f"users; {t.rounds} rounds, {t.local_epochs} local epoch(s), batch "
+        f"Config `{path}`; data {where}; split {d.split}; open/private division: "
+        f"{division} (seed {u.seed}); clients: {u.clients} users{new}{slices}; "
+        f"{t.rounds} rounds, {t.local_epochs} local epoch(s), batch "
         f"{t.batch_size}, client fraction {t.client_fraction}; selection by best "
         f"val_{cfg.eval.select_metric}; mean ± std over {seeds} seed(s) "
         f"({SEED_VARIES})."

@@ -247,6 +247,16 @@ class EvalConfig:
     history's round ``-1``; it is then a selection candidate like any round
     (selected when no trained round validates better). Off by default, so that
     CTR runs keep their histories; the FELLRec configs turn it on.
+
+    CTR tasks (one client per user): ``new_users`` is the fraction of client
+    users that never train (drawn with ``data.users.seed``, the same users for
+    every method and run seed); each is evaluated with what a new device gets
+    (the shared and group state, its initial private state) and reported as
+    ``<split>_auc_new`` / ``_gauc_new``, apart from the seen users, whom the
+    headline metrics cover. ``slices = true`` adds ``<split>_auc_light`` /
+    ``_heavy`` (and gauc): seen users with at most ``light_rows`` / more than
+    ``heavy_rows`` train rows (each slice adds its statistics, ≈ 1 MB, to a
+    Flower node's evaluation reply).
     """
 
     select_metric: Literal[
@@ -258,9 +268,18 @@ class EvalConfig:
         default_factory=lambda: ["val", "test"]
     )
     initial: bool = False
+    new_users: float = 0.0
+    slices: bool = False
+    light_rows: int = 20
+    heavy_rows: int = 80
 
     def __post_init__(self) -> None:
         _check("val" in self.splits, "eval.splits must include 'val' (model selection)")
+        _check(0 <= self.new_users < 1, "eval.new_users must be in [0, 1)")
+        _check(
+            0 <= self.light_rows <= self.heavy_rows,
+            "eval.light_rows must be in [0, eval.heavy_rows]",
+        )
 
 
 @dataclass
