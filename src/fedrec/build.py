@@ -20,6 +20,7 @@ import torch
 from fedrec.config import ExperimentConfig
 from fedrec.data import load_dataset
 from fedrec.data.dataset import InteractionData
+from fedrec.data.fetch import resolve_path
 from fedrec.data.splits import (
     Split,
     global_temporal_split,
@@ -41,7 +42,11 @@ log = logging.getLogger("fedrec")
 
 
 def load_data(cfg: ExperimentConfig) -> InteractionData:
-    """Call the configured loader, checking ``data.options`` against its signature."""
+    """Call the configured loader, checking ``data.options`` against its signature.
+
+    The data are read from ``data.path``, else from the installed dataset
+    ``data.name`` (an error naming ``fedrec data fetch NAME`` if it is not).
+    """
     from fedrec import data as data_mod
 
     loader = data_mod.LOADERS[cfg.data.kind]
@@ -54,7 +59,7 @@ def load_data(cfg: ExperimentConfig) -> InteractionData:
             )
     kwargs = dict(cfg.data.options)
     if cfg.data.kind != "synthetic":
-        kwargs["path"] = cfg.data.path
+        kwargs["path"] = resolve_path(cfg.data.path, cfg.data.name)
     return load_dataset(cfg.data.kind, **kwargs)
 
 

@@ -1,4 +1,4 @@
-"""Command line: ``fedrec run | table | sweep | methods``.
+"""Command line: ``fedrec run | table | sweep | methods | data``.
 
 Examples
 --------
@@ -8,6 +8,8 @@ Examples
     fedrec table configs/demo.toml --methods fedavg local centralised
     fedrec table configs/demo.toml --seeds 3 --versus fedavg --reuse
     fedrec sweep configs/demo.toml --key privacy.ldp_epsilon --values 0 1 10
+    fedrec data fetch kuaisar-r
+    fedrec data fetch ml-100k --from .cache/ml-100k
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from fedrec import tables
 from fedrec.config import ExperimentConfig, load_config
+from fedrec.data.fetch import DATASETS, ENV, cache_root, fetch
 from fedrec.errors import FedrecError
 from fedrec.references import REFERENCES
 from fedrec.registry import method_names
@@ -115,6 +118,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     sw.add_argument("--versus", help="reference value of the intervals (the first)")
     sub.add_parser("methods", help="list registered methods")
+    data = sub.add_parser("data", help="install the named datasets (data.name)")
+    dsub = data.add_subparsers(dest="data_cmd", required=True)
+    fe = dsub.add_parser(
+        "fetch",
+        help=f"download, verify (sha256) and install a dataset into ${ENV}/NAME "
+        "(default ~/.cache/fedrec/NAME)",
+    )
+    fe.add_argument("name", choices=list(DATASETS))
+    fe.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        metavar="DIR",
+        help="install from a local copy of the files (or of the upstream archive) "
+        "instead of downloading; verified the same way",
+    )
+    fe.add_argument("--force", action="store_true", help="replace an installed copy")
+    dsub.add_parser("list", help="the datasets, their sources and install state")
     return p
 
 
@@ -131,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             _run(args)
         elif args.cmd == "sweep":
             _sweep(args)
+        elif args.cmd == "data":
+            _data(args)
         else:
             _table(args)
     except FedrecError as e:
@@ -155,6 +178,17 @@ def _run(args: argparse.Namespace) -> None:
         else:
             summary = run_experiment(cfg, args.out, progress=not args.quiet)
     _print_summary(summary)
+
+
+def _data(args: argparse.Namespace) -> None:
+    if args.data_cmd == "list":
+        for ds in DATASETS.values():
+            where = cache_root() / ds.name
+            state = "installed" if where.is_dir() else "not installed"
+            print(f"{ds.name}\t{ds.kind}\t{state}\t{where}\t{ds.source}")
+        return
+    where, new = fetch(args.name, args.source, force=args.force)
+    print(f"{args.name}: {'installed' if new else 'already installed'} in {where}")
 
 
 def _print_summary(s: dict[str, Any]) -> None:
@@ -264,7 +298,7 @@ def _sweep(args: argparse.Namespace) -> None:
 
 def _header(path: str, cfg: ExperimentConfig, seeds: int) -> str:
     d, t = cfg.data, cfg.train
-    where = f"`{d.kind}` {d.path}".strip()
+    where = f"`{d.kind}` {d.path or d.name}".strip()
     if cfg.backbone.kind != "ctr":
         b = cfg.backbone
         decode = (
