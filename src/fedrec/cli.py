@@ -15,15 +15,20 @@ Examples
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from fedrec import tables
 from fedrec.config import ExperimentConfig, load_config
 from fedrec.data.fetch import DATASETS, ENV, cache_root, fetch
 from fedrec.errors import FedrecError
+from fedrec.procs import sigterm_exits
 from fedrec.references import REFERENCES
 from fedrec.registry import method_names
 from fedrec.runs import resume_run, run_experiment, run_flower
@@ -140,26 +145,65 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``fedrec`` command."""
+    """Entry point of the ``fedrec`` command.
+
+    As the command (``argv`` None) it ends when told to, through ``finally``
+    blocks (issue 27): on ``SIGTERM`` as on ``Ctrl-C`` (:func:`sigterm_exits`;
+    once Ray runs, Ray's own handler, also a ``SystemExit``), so Flower's
+    simulation shuts Ray down. Ray's failure-signal handler (C++), which
+    would abort the process on ``SIGTERM`` first, is turned off
+    (``RAY_DISABLE_FAILURE_SIGNAL_HANDLER=1`` unless set). Threads left
+    waiting (Flower's ServerApp thread waits for replies up to its round
+    timeout) are not joined: the process exits. A caller passing ``argv``
+    keeps its own signal handling.
+    """
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     # alembic (imported by Flower's link state) announces each plugin at INFO
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    command = argv is None
+    if command:
+        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     try:
-        if args.cmd == "methods":
-            print("\n".join(method_names()))
-        elif args.cmd == "run":
-            _run(args)
-        elif args.cmd == "sweep":
-            _sweep(args)
-        elif args.cmd == "data":
-            _data(args)
-        else:
-            _table(args)
+        with sigterm_exits() if command else contextlib.nullcontext():
+            if args.cmd == "methods":
+                print("\n".join(method_names()))
+            elif args.cmd == "run":
+                _run(args)
+            elif args.cmd == "sweep":
+                _sweep(args)
+            elif args.cmd == "data":
+                _data(args)
+            else:
+                _table(args)
     except FedrecError as e:
         print(f"fedrec: error: {e}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, SystemExit) as e:
+        if command and _waiting_threads():
+            _exit_now(e)
+        raise
     return 0
+
+
+def _waiting_threads() -> list[threading.Thread]:
+    """Threads that would keep this interpreter from exiting (not daemons)."""
+    main = threading.main_thread()
+    return [t for t in threading.enumerate() if t is not main and not t.daemon]
+
+
+def _exit_now(e: BaseException) -> NoReturn:
+    """Exit on ``KeyboardInterrupt`` / ``SystemExit`` without joining threads."""
+    if isinstance(e, KeyboardInterrupt):
+        code = 128 + signal.SIGINT
+    else:
+        code = e.code if isinstance(e.code, int) else 1
+    names = ", ".join(t.name for t in _waiting_threads())
+    print(f"fedrec: stopped (exit {code}); not waiting for: {names}", file=sys.stderr)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _run(args: argparse.Namespace) -> None:
