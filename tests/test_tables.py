@@ -349,3 +349,37 @@ def test_ctr_slices_are_columns_and_new_users_get_an_interval(tmp_path, commit):
     text = tables.write_table(rows, tmp_path, "header", intervals=got)
     assert "| test_auc_light | test_gauc_light |" in text and "test_gauc_new" in text
     assert "Δtest_auc_new vs a [95% CI]" in text
+
+
+def test_a_backbone_without_the_reference_is_paired_with_the_first_ones(tmp_path):
+    # "zero" (backbone b) has per-user NDCG = ref's (backbone a) − 0.03
+    rng = np.random.default_rng(1)
+    rows = []
+    for s in (0, 1):
+        base = rng.random(20) * 0.5 + 0.1
+        for method, backbone, shift in (("ref", "a", 0.0), ("zero", "b", -0.03)):
+            arrays = {
+                "user": np.arange(20),
+                "client": np.arange(20) % 2,
+                "ndcg@10": base + shift,
+                "recall@10": base,
+            }
+            rows.append(
+                _fake_run(
+                    tmp_path / f"{method}-s{s}",
+                    0,
+                    arrays,
+                    method=method,
+                    seed=s,
+                    backbone=backbone,
+                    **{"test_ndcg@10": float(np.mean(base + shift))},
+                )
+            )
+    got = paired_intervals(rows, "ref", b=50)
+    (z,) = [
+        r for r in got.rows if (r["method"], r["metric"]) == ("zero", "test_ndcg@10")
+    ]
+    assert z["backbone"] == "b" and z["reference"] == "ref"
+    assert (z["diff"], z["lo"], z["hi"]) == pytest.approx((-0.03, -0.03, -0.03))
+    text = write_table(rows, tmp_path, "header", intervals=got)
+    assert "| b | zero | 2 |" in text and "-0.0300 [-0.0300, -0.0300]*" in text

@@ -99,7 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     table.add_argument(
         "--versus",
         metavar="NAME",
-        help="reference of the paired bootstrap intervals (default: the config's "
+        nargs="+",
+        help="reference(s) of the paired bootstrap intervals: table.md shows Δ "
+        "against the first, intervals.csv holds every one (default: the config's "
         "[method] name if it is a variant, else the first variant)",
     )
     table.add_argument("--reuse", action="store_true", help=REUSE_HELP)
@@ -268,7 +270,8 @@ def _table(args: argparse.Namespace) -> None:
             + (f" Variant overrides: {'; '.join(sets)}." if sets else "")
         )
     own = load_config(args.config[0], args.set, args.preset).method["name"]
-    versus = _reference(args.versus, [label for label, _ in runs], own)
+    labels = [label for label, _ in runs]
+    versus = [_reference(v, labels, own) for v in args.versus or [None]]
     rows = tables.run_all(runs, args.seeds, args.out, not args.quiet, args.reuse)
     header = "\n\n".join(headers)
     users = sorted({r["test_users"] for r in rows if r.get("test_users")})
@@ -276,7 +279,9 @@ def _table(args: argparse.Namespace) -> None:
         header += f"\n\nTest users per run: {', '.join(map(str, users))}."
     if args.preset:
         header = f"Preset `{args.preset}`.\n\n{header}"
-    intervals = tables.paired_intervals(rows, versus)
+    intervals = tables.paired_intervals(rows, versus[0])
+    for other in versus[1:]:
+        intervals.rows += tables.paired_intervals(rows, other).rows
     print(tables.write_table(rows, args.out, header, intervals=intervals))
     if rows and rows[0].get("test_ndcg@10_clients") is not None:
         every_round = all("test" in c.eval.splits for _, c in runs)

@@ -342,7 +342,8 @@ class Intervals:
         if method == self.reference:
             return "ref"
         for r in self.rows:
-            if (r["backbone"], r["method"], r["metric"]) == (backbone, method, metric):
+            key = (r["backbone"], r["method"], r["metric"], r["reference"])
+            if key == (backbone, method, metric, self.reference):
                 d, lo, hi = r["diff"], r["lo"], r["hi"]
                 if not all(math.isfinite(x) for x in (d, lo, hi)):
                     return "–"
@@ -378,16 +379,33 @@ def paired_intervals(
     test AUC (scores on the probability grid of the reported histogram AUC,
     :mod:`fedrec.metrics.reducers`, so that Δ is the difference of the
     table's columns) and GAUC; top-K tables: mean per-user NDCG@10 and
-    Recall@10, per backbone. Users are matched by id; when runs hold
-    different test users, the intersection is used and a note says so.
+    Recall@10, per backbone (a backbone without a ``reference`` run, e.g. a
+    zero-shot row, is compared with the first backbone's). Users are matched
+    by id; when runs hold different test users, the intersection is used and
+    a note says so.
     """
     topk = _is_topk(rows)
     metrics = TOPK_INTERVAL_METRICS if topk else INTERVAL_METRICS
     if not topk and any("test_auc_new" in r for r in rows):
         metrics += ("test_auc_new",)
     out = Intervals(reference, metrics, b)
-    for block in dict.fromkeys(_block(r, topk) for r in rows):
+    blocks = list(dict.fromkeys(_block(r, topk) for r in rows))
+    # a block without the reference (a zero-shot row of another backbone)
+    # is compared with the reference of the first block that has it
+    home = next(
+        (
+            k
+            for k in blocks
+            if any(r["method"] == reference and _block(r, topk) == k for r in rows)
+        ),
+        None,
+    )
+    for block in blocks:
         mine = [r for r in rows if _block(r, topk) == block]
+        if home is not None and all(r["method"] != reference for r in mine):
+            mine += [
+                r for r in rows if _block(r, topk) == home and r["method"] == reference
+            ]
         loaded = {
             (r["method"], r["seed"]): d
             for r in mine
@@ -396,7 +414,8 @@ def paired_intervals(
         reps, n_users = _replicates(loaded, metrics, topk, b, seed, out.notes)
         if all(r["method"] != reference for r in mine):
             out.notes.append(f"`{reference}` has no run on {block or 'this data'}.")
-        for method in dict.fromkeys(r["method"] for r in mine):
+        own = [r for r in mine if _block(r, topk) == block]
+        for method in dict.fromkeys(r["method"] for r in own):
             for metric in metrics if method != reference else ():
                 diff, lo, hi, seeds = paired_difference(
                     _by_seed(reps, method, metric), _by_seed(reps, reference, metric)
