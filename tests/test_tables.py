@@ -327,3 +327,59 @@ def test_finish_run_records_the_commit(tmp_path, commit):
     assert summary["commit"] == "c" * 12 + "+dirty"
     saved = json.loads((tmp_path / "f" / "summary.json").read_text())
     assert saved["commit"] == summary["commit"]
+
+
+def test_ctr_slices_are_columns_and_new_users_get_an_interval(tmp_path, commit):
+    from fedrec import tables
+
+    raw = {
+        **BASE,
+        "data": {"options": {"n_users": 30, "n_items": 30}},
+        "eval": {"new_users": 0.3, "slices": True},
+        "variants": {"a": {}, "b": {"method": {"name": "local"}}},
+    }
+    rows = tables.run_all(variants(config_from_raw(raw)), 2, tmp_path, progress=False)
+    got = paired_intervals(rows, "a", b=200)
+    by = {r["metric"]: r for r in got.rows}
+    assert set(by) == {"test_auc", "test_gauc", "test_auc_new"}
+    value = {(r["method"], r["seed"]): r for r in rows}
+    for metric, r in by.items():  # Δ = mean_s (b_s − a_s) of the summaries' slices
+        point = np.mean([value["b", s][metric] - value["a", s][metric] for s in (0, 1)])
+        assert r["diff"] == pytest.approx(point, abs=1e-12)
+    text = tables.write_table(rows, tmp_path, "header", intervals=got)
+    assert "| test_auc_light | test_gauc_light |" in text and "test_gauc_new" in text
+    assert "Δtest_auc_new vs a [95% CI]" in text
+
+
+def test_a_backbone_without_the_reference_is_paired_with_the_first_ones(tmp_path):
+    # "zero" (backbone b) has per-user NDCG = ref's (backbone a) − 0.03
+    rng = np.random.default_rng(1)
+    rows = []
+    for s in (0, 1):
+        base = rng.random(20) * 0.5 + 0.1
+        for method, backbone, shift in (("ref", "a", 0.0), ("zero", "b", -0.03)):
+            arrays = {
+                "user": np.arange(20),
+                "client": np.arange(20) % 2,
+                "ndcg@10": base + shift,
+                "recall@10": base,
+            }
+            rows.append(
+                _fake_run(
+                    tmp_path / f"{method}-s{s}",
+                    0,
+                    arrays,
+                    method=method,
+                    seed=s,
+                    backbone=backbone,
+                    **{"test_ndcg@10": float(np.mean(base + shift))},
+                )
+            )
+    got = paired_intervals(rows, "ref", b=50)
+    (z,) = [
+        r for r in got.rows if (r["method"], r["metric"]) == ("zero", "test_ndcg@10")
+    ]
+    assert z["backbone"] == "b" and z["reference"] == "ref"
+    assert (z["diff"], z["lo"], z["hi"]) == pytest.approx((-0.03, -0.03, -0.03))
+    text = write_table(rows, tmp_path, "header", intervals=got)
+    assert "| b | zero | 2 |" in text and "-0.0300 [-0.0300, -0.0300]*" in text

@@ -20,6 +20,7 @@ import torch
 from fedrec.config import ExperimentConfig
 from fedrec.data import load_dataset
 from fedrec.data.dataset import InteractionData
+from fedrec.data.fetch import resolve_path
 from fedrec.data.splits import (
     Split,
     global_temporal_split,
@@ -41,7 +42,11 @@ log = logging.getLogger("fedrec")
 
 
 def load_data(cfg: ExperimentConfig) -> InteractionData:
-    """Call the configured loader, checking ``data.options`` against its signature."""
+    """Call the configured loader, checking ``data.options`` against its signature.
+
+    The data are read from ``data.path``, else from the installed dataset
+    ``data.name`` (an error naming ``fedrec data fetch NAME`` if it is not).
+    """
     from fedrec import data as data_mod
 
     loader = data_mod.LOADERS[cfg.data.kind]
@@ -54,7 +59,7 @@ def load_data(cfg: ExperimentConfig) -> InteractionData:
             )
     kwargs = dict(cfg.data.options)
     if cfg.data.kind != "synthetic":
-        kwargs["path"] = cfg.data.path
+        kwargs["path"] = resolve_path(cfg.data.path, cfg.data.name)
     return load_dataset(cfg.data.kind, **kwargs)
 
 
@@ -91,12 +96,16 @@ def build_engine(
     fed = FedData.build(
         data, split, strategy.clients or cfg.data.clients, client_users(data, cfg)
     )
+    slices = user_slices(fed, cfg)
+    if "new" in slices:
+        fed = fed.without_training(slices["new"])
     torch.manual_seed(cfg.run.seed)
     model = strategy.build_model(data, cfg.model)
     if cfg.model.init_from in MODES:
         load_pretrained(model, foundation(cfg, data))
     elif cfg.model.init_from:
         load_pretrained(model, Path(cfg.model.init_from))
+    strategy.fit(model, fed)
     model = model.to(getattr(torch, cfg.train.dtype))
     log.info(
         "%s: %d rows, %d clients, %d users dropped by the split",
@@ -110,7 +119,35 @@ def build_engine(
             f"train.device = {cfg.train.device!r}: the CTR models run on the CPU "
             "(devices apply to backbone.kind = 'text-encoder' / 'causal-lm')"
         )
-    return EmbeddedEngine(cfg, fed, model, CTRTask(model, fed), strategy)
+    return EmbeddedEngine(cfg, fed, model, CTRTask(model, fed, slices), strategy)
+
+
+def user_slices(fed: FedData, cfg: ExperimentConfig) -> dict[str, np.ndarray]:
+    """The user slices a CTR table reports apart, ``bool[U]`` each (eval docs).
+
+    ``new``: a random ``eval.new_users`` share of the client users, drawn with
+    ``data.users.seed`` (the same users for every method, run seed and client
+    layout); with ``eval.slices``, ``light`` / ``heavy``: the other client
+    users with at most ``eval.light_rows`` / more than ``eval.heavy_rows``
+    train rows.
+    """
+    e, data = cfg.eval, fed.data
+    members = fed.client_of_user >= 0
+    new = np.zeros(data.n_users, dtype=bool)
+    if e.new_users > 0:
+        pool = np.flatnonzero(members)
+        rng = np.random.default_rng([cfg.data.users.seed, 24])
+        new[rng.choice(pool, round(e.new_users * len(pool)), replace=False)] = True
+    users = data.interactions["user"].to_numpy()[fed.split.train]
+    n_train = np.bincount(users, minlength=data.n_users)
+    seen = members & ~new
+    out = {"new": new} if e.new_users > 0 else {}
+    if e.slices:
+        out |= {
+            "light": seen & (n_train <= e.light_rows),
+            "heavy": seen & (n_train > e.heavy_rows),
+        }
+    return out
 
 
 def build_seq_engine(
@@ -123,6 +160,11 @@ def build_seq_engine(
     from fedrec.models.text_encoder import TextSeqRecommender, load_encoder
     from fedrec.models.text_features import FeatureSeqRecommender, item_text_features
 
+    if cfg.eval.new_users:
+        raise ConfigError(
+            "eval.new_users applies to CTR tasks (one client per user); "
+            f"backbone.kind = '{cfg.backbone.kind}' clients are user groups"
+        )
     if cfg.train.engine != "loop":
         raise ConfigError(
             f"backbone.kind = '{cfg.backbone.kind}' runs with train.engine = 'loop'"

@@ -1,4 +1,4 @@
-"""Command line: ``fedrec run | table | sweep | methods``.
+"""Command line: ``fedrec run | table | sweep | methods | data``.
 
 Examples
 --------
@@ -8,19 +8,27 @@ Examples
     fedrec table configs/demo.toml --methods fedavg local centralised
     fedrec table configs/demo.toml --seeds 3 --versus fedavg --reuse
     fedrec sweep configs/demo.toml --key privacy.ldp_epsilon --values 0 1 10
+    fedrec data fetch kuaisar-r
+    fedrec data fetch ml-100k --from .cache/ml-100k
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from fedrec import tables
 from fedrec.config import ExperimentConfig, load_config
+from fedrec.data.fetch import DATASETS, ENV, cache_root, fetch
 from fedrec.errors import FedrecError
+from fedrec.procs import sigterm_exits
 from fedrec.references import REFERENCES
 from fedrec.registry import method_names
 from fedrec.runs import resume_run, run_experiment, run_flower
@@ -32,10 +40,11 @@ REUSE_HELP = (
 SEED_VARIES = (
     "seed varies: pre-training init and batch order, adapter init, batch order, "
     "client sampling, LDP noise; fixed by the data config: split, open/private "
-    "division, client partition"
+    "division, client partition, new users"
 )
 TOPK_SEED_VARIES = (
-    "seed varies: adapter (LoRA) init, batch order, client sampling, the "
+    "seed varies: init of what trains (LoRA or tower), batch order, client "
+    "sampling, the "
     "validation subsample; fixed by the data config: split, user groups"
 )
 
@@ -90,7 +99,9 @@ def _parser() -> argparse.ArgumentParser:
     table.add_argument(
         "--versus",
         metavar="NAME",
-        help="reference of the paired bootstrap intervals (default: the config's "
+        nargs="+",
+        help="reference(s) of the paired bootstrap intervals: table.md shows Δ "
+        "against the first, intervals.csv holds every one (default: the config's "
         "[method] name if it is a variant, else the first variant)",
     )
     table.add_argument("--reuse", action="store_true", help=REUSE_HELP)
@@ -114,28 +125,87 @@ def _parser() -> argparse.ArgumentParser:
     )
     sw.add_argument("--versus", help="reference value of the intervals (the first)")
     sub.add_parser("methods", help="list registered methods")
+    data = sub.add_parser("data", help="install the named datasets (data.name)")
+    dsub = data.add_subparsers(dest="data_cmd", required=True)
+    fe = dsub.add_parser(
+        "fetch",
+        help=f"download, verify (sha256) and install a dataset into ${ENV}/NAME "
+        "(default ~/.cache/fedrec/NAME)",
+    )
+    fe.add_argument("name", choices=list(DATASETS))
+    fe.add_argument(
+        "--from",
+        dest="source",
+        type=Path,
+        metavar="DIR",
+        help="install from a local copy of the files (or of the upstream archive) "
+        "instead of downloading; verified the same way",
+    )
+    fe.add_argument("--force", action="store_true", help="replace an installed copy")
+    dsub.add_parser("list", help="the datasets, their sources and install state")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``fedrec`` command."""
+    """Entry point of the ``fedrec`` command.
+
+    As the command (``argv`` None) it ends when told to, through ``finally``
+    blocks (issue 27): on ``SIGTERM`` as on ``Ctrl-C`` (:func:`sigterm_exits`;
+    once Ray runs, Ray's own handler, also a ``SystemExit``), so Flower's
+    simulation shuts Ray down. Ray's failure-signal handler (C++), which
+    would abort the process on ``SIGTERM`` first, is turned off
+    (``RAY_DISABLE_FAILURE_SIGNAL_HANDLER=1`` unless set). Threads left
+    waiting (Flower's ServerApp thread waits for replies up to its round
+    timeout) are not joined: the process exits. A caller passing ``argv``
+    keeps its own signal handling.
+    """
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     # alembic (imported by Flower's link state) announces each plugin at INFO
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    command = argv is None
+    if command:
+        os.environ.setdefault("RAY_DISABLE_FAILURE_SIGNAL_HANDLER", "1")
     try:
-        if args.cmd == "methods":
-            print("\n".join(method_names()))
-        elif args.cmd == "run":
-            _run(args)
-        elif args.cmd == "sweep":
-            _sweep(args)
-        else:
-            _table(args)
+        with sigterm_exits() if command else contextlib.nullcontext():
+            if args.cmd == "methods":
+                print("\n".join(method_names()))
+            elif args.cmd == "run":
+                _run(args)
+            elif args.cmd == "sweep":
+                _sweep(args)
+            elif args.cmd == "data":
+                _data(args)
+            else:
+                _table(args)
     except FedrecError as e:
         print(f"fedrec: error: {e}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, SystemExit) as e:
+        if command and _waiting_threads():
+            _exit_now(e)
+        raise
     return 0
+
+
+def _waiting_threads() -> list[threading.Thread]:
+    """Threads that would keep this interpreter from exiting (not daemons)."""
+    main = threading.main_thread()
+    return [t for t in threading.enumerate() if t is not main and not t.daemon]
+
+
+def _exit_now(e: BaseException) -> NoReturn:
+    """Exit on ``KeyboardInterrupt`` / ``SystemExit`` without joining threads."""
+    if isinstance(e, KeyboardInterrupt):
+        code = 128 + signal.SIGINT
+    else:
+        code = e.code if isinstance(e.code, int) else 1
+    names = ", ".join(t.name for t in _waiting_threads())
+    print(f"fedrec: stopped (exit {code}); not waiting for: {names}", file=sys.stderr)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _run(args: argparse.Namespace) -> None:
@@ -154,6 +224,17 @@ def _run(args: argparse.Namespace) -> None:
         else:
             summary = run_experiment(cfg, args.out, progress=not args.quiet)
     _print_summary(summary)
+
+
+def _data(args: argparse.Namespace) -> None:
+    if args.data_cmd == "list":
+        for ds in DATASETS.values():
+            where = cache_root() / ds.name
+            state = "installed" if where.is_dir() else "not installed"
+            print(f"{ds.name}\t{ds.kind}\t{state}\t{where}\t{ds.source}")
+        return
+    where, new = fetch(args.name, args.source, force=args.force)
+    print(f"{args.name}: {'installed' if new else 'already installed'} in {where}")
 
 
 def _print_summary(s: dict[str, Any]) -> None:
@@ -189,7 +270,8 @@ def _table(args: argparse.Namespace) -> None:
             + (f" Variant overrides: {'; '.join(sets)}." if sets else "")
         )
     own = load_config(args.config[0], args.set, args.preset).method["name"]
-    versus = _reference(args.versus, [label for label, _ in runs], own)
+    labels = [label for label, _ in runs]
+    versus = [_reference(v, labels, own) for v in args.versus or [None]]
     rows = tables.run_all(runs, args.seeds, args.out, not args.quiet, args.reuse)
     header = "\n\n".join(headers)
     users = sorted({r["test_users"] for r in rows if r.get("test_users")})
@@ -197,7 +279,9 @@ def _table(args: argparse.Namespace) -> None:
         header += f"\n\nTest users per run: {', '.join(map(str, users))}."
     if args.preset:
         header = f"Preset `{args.preset}`.\n\n{header}"
-    intervals = tables.paired_intervals(rows, versus)
+    intervals = tables.paired_intervals(rows, versus[0])
+    for other in versus[1:]:
+        intervals.rows += tables.paired_intervals(rows, other).rows
     print(tables.write_table(rows, args.out, header, intervals=intervals))
     if rows and rows[0].get("test_ndcg@10_clients") is not None:
         every_round = all("test" in c.eval.splits for _, c in runs)
@@ -263,7 +347,7 @@ def _sweep(args: argparse.Namespace) -> None:
 
 def _header(path: str, cfg: ExperimentConfig, seeds: int) -> str:
     d, t = cfg.data, cfg.train
-    where = f"`{d.kind}` {d.path}".strip()
+    where = f"`{d.kind}` {d.path or d.name}".strip()
     if cfg.backbone.kind != "ctr":
         b = cfg.backbone
         decode = (
@@ -307,9 +391,28 @@ def _header(path: str, cfg: ExperimentConfig, seeds: int) -> str:
             f"({TOPK_SEED_VARIES}); per-client values over the {d.n_clients} user "
             f"groups for every method.{ref_note}"
         )
+    u, e = d.users, cfg.eval
+    division = (
+        f"random {u.open_ratio:.0%} open"
+        if u.style == "random"
+        else f"open = {u.in_set_ratio:.0%} of users with {u.attribute} in "
+        f"{u.values} + {u.out_set_ratio:.0%} of the others"
+    )
+    new = (
+        f"; new users: {e.new_users:.0%} of the clients never train, reported "
+        "apart (`_new`); the other columns cover the seen users"
+        if e.new_users
+        else ""
+    )
+    slices = (
+        f"; light ≤ {e.light_rows}, heavy > {e.heavy_rows} train rows"
+        if e.slices
+        else ""
+    )
     return (
-        f"Config `{path}`; data {where}; split {d.split}; clients: {d.users.clients} "
-        f"users; {t.rounds} rounds, {t.local_epochs} local epoch(s), batch "
+        f"Config `{path}`; data {where}; split {d.split}; open/private division: "
+        f"{division} (seed {u.seed}); clients: {u.clients} users{new}{slices}; "
+        f"{t.rounds} rounds, {t.local_epochs} local epoch(s), batch "
         f"{t.batch_size}, client fraction {t.client_fraction}; selection by best "
         f"val_{cfg.eval.select_metric}; mean ± std over {seeds} seed(s) "
         f"({SEED_VARIES})."

@@ -69,10 +69,17 @@ class DataConfig:
     per user, one for all (``"single"``), or ``n_clients`` groups of users
     (``"kmeans"`` over BPR-MF user embeddings, or ``"random"``), partitioned with
     ``partition_seed`` so that every run seed sees the same clients.
+
+    ``name`` names a dataset that ``fedrec data fetch NAME`` installs
+    (``"kuaisar-r"``, ``"ml-100k"``, ``"ml-1m"``; :mod:`fedrec.data.fetch`):
+    with ``path`` empty it is read from the cache (``$FEDREC_DATA/NAME``), and
+    ``kind`` may be left out (it follows from the name). ``path`` reads any
+    directory, as before, and wins when both are given.
     """
 
     kind: Literal["synthetic", "kuaishou", "recbole", "csv"] = "synthetic"
     path: str = ""
+    name: str = ""
     options: dict[str, Any] = field(default_factory=dict)
     split: Literal["temporal_ratio", "leave_one_out", "global_temporal"] = (
         "temporal_ratio"
@@ -89,7 +96,25 @@ class DataConfig:
         _check(0 <= self.val_ratio < 1, "data.val_ratio must be in [0, 1)")
         _check(0 <= self.test_ratio < 1, "data.test_ratio must be in [0, 1)")
         _check(self.val_ratio + self.test_ratio < 1, "data: val + test must be < 1")
-        _check(self.kind == "synthetic" or bool(self.path), "data.path is required")
+        if self.name:
+            from fedrec.data.fetch import DATASETS
+
+            _check(
+                self.name in DATASETS,
+                f"data.name = {self.name!r}: choose one of {', '.join(DATASETS)}",
+            )
+            want = DATASETS[self.name].kind
+            if self.kind == "synthetic":  # the default: the name decides
+                self.kind = want
+            _check(
+                self.kind == want,
+                f"data.name = {self.name!r} is read by data.kind = {want!r}, "
+                f"not {self.kind!r}",
+            )
+        _check(
+            self.kind == "synthetic" or bool(self.path or self.name),
+            "data.path (or data.name) is required",
+        )
 
 
 @dataclass
@@ -247,6 +272,16 @@ class EvalConfig:
     history's round ``-1``; it is then a selection candidate like any round
     (selected when no trained round validates better). Off by default, so that
     CTR runs keep their histories; the FELLRec configs turn it on.
+
+    CTR tasks (one client per user): ``new_users`` is the fraction of client
+    users that never train (drawn with ``data.users.seed``, the same users for
+    every method and run seed); each is evaluated with what a new device gets
+    (the shared and group state, its initial private state) and reported as
+    ``<split>_auc_new`` / ``_gauc_new``, apart from the seen users, whom the
+    headline metrics cover. ``slices = true`` adds ``<split>_auc_light`` /
+    ``_heavy`` (and gauc): seen users with at most ``light_rows`` / more than
+    ``heavy_rows`` train rows (each slice adds its statistics, ≈ 1 MB, to a
+    Flower node's evaluation reply).
     """
 
     select_metric: Literal[
@@ -258,9 +293,18 @@ class EvalConfig:
         default_factory=lambda: ["val", "test"]
     )
     initial: bool = False
+    new_users: float = 0.0
+    slices: bool = False
+    light_rows: int = 20
+    heavy_rows: int = 80
 
     def __post_init__(self) -> None:
         _check("val" in self.splits, "eval.splits must include 'val' (model selection)")
+        _check(0 <= self.new_users < 1, "eval.new_users must be in [0, 1)")
+        _check(
+            0 <= self.light_rows <= self.heavy_rows,
+            "eval.light_rows must be in [0, eval.heavy_rows]",
+        )
 
 
 @dataclass

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from fedrec.atomic import atomic_write
 from fedrec.config import ExperimentConfig, PretrainConfig, UsersConfig
 from fedrec.data.dataset import InteractionData
+from fedrec.data.fetch import cache_root
 from fedrec.data.splits import divide_open_private, temporal_ratio_split
 from fedrec.errors import DataError
 from fedrec.metrics import auc
@@ -139,12 +140,13 @@ def kd_loss(teacher_logits: torch.Tensor, pc: PretrainConfig) -> LossFn:
 
 def _key(cfg: ExperimentConfig, mode: str) -> str:
     d = cfg.data
-    files = sorted(Path(d.path).glob("*")) if d.path and Path(d.path).is_dir() else []
+    where = d.path or (str(cache_root() / d.name) if d.name else "")
+    files = sorted(Path(where).glob("*")) if where and Path(where).is_dir() else []
     deps = {
         "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files],
         "mode": mode,
         "kind": d.kind,
-        "path": str(Path(d.path).resolve()) if d.path else "",
+        "path": str(Path(where).resolve()) if where else "",
         "options": d.options,
         "users": dataclasses.asdict(d.users),
         "min": d.min_interactions,

@@ -109,6 +109,10 @@ MD_METRICS = [
     "wall_s",
 ]
 INTERVAL_METRICS = ("test_auc", "test_gauc")
+# user slices of CTR runs (eval.new_users, eval.slices), shown when runs have them
+SLICE_COLUMNS = [
+    f"test_{m}_{s}" for s in ("light", "heavy", "new") for m in ("auc", "gauc")
+]
 TOPK_INTERVAL_METRICS = ("test_ndcg@10", "test_recall@10")
 
 
@@ -190,6 +194,7 @@ def run_all(
                         cache[key] = load_data(cfg)
                     s = run_experiment(c, run_dir, progress, cache[key])
             row = {k: s.get(k) for k in dict.fromkeys(COLUMNS + TOPK_COLUMNS)}
+            row |= {k: s[k] for k in SLICE_COLUMNS if k in s}
             row.update(
                 method=label,
                 seed=seed,
@@ -274,6 +279,11 @@ def write_table(
     out.mkdir(parents=True, exist_ok=True)
     topk = _is_topk(rows)
     columns, md = (TOPK_COLUMNS, TOPK_MD) if topk else (COLUMNS, MD_METRICS)
+    slices = [c for c in SLICE_COLUMNS if any(c in r for r in rows)]
+    if slices and not topk:
+        at = md.index("test_gauc") + 1
+        md = md[:at] + slices + md[at:]
+        columns = columns + slices
     cols = ([by] if by not in columns else []) + columns
     with open(out / f"{name}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
@@ -332,7 +342,8 @@ class Intervals:
         if method == self.reference:
             return "ref"
         for r in self.rows:
-            if (r["backbone"], r["method"], r["metric"]) == (backbone, method, metric):
+            key = (r["backbone"], r["method"], r["metric"], r["reference"])
+            if key == (backbone, method, metric, self.reference):
                 d, lo, hi = r["diff"], r["lo"], r["hi"]
                 if not all(math.isfinite(x) for x in (d, lo, hi)):
                     return "–"
@@ -368,14 +379,33 @@ def paired_intervals(
     test AUC (scores on the probability grid of the reported histogram AUC,
     :mod:`fedrec.metrics.reducers`, so that Δ is the difference of the
     table's columns) and GAUC; top-K tables: mean per-user NDCG@10 and
-    Recall@10, per backbone. Users are matched by id; when runs hold
-    different test users, the intersection is used and a note says so.
+    Recall@10, per backbone (a backbone without a ``reference`` run, e.g. a
+    zero-shot row, is compared with the first backbone's). Users are matched
+    by id; when runs hold different test users, the intersection is used and
+    a note says so.
     """
     topk = _is_topk(rows)
     metrics = TOPK_INTERVAL_METRICS if topk else INTERVAL_METRICS
+    if not topk and any("test_auc_new" in r for r in rows):
+        metrics += ("test_auc_new",)
     out = Intervals(reference, metrics, b)
-    for block in dict.fromkeys(_block(r, topk) for r in rows):
+    blocks = list(dict.fromkeys(_block(r, topk) for r in rows))
+    # a block without the reference (a zero-shot row of another backbone)
+    # is compared with the reference of the first block that has it
+    home = next(
+        (
+            k
+            for k in blocks
+            if any(r["method"] == reference and _block(r, topk) == k for r in rows)
+        ),
+        None,
+    )
+    for block in blocks:
         mine = [r for r in rows if _block(r, topk) == block]
+        if home is not None and all(r["method"] != reference for r in mine):
+            mine += [
+                r for r in rows if _block(r, topk) == home and r["method"] == reference
+            ]
         loaded = {
             (r["method"], r["seed"]): d
             for r in mine
@@ -384,7 +414,8 @@ def paired_intervals(
         reps, n_users = _replicates(loaded, metrics, topk, b, seed, out.notes)
         if all(r["method"] != reference for r in mine):
             out.notes.append(f"`{reference}` has no run on {block or 'this data'}.")
-        for method in dict.fromkeys(r["method"] for r in mine):
+        own = [r for r in mine if _block(r, topk) == block]
+        for method in dict.fromkeys(r["method"] for r in own):
             for metric in metrics if method != reference else ():
                 diff, lo, hi, seeds = paired_difference(
                     _by_seed(reps, method, metric), _by_seed(reps, reference, metric)
@@ -457,12 +488,21 @@ def _replicates(
 def _statistic(
     d: dict[str, np.ndarray], keep: np.ndarray, u: np.ndarray, metric: str, n: int
 ) -> Statistic:
-    """The bootstrap statistic of ``metric`` on rows ``keep`` of users ``u``."""
-    if metric == "test_auc":  # on the grid of the table's histogram AUC
-        grid = probability_bins(d["probs"][keep])
-        return PooledAUC(u, d["labels"][keep], grid, n)
-    if metric == "test_gauc":
-        return UserMean.gauc(u, d["labels"][keep], d["probs"][keep], n)
+    """The bootstrap statistic of ``metric`` on rows ``keep`` of users ``u``.
+
+    CTR metrics cover the seen users (rows of slice ``new`` left out), or
+    one slice's users for ``test_<m>_<slice>``.
+    """
+    name, _, part = metric.removeprefix("test_").partition("_")
+    if name in ("auc", "gauc"):
+        if part:
+            sel = d[part][keep]
+        else:
+            sel = ~d["new"][keep] if "new" in d else np.ones(len(u), dtype=bool)
+        u, labels, probs = u[sel], d["labels"][keep][sel], d["probs"][keep][sel]
+        if name == "auc":  # on the grid of the table's histogram AUC
+            return PooledAUC(u, labels, probability_bins(probs), n)
+        return UserMean.gauc(u, labels, probs, n)
     return UserMean.of_rows(u, d[metric.removeprefix("test_")][keep], n)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from fedrec.procs import kill_tree, start_child
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -76,9 +77,12 @@ def fellrec_raw() -> Callable[..., dict[str, Any]]:
 class Deployment:
     """A SuperLink and SuperNodes on loopback, each its own process group.
 
-    ``start`` launches a Flower binary (logs in ``logs/``), ``flwr`` runs the
-    CLI against this SuperLink, ``wait_for`` polls while every process lives.
-    ``stop_all`` kills every group still running, by its pid.
+    ``start`` launches a Flower binary (logs in ``logs/``) with
+    :func:`fedrec.procs.start_child`: it and all it starts (SuperExec, apps)
+    die with the process that started it, however that ends (issue 27).
+    ``flwr`` runs the CLI against this SuperLink (the same way), ``wait_for``
+    polls while every process lives. ``kill`` and ``stop_all`` kill a
+    process with its tree, by its pid.
     """
 
     def __init__(self, tmp_path: Path) -> None:
@@ -101,22 +105,25 @@ class Deployment:
         self.procs: list[subprocess.Popen] = []
 
     def start(self, name: str, *args: str) -> subprocess.Popen:
-        p = subprocess.Popen(
+        p = start_child(
             [str(BIN / name), *args],
             env=self.env,
             cwd=ROOT,
             stdout=open(self.logs / f"{name}-{len(self.procs)}.log", "w"),
             stderr=subprocess.STDOUT,
-            start_new_session=True,  # its children (SuperExec, apps) share the group
         )
         self.procs.append(p)
         return p
 
     def up(self, nodes: int) -> list[subprocess.Popen]:
-        """The SuperLink and ``nodes`` SuperNodes (partitions 0..nodes-1)."""
+        """The SuperLink and ``nodes`` SuperNodes (partitions 0..nodes-1).
+
+        Returns once the SuperLink accepts connections: a ``flwr`` CLI
+        started earlier fails at once (the SuperNodes retry).
+        """
         link = ["--insecure", "--host", "127.0.0.1", "--port", str(self.link)]
         self.start("flower-superlink", *link)
-        return [
+        supernodes = [
             self.start(
                 "flower-supernode",
                 "--insecure",
@@ -131,16 +138,34 @@ class Deployment:
             )
             for i in range(nodes)
         ]
+        self.wait_for(self.link_listens, 120, "the SuperLink's port")
+        return supernodes
+
+    def link_listens(self) -> bool:
+        """Whether the SuperLink accepts connections (on loopback)."""
+        try:
+            socket.create_connection(("127.0.0.1", self.link), timeout=1).close()
+        except OSError:
+            return False
+        return True
 
     def flwr(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [str(BIN / "flwr"), *args],
+        """The ``flwr`` CLI's result (it too dies with this process)."""
+        cmd = [str(BIN / "flwr"), *args]
+        p = start_child(
+            cmd,
             env=self.env,
             cwd=ROOT,
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
         )
+        try:
+            out, err = p.communicate(timeout=timeout)
+        except BaseException:  # a timeout, Ctrl-C
+            kill_tree(p)
+            raise
+        return subprocess.CompletedProcess(cmd, p.returncode, out, err)
 
     def submit(self, run_config: str) -> int:
         """``flwr run`` of the fedrec app; the run id."""
@@ -159,17 +184,12 @@ class Deployment:
         raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
     def kill(self, p: subprocess.Popen) -> None:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
+        kill_tree(p)
         self.procs.remove(p)
 
     def stop_all(self) -> None:
         for p in self.procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            p.wait(timeout=30)
+            kill_tree(p)
 
 
 def free_port() -> int:

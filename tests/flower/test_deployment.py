@@ -6,7 +6,8 @@ the other two (``min-nodes = 2``), recording the failure. One stops the run
 (``flwr stop``) after its first round and resumes it with ``resume=true``: the
 rounds equal the embedded engine's. One runs FELLRec's split on 2 SuperNodes:
 its round equals the embedded engine's. Every process is started in its own
-session and killed by process group at the end (the ``deployment`` fixture).
+session, killed with its tree at the end (the ``deployment`` fixture), and
+dies with the test's process however that ends (``test_no_orphans.py``).
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Each file is tab-separated with a ``name:type`` header, type one of ``token``,
 ``token_seq``, ``float``, ``float_seq`` (RecBole's convention; ``token_seq``
 values are space-separated). Ids are kept as strings. Used for MovieLens-100K
-(fellrec.md §2.2), written by ``../shared/data/fetch-ml-100k``.
+(fellrec.md §2.2), written by ``../shared/data/fetch-ml-100k`` or installed by
+``fedrec data fetch ml-100k``.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ a Flower client draw identical batches.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,6 +20,7 @@ from fedrec.data.splits import Split
 from fedrec.errors import DataError
 
 SPLITS = ("train", "val", "test")
+EVERYONE = "all"  # the group attribute whose one value every user has
 
 
 class ClientIndex:
@@ -110,6 +112,19 @@ class FedData(ClientIndex):
             rows=rows,
         )
 
+    def without_training(self, users: np.ndarray) -> FedData:
+        """A copy whose ``users`` (``bool[U]``) have no train rows (they never train).
+
+        Their validation and test rows stay with their clients.
+        """
+        idx = np.asarray(self.split.train, dtype=np.int64)
+        user = self.users.numpy()[idx]
+        client = np.where(users[user], -1, self.client_of_user[user])
+        ptr, rows = client_csr(idx, client, self.n_clients)
+        return dataclasses.replace(
+            self, ptr={**self.ptr, "train": ptr}, rows={**self.rows, "train": rows}
+        )
+
     def client_users(self) -> list[np.ndarray]:
         """User codes of each client."""
         order = np.argsort(self.client_of_user, kind="stable")
@@ -117,7 +132,13 @@ class FedData(ClientIndex):
         return np.split(order[cl >= 0], np.cumsum(np.bincount(cl[cl >= 0]))[:-1])
 
     def client_attribute(self, attr: str) -> np.ndarray:
-        """``int64[N]`` value of user attribute ``attr`` for one-user clients."""
+        """``int64[N]`` value of user attribute ``attr`` for one-user clients.
+
+        ``attr = "all"`` (:data:`EVERYONE`) is the attribute with one value, 0,
+        for every user: a group of everyone.
+        """
+        if attr == EVERYONE:
+            return np.zeros(self.n_clients, dtype=np.int64)
         names = self.data.user_feature_names
         if attr not in names or self.data.user_features is None:
             raise DataError(f"unknown user attribute {attr!r} (fields: {names})")

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from fedrec.config import ExperimentConfig
-from fedrec.fl.clients import FedData, client_batches
+from fedrec.fl.clients import EVERYONE, FedData, client_batches
 from fedrec.fl.guards import accept_updates
 from fedrec.fl.loop import train_loop
 from fedrec.fl.mods import ModContext, build_mods
@@ -131,6 +131,8 @@ class EmbeddedEngine:
         self.last_rows: dict[str, dict[str, np.ndarray]] = {}
 
     def _n_values(self, attr: str) -> int:
+        if attr == EVERYONE:
+            return 1
         data = self.fed.data
         col = data.user_features[:, data.user_feature_names.index(attr)]  # type: ignore[index]
         return int(col.max()) + 1

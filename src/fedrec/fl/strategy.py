@@ -28,6 +28,7 @@ from torch import nn
 
 from fedrec.config import ModelConfig
 from fedrec.data.dataset import InteractionData
+from fedrec.fl.clients import FedData
 from fedrec.fl.partition import SHARED, Partition
 from fedrec.fl.task import Params, Penalty
 from fedrec.models.ctr_mlp import CTRModel
@@ -77,6 +78,13 @@ class Strategy:
     def build_model(self, data: InteractionData, cfg: ModelConfig) -> nn.Module:
         """The model every client starts from (default: the plain CTR model)."""
         return CTRModel.for_data(data, cfg.dim, cfg.layers)
+
+    def fit(self, model: nn.Module, fed: FedData) -> None:
+        """Fit what the model computes from data before any round (default: nothing).
+
+        Called once the model is built (and pre-trained weights loaded), with
+        the clients' data; reference models fit their statistics here.
+        """
 
     def partition_rules(self) -> list[tuple[str, str]]:
         """Ordered ``(glob, role)`` rules; default: everything shared."""

@@ -35,11 +35,22 @@ class CTRTask:
         not passed in ``params`` (frozen ones) are used as they are.
     fed
         The federated dataset whose row ids the batches hold.
+    slices
+        User slices reported apart: name -> ``bool[U]`` over user codes
+        (``new``, ``light``, ``heavy``; see :func:`fedrec.build.user_slices`).
+        Users of the slice ``new`` never train and are left out of the
+        headline metrics, which cover the seen users.
     """
 
-    def __init__(self, model: nn.Module, fed: FedData) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        fed: FedData,
+        slices: dict[str, np.ndarray] | None = None,
+    ) -> None:
         self.model = model
         self.fed = fed
+        self.slices = dict(slices or {})
 
     def logits(self, params: Params, rows: torch.Tensor) -> torch.Tensor:
         """Logits ``(b,)`` of rows ``(b,)`` under ``params``."""
@@ -89,40 +100,64 @@ class CTRTask:
             probs.extend(s.double() for s in scores)
             rows.extend(segs)
         r = torch.as_tensor(np.concatenate(rows))
-        return {
+        users = self.fed.users[r].numpy()
+        out = {
             "probs": torch.cat(probs).numpy(),
             "labels": self.fed.labels[r].double().numpy(),
-            "users": self.fed.users[r].numpy(),
+            "users": users,
         }
+        return out | {name: m[users] for name, m in self.slices.items()}
 
-    @staticmethod
-    def stat_shapes() -> dict[str, tuple[int, ...]]:
+    def stat_shapes(self) -> dict[str, tuple[int, ...]]:
         """Names and shapes of :meth:`stats` (fixed: no row or user count in them)."""
         from fedrec.metrics.reducers import CTR_STAT_SHAPES
 
-        return dict(CTR_STAT_SHAPES)
+        out = dict(CTR_STAT_SHAPES)
+        for name in self.slices:
+            out |= {f"{name}.{k}": v for k, v in CTR_STAT_SHAPES.items()}
+        return out
 
-    @staticmethod
-    def stats(scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def stats(self, scores: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Additive statistics of :meth:`client_scores`' rows (what a node sends).
 
         ``hist`` (2, 2**16), ``logloss`` (2,), ``confusion`` (2, 2), ``gauc``
-        (2,); see :mod:`fedrec.metrics.reducers`. Statistics of disjoint rows
-        pool by a sum (a user's rows never span two nodes).
+        (2,) of the seen users' rows (all but slice ``new``), and the same as
+        ``<slice>.<name>`` of each slice's rows; see
+        :mod:`fedrec.metrics.reducers`. Statistics of disjoint rows pool by a
+        sum (a user's rows never span two nodes).
         """
         from fedrec.metrics.reducers import ctr_stats
 
-        return ctr_stats(scores["labels"], scores["probs"], scores["users"])
+        def of(keep: np.ndarray) -> dict[str, np.ndarray]:
+            return ctr_stats(
+                scores["labels"][keep], scores["probs"][keep], scores["users"][keep]
+            )
 
-    @staticmethod
-    def metrics_from_stats(stats: dict[str, np.ndarray]) -> dict[str, float]:
+        seen = ~scores["new"] if "new" in self.slices else np.s_[:]
+        out = of(seen)
+        for name in self.slices:
+            out |= {f"{name}.{k}": v for k, v in of(scores[name]).items()}
+        return out
+
+    def metrics_from_stats(self, stats: dict[str, np.ndarray]) -> dict[str, float]:
         """``auc``, ``gauc``, ``logloss``, ``precision``, ``recall``, ``f1``.
 
-        Of :meth:`stats` summed over nodes; ``{}`` when no row was evaluated.
+        Of :meth:`stats` summed over nodes, for the seen users; ``auc_<slice>``
+        and ``gauc_<slice>`` for each slice with rows. ``{}`` when no row was
+        evaluated.
         """
         from fedrec.metrics.reducers import ctr_metrics_from_stats
 
-        return ctr_metrics_from_stats(stats)
+        out = ctr_metrics_from_stats({k: v for k, v in stats.items() if "." not in k})
+        for name in self.slices:
+            part = {
+                k.split(".", 1)[1]: v
+                for k, v in stats.items()
+                if k.startswith(f"{name}.")
+            }
+            m = ctr_metrics_from_stats(part)
+            out |= {f"{k}_{name}": m[k] for k in ("auc", "gauc") if k in m}
+        return out
 
     def evaluate(
         self, split: str, chunks: Iterable[tuple[torch.Tensor, Params]], train: Any

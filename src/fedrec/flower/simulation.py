@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,15 +44,34 @@ def run_flower_simulation(
     b = cfg.backbone
     one_actor = b.kind == "causal-lm" and b.split_k > 0
     with woken(), quiet_flower():  # woken: messages handed over when stored
-        run_simulation(
-            server_app=server_app,
-            client_app=client_app,
-            num_supernodes=num_nodes,
-            backend_config={
-                "client_resources": {"num_cpus": os.cpu_count() if one_actor else 1}
-            },
-        )
+        try:
+            run_simulation(
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=num_nodes,
+                backend_config={
+                    "client_resources": {"num_cpus": os.cpu_count() if one_actor else 1}
+                },
+            )
+        finally:
+            shutdown_ray()
     return history
+
+
+def shutdown_ray() -> None:
+    """``ray.shutdown()`` if Ray runs in this process: its daemons end.
+
+    Flower's backend shuts Ray down when the simulation ends, also by an
+    exception; this covers what it misses (an interrupt while Ray starts).
+    ``KeyboardInterrupt`` (``Ctrl-C``) and, in the ``fedrec`` CLI
+    (:func:`fedrec.procs.sigterm_exits`), ``SIGTERM`` reach it. A process
+    killed outright leaves it to Ray: its GCS server and raylet are started
+    with a parent-death signal (``PR_SET_PDEATHSIG``, Linux), its workers end
+    with the raylet.
+    """
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 class _NotRunSimulationDeprecation(logging.Filter):

@@ -4,6 +4,7 @@ from fedrec import references  # noqa: F401  (registers popularity, item-knn)
 from fedrec.methods import (  # noqa: F401
     baselines,
     centralised,
+    ctr_references,
     fedavg,
     fedpa,
     fedprox,

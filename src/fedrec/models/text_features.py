@@ -13,7 +13,7 @@ item. Both towers share ``W``: the item table is one matrix product, so it is
 recomputed (and trained through) at every step — RecFormer's stage 2 (item
 table frozen, sequence side trains) exists to save re-encoding items with a
 transformer, which this backbone never does. What trains is the whole module
-but the text features (``W``, ``b``, ``p``, the blocks, the norm: 58,752
+but the text features (``W``, ``b``, ``p``, the blocks, the norm: 58,880
 parameters at d = 64, D = 384, L = 10, one layer), so every method treats it as
 it treats LoRA factors: FedAvg averages it, FELLRec mixes it per client.
 
