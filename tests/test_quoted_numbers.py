@@ -8,9 +8,9 @@ included) counting as one space. Re-running a bench or an experiment that change
 a results file therefore fails here until the prose quotes the new values.
 
 To cover another results file, add one line to ``CLAIMS``, e.g. for
-``results/fedpa-kuaisar-r/table.csv``::
+``results/fedpa-kuaisar-r/random/table.csv``::
 
-    Claim("README.md", "results/fedpa-kuaisar-r/table.csv",
+    Claim("README.md", "results/fedpa-kuaisar-r/random/table.csv",
           lambda rows: f"AUC {mean_of(rows, 'test_auc', method='fedpa'):.4f}"),
 
 A qualitative claim can be checked too: make ``quote`` return the doc's words only
@@ -272,8 +272,21 @@ FLOWER, HOPS_JSON = "bench/results/flower.json", "bench/results/flower_hops.json
 GLUE = "bench/results/flower_glue.json"
 SMOL, MINI = "smollm2-135m", "minilm-l6"
 
-FEDPA_TABLE = "results/fedpa-kuaisar-r/table.csv"
-FEDPA_CI = "results/fedpa-kuaisar-r/intervals.csv"
+FEDPA_R = "results/fedpa-kuaisar-r/random/table.csv"
+FEDPA_A = "results/fedpa-kuaisar-r/attribute/table.csv"
+FEDPA_R_CI = "results/fedpa-kuaisar-r/random/intervals.csv"
+FEDPA_A_CI = "results/fedpa-kuaisar-r/attribute/intervals.csv"
+FEDPA_METHODS = (
+    "pretrained",
+    "fedavg-full",
+    "fedavg-lora",
+    "centralised",
+    "fedper",
+    "local",
+    "fedpa",
+    "user-prior",
+    "logreg",
+)
 
 
 def auc3(method: str, std: bool = False) -> Callable[[Any], str]:
@@ -312,21 +325,81 @@ def delta(method: str, metric: str = "test_auc") -> Callable[[Any], str]:
     return quote
 
 
+FEATURES_TABLE = "results/fellrec-ml100k-features/table.csv"
+FEATURES_CI = "results/fellrec-ml100k-features/intervals.csv"
+FEATURES_BALANCE = "results/fellrec-ml100k-features/balance.json"
+
+
+def delta_vs(method: str, reference: str, metric: str) -> Callable[[Any], str]:
+    """:func:`delta` against ``reference`` (intervals.csv holds several)."""
+    return lambda rows: delta(method, metric)(
+        [r for r in rows if r["reference"] == reference]
+    )
+
+
 CLAIMS: list[Claim] = [
-    # README.md and docs/fellrec.md: the FELLRec table and its balance log
+    # README.md and docs/fellrec.md: the text-features table and its balance log
     *(
-        Claim(doc, FELLREC_TABLE, ndcg4(m))
+        Claim(doc, FEATURES_TABLE, ndcg4(m))
         for doc in ("README.md", "docs/fellrec.md")
+        for m in ("zero-shot", "popularity", "fellrec", "fedavg", "item-knn")
+    ),
+    *(
+        Claim(doc, FEATURES_TABLE, ndcg4(m))
+        for doc in ("README.md", "docs/fellrec.md")
+        for m in ("local", "centralised")
+    ),
+    Claim("docs/fellrec.md", FEATURES_TABLE, ndcg4("fellrec-update")),
+    *(
+        Claim(doc, FEATURES_CI, delta_vs(m, ref, "test_ndcg@10"))
+        for doc in ("README.md", "docs/fellrec.md")
+        for m, ref in (
+            ("popularity", "fedavg"),
+            ("popularity", "fellrec"),
+            ("fellrec", "fedavg"),
+        )
+    ),
+    *(
+        Claim("docs/fellrec.md", FEATURES_CI, delta_vs(m, ref, "test_ndcg@10"))
+        for m, ref in (
+            ("zero-shot", "fedavg"),
+            ("zero-shot", "fellrec"),
+            ("item-knn", "fedavg"),
+            ("item-knn", "fellrec"),
+            ("fellrec-update", "fellrec"),
+        )
+    ),
+    *(
+        Claim("docs/fellrec.md", FEATURES_TABLE, ndcg4(m, "test_ndcg@10_client_std"))
         for m in ("fedavg", "fellrec")
     ),
-    *(
-        Claim("README.md", FELLREC_TABLE, ndcg4(m))
-        for m in ("pretrained", "local", "centralised", "popularity", "item-knn")
+    Claim(
+        "docs/fellrec.md",
+        FEATURES_TABLE,
+        lambda rows: f"add up to {sum(float(r['wall_s']) for r in rows) / 60:.0f} min",
+    ),
+    Claim(
+        "docs/fellrec.md",
+        FEATURES_TABLE,
+        lambda rows: f"took {mean_of(rows, 'wall_s', method='fedavg'):.0f} s each",
     ),
     *(
-        Claim(doc, FELLREC_CI, delta("popularity", "test_ndcg@10"))
+        Claim(doc, FEATURES_BALANCE, lambda d: span(d["range"]["s_offdiag"], ".3f"))
         for doc in ("README.md", "docs/fellrec.md")
     ),
+    Claim(
+        "docs/fellrec.md",
+        FEATURES_BALANCE,
+        lambda d: span(d["range"]["self_weight"], ".3f"),
+    ),
+    Claim(
+        "docs/fellrec.md",
+        FEATURES_BALANCE,
+        lambda d: f"weights down to {d['range']['heat'][0]:.3f}",
+    ),
+    # docs/fellrec.md: the MiniLM + LoRA table and its balance log
+    *(Claim("docs/fellrec.md", FELLREC_TABLE, ndcg4(m)) for m in ("fedavg", "fellrec")),
+    Claim("docs/fellrec.md", FELLREC_CI, delta("popularity", "test_ndcg@10")),
     *(
         Claim("docs/fellrec.md", FELLREC_CI, delta(m, "test_ndcg@10"))
         for m in ("item-knn", "fedavg", "pretrained")
@@ -340,9 +413,10 @@ CLAIMS: list[Claim] = [
         Claim("docs/fellrec.md", FELLREC_TABLE, ndcg4(m, "test_ndcg@10_client_std"))
         for m in ("fedavg", "fellrec")
     ),
-    *(
-        Claim(doc, FELLREC_BALANCE, lambda d: span(d["range"]["s_offdiag"], ".3f"))
-        for doc in ("README.md", "docs/fellrec.md")
+    Claim(
+        "docs/fellrec.md",
+        FELLREC_BALANCE,
+        lambda d: span(d["range"]["s_offdiag"], ".3f"),
     ),
     Claim(
         "docs/fellrec.md",
@@ -354,9 +428,9 @@ CLAIMS: list[Claim] = [
         FELLREC_BALANCE,
         lambda d: f"weights down to {d['range']['heat'][0]:.3f}",
     ),
-    # README.md: the LDP sweep
+    # docs/fedpa.md: the LDP sweep
     *(
-        Claim("README.md", "results/fedpa-kuaisar-r/ldp/intervals.csv", delta(v))
+        Claim("docs/fedpa.md", "results/fedpa-kuaisar-r/ldp/intervals.csv", delta(v))
         for v in (
             "inf",
             "1",
@@ -369,17 +443,47 @@ CLAIMS: list[Claim] = [
             "1000, ldp_clip tuned (10)",
         )
     ),
-    # README.md: the FedPA table
+    # README.md and docs/fedpa.md: the FedPA tables (4-decimal means of 5 seeds)
     *(
-        Claim("README.md", FEDPA_TABLE, auc3(m))
-        for m in ("fedavg-full", "fedavg-lora", "centralised", "fedper", "local")
+        Claim("README.md", FEDPA_A, ndcg4(m, "test_auc"))
+        for m in FEDPA_METHODS
+        if m != "centralised"
     ),
-    Claim("README.md", FEDPA_TABLE, auc3("pretrained", std=True)),
-    Claim("README.md", FEDPA_TABLE, auc3("fedpa", std=True)),
+    *(Claim("README.md", FEDPA_A_CI, delta(m)) for m in ("local", "fedper")),
+    Claim("README.md", FEDPA_A_CI, delta("pretrained", "test_auc_new")),
     *(
-        Claim("README.md", FEDPA_CI, delta(m))
-        for m in ("local", "fedper", "fedpa-no-user", "fedpa-no-group", "fedpa-no-gate")
+        Claim("docs/fedpa.md", table, ndcg4(m, column))
+        for table, column in (
+            (FEDPA_R, "test_auc"),
+            (FEDPA_A, "test_auc"),
+            (FEDPA_A, "test_auc_new"),
+        )
+        for m in FEDPA_METHODS
     ),
+    *(
+        Claim("docs/fedpa.md", FEDPA_A, ndcg4(m, column))
+        for m in ("fedpa", "local", "fedper")
+        for column in ("test_auc_light", "test_auc_heavy")
+    ),
+    Claim("docs/fedpa.md", FEDPA_A, ndcg4("fedpa-no-gate", "test_auc_light")),
+    *(
+        Claim("docs/fedpa.md", FEDPA_A_CI, delta(m))
+        for m in (
+            "local",
+            "fedper",
+            "logreg",
+            "fedpa-no-gate",
+            "fedpa-no-user",
+            "fedpa-no-group",
+            "fedpa-global",
+        )
+    ),
+    *(
+        Claim("docs/fedpa.md", FEDPA_A_CI, delta(m, "test_auc_new"))
+        for m in ("fedavg-full", "pretrained", "fedper", "fedpa-global")
+    ),
+    Claim("docs/fedpa.md", FEDPA_R_CI, delta("local")),
+    Claim("docs/fedpa.md", FEDPA_R_CI, delta("fedavg-full", "test_auc_new")),
     # README.md, the Benchmarks paragraph
     Claim(
         "README.md",
@@ -451,7 +555,7 @@ CLAIMS: list[Claim] = [
     Claim(B, ENGINE, lambda d: f"{d['clients_per_round']:,} clients a round"),
     Claim(
         B,
-        "results/fedpa-kuaisar-r/table.csv",
+        FEDPA_R,
         lambda rows: (
             f"all {count(mean_of(rows, 'model_params', method='fedavg-full'))}"
             " parameters"
