@@ -15,8 +15,10 @@ Examples
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -87,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     table.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
     table.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     table.add_argument("--out", type=Path, default=Path("results/table"))
-    table.add_argument("--quiet", action="store_true")
+    table.add_argument("--quiet", action="store_true", help="no line per finished run")
     table.add_argument(
         "--preset", metavar="NAME", help="apply the config's [presets] NAME first"
     )
@@ -105,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--seeds", type=int, default=1)
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     sw.add_argument("--out", type=Path, default=Path("results/sweep"))
-    sw.add_argument("--quiet", action="store_true")
+    sw.add_argument("--quiet", action="store_true", help="no line per finished run")
     sw.add_argument("--reuse", action="store_true", help=REUSE_HELP)
     sw.add_argument(
         "--tune",
@@ -225,7 +227,8 @@ def _table(args: argparse.Namespace) -> None:
         )
     own = load_config(args.config[0], args.set, args.preset).method["name"]
     versus = _reference(args.versus, [label for label, _ in runs], own)
-    rows = tables.run_all(runs, args.seeds, args.out, not args.quiet, args.reuse)
+    with _runs_quietly():
+        rows = tables.run_all(runs, args.seeds, args.out, not args.quiet, args.reuse)
     header = "\n\n".join(headers)
     users = sorted({r["test_users"] for r in rows if r.get("test_users")})
     if users:
@@ -243,6 +246,22 @@ def _table(args: argparse.Namespace) -> None:
     else:
         tables.plot_curves(rows, args.out)
     print(f"results: {args.out}")
+
+
+@contextlib.contextmanager
+def _runs_quietly() -> Iterator[None]:
+    """Hold fedrec's INFO lines (data, pre-training, timings) while a table runs.
+
+    A table prints one line per finished run instead (:func:`tables.run_line`);
+    warnings still show.
+    """
+    logger = logging.getLogger("fedrec")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _reference(versus: str | None, labels: list[str], own: str) -> str:
@@ -263,18 +282,19 @@ def _sweep(args: argparse.Namespace) -> None:
         if not eq or not grid:
             raise FedrecError(f"--tune {args.tune}: expected KEY=V1,V2,...")
         tune = (tkey.strip(), [g.strip() for g in grid.split(",")])
-    rows = tables.sweep(
-        cfg,
-        args.key,
-        args.values,
-        args.seeds,
-        args.out,
-        not args.quiet,
-        args.config,
-        args.reuse,
-        tune,
-        args.tune_for,
-    )
+    with _runs_quietly():
+        rows = tables.sweep(
+            cfg,
+            args.key,
+            args.values,
+            args.seeds,
+            args.out,
+            not args.quiet,
+            args.config,
+            args.reuse,
+            tune,
+            args.tune_for,
+        )
     header = _header(args.config, cfg, args.seeds) + f" Sweep of `{args.key}`."
     if tune:
         header += (
