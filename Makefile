@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	rm -rf runs/demo
-	$(VENV)/bin/fedrec table configs/demo.toml --out runs/demo
+	$(VENV)/bin/fedrec table configs/demo.toml --seeds 3 --versus fedpa --out runs/demo
 
 # ML-100K is fetched (never committed) for the tests that use it; skipped if absent.
 data:

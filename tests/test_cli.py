@@ -212,3 +212,27 @@ def test_methods_lists_builtins(capsys):
     names = capsys.readouterr().out.split()
     for name in ("fedavg", "fedprox", "local", "centralised"):
         assert name in names
+
+
+def test_table_prints_one_line_per_finished_run(cfg, tmp_path, capsys):
+    out = tmp_path / "table"
+    argv = ["table", str(cfg), "--methods", "fedavg", "local", "--seeds", "2"]
+    argv += ["--out", str(out), "--set", "train.rounds=2"]
+    assert main(argv) == 0
+    printed = capsys.readouterr()
+    lines = [x for x in printed.out.splitlines() if x.startswith("[")]
+    assert [x.split()[:5] for x in lines] == [
+        ["[1/4]", "fedavg", "seed", "0", "best"],
+        ["[2/4]", "fedavg", "seed", "1", "best"],
+        ["[3/4]", "local", "seed", "0", "best"],
+        ["[4/4]", "local", "seed", "1", "best"],
+    ]
+    assert all("val_auc" in x and "test_auc" in x for x in lines)
+    assert "━" not in printed.out + printed.err  # no progress bars
+    assert "| fedavg | 2 |" in printed.out  # then the table
+    # again: the finished runs are kept, and say so; --quiet prints no run lines
+    assert main(argv + ["--reuse"]) == 0
+    again = [x for x in capsys.readouterr().out.splitlines() if x.startswith("[")]
+    assert len(again) == 4 and all("  kept  " in x for x in again)
+    assert main(argv + ["--reuse", "--quiet"]) == 0
+    assert not [x for x in capsys.readouterr().out.splitlines() if x.startswith("[")]

@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -92,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     table.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
     table.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     table.add_argument("--out", type=Path, default=Path("results/table"))
-    table.add_argument("--quiet", action="store_true")
+    table.add_argument("--quiet", action="store_true", help="no line per finished run")
     table.add_argument(
         "--preset", metavar="NAME", help="apply the config's [presets] NAME first"
     )
@@ -112,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     sw.add_argument("--seeds", type=int, default=1)
     sw.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     sw.add_argument("--out", type=Path, default=Path("results/sweep"))
-    sw.add_argument("--quiet", action="store_true")
+    sw.add_argument("--quiet", action="store_true", help="no line per finished run")
     sw.add_argument("--reuse", action="store_true", help=REUSE_HELP)
     sw.add_argument(
         "--tune",
@@ -272,7 +273,8 @@ def _table(args: argparse.Namespace) -> None:
     own = load_config(args.config[0], args.set, args.preset).method["name"]
     labels = [label for label, _ in runs]
     versus = [_reference(v, labels, own) for v in args.versus or [None]]
-    rows = tables.run_all(runs, args.seeds, args.out, not args.quiet, args.reuse)
+    with _runs_quietly():
+        rows = tables.run_all(runs, args.seeds, args.out, not args.quiet, args.reuse)
     header = "\n\n".join(headers)
     users = sorted({r["test_users"] for r in rows if r.get("test_users")})
     if users:
@@ -294,6 +296,22 @@ def _table(args: argparse.Namespace) -> None:
     print(f"results: {args.out}")
 
 
+@contextlib.contextmanager
+def _runs_quietly() -> Iterator[None]:
+    """Hold fedrec's INFO lines (data, pre-training, timings) while a table runs.
+
+    A table prints one line per finished run instead (:func:`tables.run_line`);
+    warnings still show.
+    """
+    logger = logging.getLogger("fedrec")
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _reference(versus: str | None, labels: list[str], own: str) -> str:
     """``versus`` (checked), else the method ``own`` if a label, else the first."""
     labels = list(dict.fromkeys(labels))
@@ -312,18 +330,19 @@ def _sweep(args: argparse.Namespace) -> None:
         if not eq or not grid:
             raise FedrecError(f"--tune {args.tune}: expected KEY=V1,V2,...")
         tune = (tkey.strip(), [g.strip() for g in grid.split(",")])
-    rows = tables.sweep(
-        cfg,
-        args.key,
-        args.values,
-        args.seeds,
-        args.out,
-        not args.quiet,
-        args.config,
-        args.reuse,
-        tune,
-        args.tune_for,
-    )
+    with _runs_quietly():
+        rows = tables.sweep(
+            cfg,
+            args.key,
+            args.values,
+            args.seeds,
+            args.out,
+            not args.quiet,
+            args.config,
+            args.reuse,
+            tune,
+            args.tune_for,
+        )
     header = _header(args.config, cfg, args.seeds) + f" Sweep of `{args.key}`."
     if tune:
         header += (

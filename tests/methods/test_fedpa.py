@@ -7,6 +7,7 @@ import torch
 
 from fedrec.build import build_engine
 from fedrec.config import config_from_raw
+from fedrec.errors import ConfigError
 from fedrec.fl.partition import PRIVATE
 
 FEDPA = {"name": "fedpa", "group_attrs": ["group", "user_f1"]}
@@ -158,3 +159,29 @@ def test_fedpa_stacked_equals_loop(lora_init):
     assert a.history[-1]["val_auc"] == pytest.approx(
         b.history[-1]["val_auc"], abs=1e-10
     )
+
+
+def test_learning_rates_per_level():
+    def rates(**opts):
+        s = _engine({**FEDPA, **opts}).strategy
+        names = ["user_emb.weight", "gates.0.0.weight", "head.bias"]
+        names += [
+            "lora.0.user.A",
+            "lora.1.user.B",
+            "lora.0.group.A",
+            "lora.1.user_f1.B",
+        ]
+        return [s.learning_rate(n, 0.05) for n in names]
+
+    assert rates() == [0.05] * 7  # train.lr for everything
+    assert rates(adapter_lr=0.01) == [0.05] * 3 + [0.01] * 4
+    # the private user adapter on its own rate; a group named like it is not
+    assert rates(adapter_lr=0.01, user_adapter_lr=0.002) == [0.05] * 3 + [
+        0.002,
+        0.002,
+        0.01,
+        0.01,
+    ]
+    assert rates(user_adapter_lr=0.002) == [0.05] * 3 + [0.002, 0.002, 0.05, 0.05]
+    with pytest.raises(ConfigError, match="user_adapter_lr"):
+        _engine({**FEDPA, "user_adapter_lr": -1.0})

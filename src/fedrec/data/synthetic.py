@@ -1,16 +1,29 @@
 """Seeded Kuaishou-like synthetic data with planted group and user effects.
 
-For unit tests and smoke runs (fedpa.md §5.3, fellrec.md §2.2); nothing is
-downloaded. The click model is
+For unit tests, smoke runs and the demo (fedpa.md §5.3, fellrec.md §2.2);
+nothing is downloaded. The click model is
 
-``logit(u, i) = sum_f W[g_u, f, x_if] + b_u + c_i + eps - m``,
-``label ~ Bernoulli(sigmoid(logit))``
+``logit(u, i) = sum_f W[g_u, f, x_if] + (β s(g_u) + τ_u) P[x_ik]
++ b_u + c_i + eps - m``, ``label ~ Bernoulli(sigmoid(logit))``
 
 with ``g_u`` the user's planted group (user field 0), ``x_if`` item ``i``'s code
-in item field ``f``, group preferences ``W ~ N(0, 1)``, user and item effects
+in item field ``f``, group preferences ``W ~ N(0, s_W^2)``, user and item effects
 ``b_u, c_i ~ N(0, 0.5^2)``, noise ``eps ~ N(0, 0.5^2)`` and ``m`` the mean
 logit, so the click rate is about 0.5. A model that crosses the group with the
 item fields can therefore beat chance clearly (AUC around 0.75).
+
+The middle term is a *shifted taste* along one axis ``P ~ N(0, 1)`` over the
+codes of the category field ``k`` (item field 1, the genre; field 0 if there
+is only one): its sign ``s(g) = +1`` for the groups in ``open_groups`` and
+``-1`` for the others, its strength ``β`` (``shift``), and each user deviates
+from its group by ``τ_u ~ N(0, σ_τ^2)`` (``user_taste``). With the open
+(pre-training) users drawn mostly from ``open_groups`` (``[data.users] style =
+"attribute"``), a foundation model learns ``+β`` and rarely sees the other
+groups' preferences ``W``, while the clients come mostly from the other
+groups: there is a group-level shift to adapt to, shared by a group's users,
+and a user-level one on top. The defaults (``β = σ_τ = 0``, ``s_W = 1``) leave
+the term out and give the data of earlier versions, seed for seed (``P`` and
+``τ`` come from a second stream, ``default_rng([seed, 1])``).
 """
 
 from __future__ import annotations
@@ -21,6 +34,7 @@ from fedrec.data.dataset import InteractionData
 from fedrec.data.generic_csv import encode_ids, interactions_frame
 
 COLOURS = ("red", "blue", "green", "gold", "black", "white", "pink", "grey")
+CATEGORY = 1  # item field of the shifted taste (the genre); field 0 if only one
 GENRES = ("comedy", "drama", "action", "horror", "romance", "sci-fi", "crime", "war")
 
 
@@ -38,6 +52,10 @@ def make_synthetic(
     n_item_fields: int = 3,
     field_cardinality: int = 6,
     seed: int = 0,
+    group_scale: float = 1.0,
+    shift: float = 0.0,
+    open_groups: list[int] | tuple[int, ...] = (),
+    user_taste: float = 0.0,
 ) -> InteractionData:
     """Generate a deterministic Kuaishou-like dataset.
 
@@ -56,6 +74,18 @@ def make_synthetic(
         Codes per random field.
     seed
         Seed of ``np.random.default_rng``; equal seeds give equal data.
+    group_scale
+        Standard deviation ``s_W`` of the group preferences ``W``.
+    shift
+        Strength ``β`` of the shifted taste, the group × category interaction
+        ``β s(g) P[x_ik]``: ``s(g) = +1`` in ``open_groups``, ``-1`` elsewhere.
+    open_groups
+        The groups the open (pre-training) users mostly come from; pair it
+        with ``[data.users] style = "attribute"``, ``attribute = "group"``,
+        ``values = open_groups``.
+    user_taste
+        Standard deviation ``σ_τ`` of each user's own deviation ``τ_u`` from
+        its group's strength along ``P``.
 
     Returns
     -------
@@ -70,6 +100,9 @@ def make_synthetic(
     lo, hi = interactions_per_user
     if not 1 <= lo <= hi:
         raise ValueError(f"need 1 <= low <= high rows per user, got {lo}, {hi}")
+    bad = [g for g in open_groups if not 0 <= g < n_user_groups]
+    if bad:
+        raise ValueError(f"open_groups {bad} not in 0..{n_user_groups - 1}")
     rng = np.random.default_rng(seed)
     group = rng.integers(n_user_groups, size=n_users)
     ufeat = np.column_stack(
@@ -77,6 +110,7 @@ def make_synthetic(
     )
     ifeat = rng.integers(field_cardinality, size=(n_items, n_item_fields))
     pref = rng.normal(0.0, 1.0, size=(n_user_groups, n_item_fields, field_cardinality))
+    pref *= group_scale
     user_eff = rng.normal(0.0, 0.5, size=n_users)
     item_eff = rng.normal(0.0, 0.5, size=n_items)
 
@@ -86,6 +120,12 @@ def make_synthetic(
     fields = np.arange(n_item_fields)
     logit = pref[group[user][:, None], fields[None, :], ifeat[item]].sum(axis=1)
     logit += user_eff[user] + item_eff[item] + rng.normal(0.0, 0.5, size=len(user))
+    if shift or user_taste:  # its own stream: the default data stay as they were
+        extra = np.random.default_rng([seed, 1])
+        axis = extra.normal(0.0, 1.0, size=field_cardinality)  # P over the codes
+        sign = np.where(np.isin(np.arange(n_user_groups), open_groups), 1.0, -1.0)
+        taste = shift * sign[group] + extra.normal(0.0, user_taste, size=n_users)
+        logit += taste[user] * axis[ifeat[item, CATEGORY % n_item_fields]]
     logit -= logit.mean()
     label = (rng.random(len(user)) < 1.0 / (1.0 + np.exp(-logit))).astype(np.float32)
 

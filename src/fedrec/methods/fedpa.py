@@ -48,10 +48,13 @@ class FedPAConfig:
     gate_frozen_bias: float = 0.0
     weighted: bool = False
     adapter_lr: float = 0.0
+    user_adapter_lr: float = 0.0
 
     def __post_init__(self) -> None:
         if self.adapter_lr < 0:
             raise ConfigError("method.adapter_lr must be >= 0 (0: train.lr)")
+        if self.user_adapter_lr < 0:
+            raise ConfigError("method.user_adapter_lr must be >= 0 (0: adapter_lr)")
         if self.rank < 1:
             raise ConfigError("method.rank must be >= 1")
         if self.group_adapter and not self.group_attrs:
@@ -104,12 +107,18 @@ class FedPA(Strategy):
         ]
 
     def learning_rate(self, name: str, lr: float) -> float:
-        """``adapter_lr`` for LoRA factors when set (> 0), else ``train.lr``."""
-        return (
-            self.config.adapter_lr
-            if name.startswith("lora.") and self.config.adapter_lr > 0
-            else lr
-        )
+        """``train.lr``, except for LoRA factors: ``adapter_lr`` when set (> 0).
+
+        The user adapter's factors (``lora.<l>.user.*``) take
+        ``user_adapter_lr`` when that is set (> 0): a private adapter fits
+        its one user's rows, which a group adapter's rate can overfit.
+        """
+        c = self.config
+        if not name.startswith("lora."):
+            return lr
+        if c.user_adapter_lr > 0 and name.split(".")[2] == "user":
+            return c.user_adapter_lr
+        return c.adapter_lr if c.adapter_lr > 0 else lr
 
     def client_weights(self, ctx: RoundContext) -> torch.Tensor:
         """Unweighted mean (the reference), or by train rows if ``weighted``."""
