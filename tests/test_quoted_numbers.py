@@ -272,6 +272,7 @@ FLOWER, HOPS_JSON = "bench/results/flower.json", "bench/results/flower_hops.json
 GLUE = "bench/results/flower_glue.json"
 SMOL, MINI = "smollm2-135m", "minilm-l6"
 
+DEMO, DEMO_CI = "results/demo/table.csv", "results/demo/intervals.csv"
 FEDPA_R = "results/fedpa-kuaisar-r/random/table.csv"
 FEDPA_A = "results/fedpa-kuaisar-r/attribute/table.csv"
 FEDPA_R_CI = "results/fedpa-kuaisar-r/random/intervals.csv"
@@ -443,6 +444,25 @@ CLAIMS: list[Claim] = [
             "1000, ldp_clip tuned (10)",
         )
     ),
+    # README.md and docs/demo.md: the demo table
+    *(
+        Claim("docs/demo.md", DEMO, ndcg4(m, "test_auc"))
+        for m in (
+            "pretrained",
+            "local",
+            "fedavg",
+            "fedavg-lora",
+            "fedper",
+            "centralised",
+            "fedpa",
+        )
+    ),
+    *(
+        Claim("docs/demo.md", DEMO_CI, delta(m))
+        for m in ("fedper", "fedavg", "fedavg-lora", "pretrained")
+    ),
+    Claim("README.md", DEMO, ndcg4("fedpa", "test_auc")),
+    Claim("README.md", DEMO_CI, delta("fedper")),
     # README.md and docs/fedpa.md: the FedPA tables (4-decimal means of 5 seeds)
     *(
         Claim("README.md", FEDPA_A, ndcg4(m, "test_auc"))
