@@ -131,21 +131,25 @@ class FedData(ClientIndex):
         cl = self.client_of_user[order]
         return np.split(order[cl >= 0], np.cumsum(np.bincount(cl[cl >= 0]))[:-1])
 
-    def client_attribute(self, attr: str) -> np.ndarray:
-        """``int64[N]`` value of user attribute ``attr`` for one-user clients.
+    def attribute_column(self, attr: str) -> np.ndarray:
+        """``int64[U]`` value of user attribute ``attr`` for every user code.
 
         ``attr = "all"`` (:data:`EVERYONE`) is the attribute with one value, 0,
         for every user: a group of everyone.
         """
         if attr == EVERYONE:
-            return np.zeros(self.n_clients, dtype=np.int64)
+            return np.zeros(self.data.n_users, dtype=np.int64)
         names = self.data.user_feature_names
         if attr not in names or self.data.user_features is None:
             raise DataError(f"unknown user attribute {attr!r} (fields: {names})")
+        return self.data.user_features[:, names.index(attr)].astype(np.int64)
+
+    def client_attribute(self, attr: str) -> np.ndarray:
+        """``int64[N]`` value of user attribute ``attr`` for one-user clients."""
+        col = self.attribute_column(attr)
         users = self.client_users()
         if any(len(u) != 1 for u in users):
             raise DataError("group attributes need one user per client")
-        col = self.data.user_features[:, names.index(attr)]
         return np.array([col[u[0]] for u in users], dtype=np.int64)
 
 

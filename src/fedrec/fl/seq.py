@@ -460,10 +460,11 @@ class FeatureSeqRecTask(SeqRecTask):
         """Nothing to prepare: the loss computes the item table itself."""
         return None
 
-    def inputs(self, rows: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        """``(b, L)`` history item ids of training rows (−1 left-padded)."""
-        s = self.fed.samples["train"]
-        return self.model.history_tensor([s.history[r] for r in rows.tolist()])
+    def _logits(self, params: Params, histories: list[np.ndarray]) -> torch.Tensor:
+        """``(b, I)`` scores ``e · gᵀ`` of every item after each history."""
+        hist = self.model.history_tensor(histories)
+        e, table = functional_call(self.model, self._on(params), (hist,))
+        return self.model.logits(e, table)
 
     def loss(
         self,
@@ -473,12 +474,11 @@ class FeatureSeqRecTask(SeqRecTask):
         state: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """History-masked mean cross-entropy of ``e · gᵀ`` over ``(b,)`` rows."""
-        e, table = functional_call(self.model, self._on(params), (self.inputs(rows),))
-        return self.masked_ce(self.model.logits(e, table), rows, mask)
+        s = self.fed.samples["train"]
+        logits = self._logits(params, [s.history[r] for r in rows.tolist()])
+        return self.masked_ce(logits, rows, mask)
 
     @torch.no_grad()
     def scores(self, params: Params, histories: list[np.ndarray]) -> torch.Tensor:
         """``(b, I)`` scores ``e · gᵀ`` of every item after each history."""
-        hist = self.model.history_tensor(histories)
-        e, table = functional_call(self.model, self._on(params), (hist,))
-        return self.model.logits(e, table).cpu()
+        return self._logits(params, histories).cpu()

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from fedrec.config import ExperimentConfig
-from fedrec.fl.clients import EVERYONE, FedData, client_batches
+from fedrec.fl.clients import FedData, client_batches
 from fedrec.fl.guards import accept_updates
 from fedrec.fl.loop import train_loop
 from fedrec.fl.mods import ModContext, build_mods
@@ -117,7 +117,7 @@ class EmbeddedEngine:
             {a for n in self.partition.uploaded if (a := self.partition.group_attr(n))}
         )
         self.groups = {a: torch.as_tensor(fed.client_attribute(a)) for a in attrs}
-        self.n_groups = {a: self._n_values(a) for a in attrs}
+        self.n_groups = {a: int(fed.attribute_column(a).max()) + 1 for a in attrs}
         self.server = strategy.init_server(
             init, self.partition, self.n_groups, fed.n_clients
         )
@@ -129,13 +129,6 @@ class EmbeddedEngine:
         self.round = 0
         # split -> the task's per-row scores of the last evaluation (local only)
         self.last_rows: dict[str, dict[str, np.ndarray]] = {}
-
-    def _n_values(self, attr: str) -> int:
-        if attr == EVERYONE:
-            return 1
-        data = self.fed.data
-        col = data.user_features[:, data.user_feature_names.index(attr)]  # type: ignore[index]
-        return int(col.max()) + 1
 
     # ----------------------------------------------------------------- rounds
     def sample(self, rnd: int) -> torch.Tensor:
