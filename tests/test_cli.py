@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import shlex
 import json
 from pathlib import Path
 
@@ -184,6 +185,9 @@ def test_table_writes_csv_and_markdown(cfg, tmp_path, capsys):
     assert all(float(r["upload_bytes_per_round"]) == 0 for r in local)
     assert {r["commit"] for r in rows} == {rows[0]["commit"]}
     md = (out / "table.md").read_text()
+    # the file names the command that made it and the commit of its runs
+    made_by = f"Made by `fedrec {shlex.join(argv)}` at commit {rows[0]['commit']}."
+    assert md.splitlines()[0] == made_by
     assert "±" in md
     assert "| fedavg | 2 |" in md and "| local | 2 |" in md
     assert "seed varies:" in md

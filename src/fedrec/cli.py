@@ -18,6 +18,7 @@ import argparse
 import contextlib
 import logging
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -32,7 +33,7 @@ from fedrec.errors import FedrecError
 from fedrec.procs import sigterm_exits
 from fedrec.references import REFERENCES
 from fedrec.registry import method_names
-from fedrec.runs import resume_run, run_experiment, run_flower
+from fedrec.runs import current_commit, resume_run, run_experiment, run_flower
 
 REUSE_HELP = (
     "keep finished runs made by another commit, a dirty tree or no recorded "
@@ -161,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     keeps its own signal handling.
     """
     args = _parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     # alembic (imported by Flower's link state) announces each plugin at INFO
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -256,6 +258,12 @@ def _print_summary(s: dict[str, Any]) -> None:
     print(f"results: {s['run_dir']}")
 
 
+def _made_by(argv: list[str]) -> str:
+    """The line a results table opens with: the command and the code's commit."""
+    commit = current_commit() or "unknown (not a git checkout)"
+    return f"Made by `fedrec {shlex.join(argv)}` at commit {commit}."
+
+
 def _table(args: argparse.Namespace) -> None:
     runs, headers = [], []
     for path in args.config:
@@ -281,6 +289,7 @@ def _table(args: argparse.Namespace) -> None:
         header += f"\n\nTest users per run: {', '.join(map(str, users))}."
     if args.preset:
         header = f"Preset `{args.preset}`.\n\n{header}"
+    header = f"{_made_by(args.argv)}\n\n{header}"
     intervals = tables.paired_intervals(rows, versus[0])
     for other in versus[1:]:
         intervals.rows += tables.paired_intervals(rows, other).rows
@@ -343,7 +352,10 @@ def _sweep(args: argparse.Namespace) -> None:
             tune,
             args.tune_for,
         )
-    header = _header(args.config, cfg, args.seeds) + f" Sweep of `{args.key}`."
+    header = (
+        f"{_made_by(args.argv)}\n\n{_header(args.config, cfg, args.seeds)}"
+        f" Sweep of `{args.key}`."
+    )
     if tune:
         header += (
             f" Rows '…, {tune[0].rsplit('.', 1)[-1]} tuned': the value of "
