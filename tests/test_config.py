@@ -201,6 +201,8 @@ def test_every_shipped_config_and_variant_validates(path):
 
     cfg = load_config(path)
     assert cfg.train.rounds >= 1
+    # real data by name (fedrec data fetch), never by a path beside this checkout
+    assert cfg.data.kind == "synthetic" or (cfg.data.name and not cfg.data.path)
     for label, v in variants(cfg, source=str(path)) if cfg.variants else []:
         assert v.run.name == label
 
