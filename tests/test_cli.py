@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-import shlex
 import json
+import shlex
 from pathlib import Path
 
 import pytest
@@ -196,6 +196,19 @@ def test_table_writes_csv_and_markdown(cfg, tmp_path, capsys):
     with open(out / "intervals.csv", newline="") as f:
         got = [(r["method"], r["metric"], r["seeds"]) for r in csv.DictReader(f)]
     assert got == [("local", "test_auc", "0 1"), ("local", "test_gauc", "0 1")]
+    # the per-round plot's numbers: every run's test_auc per round, as logged
+    with open(out / "test_auc_per_round.csv", newline="") as f:
+        curve = [
+            (r["method"], r["seed"], r["round"], r["test_auc"])
+            for r in csv.DictReader(f)
+        ]
+    logged = []
+    for r in rows:
+        run = out / "runs" / f"{r['method']}-s{r['seed']}"
+        for line in (run / "metrics.jsonl").read_text().splitlines():
+            h = json.loads(line)
+            logged.append((r["method"], r["seed"], str(h["round"]), str(h["test_auc"])))
+    assert curve == logged and len(curve) == 4
 
 
 def test_table_versus_must_be_a_method(cfg, tmp_path, capsys):

@@ -611,6 +611,8 @@ def plot_curves(
     """Mean ``metric`` per round per method (over seeds), one PNG.
 
     Rounds as recorded (``-1``: the untrained model, with ``eval.initial``).
+    The numbers plotted, per run, go to ``<metric>_per_round.csv`` (backbone,
+    method, seed, round, value).
     """
     import matplotlib
 
@@ -620,6 +622,7 @@ def plot_curves(
     fig, ax = plt.subplots(figsize=(9, 5))
     colours = plt.get_cmap("tab20").colors
     several = len({r.get("backbone") for r in rows}) > 1
+    table = []
     for k, key in enumerate(
         dict.fromkeys((r.get("backbone"), r["method"]) for r in rows)
     ):
@@ -631,6 +634,11 @@ def plot_curves(
                 lines = [json.loads(x) for x in path.read_text().splitlines()]
                 curves.append([h.get(metric) for h in lines])
                 rounds = [h["round"] for h in lines]
+                table += [
+                    [r.get("backbone", ""), r["method"], r["seed"], h["round"], v]
+                    for h, v in zip(lines, curves[-1], strict=True)
+                    if v is not None
+                ]
         arr = np.array(
             [[np.nan if v is None else v for v in c] for c in curves], dtype=float
         )
@@ -648,6 +656,10 @@ def plot_curves(
     path = out / f"{metric}_per_round.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    with open(out / f"{metric}_per_round.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["backbone", "method", "seed", "round", metric])
+        w.writerows(table)
     return path
 
 
