@@ -31,7 +31,7 @@ Flower's simulation moves new messages from the SuperLink to the workers by
 polling every 100 ms, so a round first waits 0–100 ms for that pickup,
 depending on where it starts in the cycle (three runs of the same code
 measured ratios of 1.30 to 1.55 with it), and the ServerApp polls for the
-replies. Every app here runs inside :func:`fedrec.flower.wake.woken`, as
+replies. Every app here runs inside :func:`fedrec.flower.internals.woken`, as
 fedrec's own simulation does: a stored message wakes the pickup, a stored
 reply the ServerApp's wait, for all the apps alike, so the numbers compare
 the apps, not their luck with the cycle, and no polling thread takes CPU
@@ -149,14 +149,14 @@ def flower_rounds(
     from flwr.simulation import run_simulation
 
     from fedrec.flower.apps import flower_apps
-    from fedrec.flower.wake import woken
+    from fedrec.flower.internals import woken
 
     os.environ.setdefault("FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION", "1")
     history: list[dict[str, Any]] = []
     server_app, client_app = flower_apps(raw, nodes, history)
     cpus = len(os.sched_getaffinity(0))
     ACTOR_CALLS.clear()
-    with woken():  # as fedrec's own simulation runs (fedrec.flower.wake)
+    with woken():  # as fedrec's own simulation runs (fedrec.flower.internals)
         run_simulation(
             server_app=server_app,
             client_app=echo_client_app(busy_s, idle_s) if echo else client_app,

@@ -17,12 +17,18 @@ pytest.importorskip("ray")
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "method",
-    [{"name": "fedavg"}, None],  # None: FedPA
+    ("method", "stock"),
+    # None: FedPA; stock: Flower without fedrec.flower.internals' patches
+    [({"name": "fedavg"}, False), (None, False), (None, True)],
 )
-def test_flower_simulation_equals_embedded_engine(method, small_raw, monkeypatch):
+def test_flower_simulation_equals_embedded_engine(
+    method, stock, small_raw, monkeypatch
+):
+    from fedrec.flower.internals import STOCK_ENV
     from fedrec.flower.simulation import run_flower_simulation
 
+    if stock:
+        monkeypatch.setenv(STOCK_ENV, "1")
     raw = small_raw(method)
     replies = _record_replies(monkeypatch)
     flower = run_flower_simulation(config_from_raw(raw), num_nodes=3)

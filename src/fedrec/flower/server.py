@@ -38,11 +38,11 @@ from fedrec.build import build_engine, load_checkpoint
 from fedrec.config import config_from_raw
 from fedrec.errors import CheckpointError, FedrecError
 from fedrec.fl.simulate import INITIAL_ROUND, initial_entry
+from fedrec.flower.internals import REPLIED, wait_for_replies
 from fedrec.flower.mods import STATS, UPLOADS
 from fedrec.flower.pacing import ReplyPacer
 from fedrec.flower.records import arrays, from_record, to_record
 from fedrec.flower.runconfig import eval_splits, flower_config, raw_of
-from fedrec.flower.wake import REPLIED
 
 log = logging.getLogger("fedrec.flower")
 DEFAULTS = {"min-nodes": 1, "node-timeout": 300.0, "round-timeout": 600.0}
@@ -181,7 +181,7 @@ class Fleet:
         partitions by message id. Polls are paced to the replies' arrival
         (:class:`~fedrec.flower.pacing.ReplyPacer`), so a round ends about a
         millisecond after its last reply; in the simulation a stored reply
-        wakes the poll at once (:mod:`fedrec.flower.wake`).
+        wakes the poll at once (:mod:`fedrec.flower.internals`).
         """
         part_of = {n: p for p, n in self.host.items()}
         ids = list(self.grid.push_messages(msgs))
@@ -207,7 +207,7 @@ class Fleet:
                 else:
                     got[p] = rep.content
             if waiting:
-                REPLIED.wait(pacer.pause(time.monotonic()))
+                wait_for_replies(pacer.pause(time.monotonic()))
         for p in waiting.values():
             log.warning("round %d %s: no reply from partition %d in time", rnd, kind, p)
         return got

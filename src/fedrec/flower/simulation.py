@@ -13,8 +13,8 @@ from typing import Any
 
 from fedrec.config import ExperimentConfig
 from fedrec.flower.apps import flower_apps
+from fedrec.flower.internals import woken
 from fedrec.flower.runconfig import flower_config
-from fedrec.flower.wake import woken
 
 
 def run_flower_simulation(

@@ -1,4 +1,4 @@
-"""The simulation's wake-ups (:mod:`fedrec.flower.wake`): wired in, drained, undone."""
+"""Flower internals (:mod:`fedrec.flower.internals`): wired in, drained, undone."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ pytest.importorskip("flwr")
 from flwr.server.superlink.fleet.vce import vce_api  # noqa: E402
 from flwr.server.superlink.linkstate import InMemoryLinkState  # noqa: E402
 
-from fedrec.flower.wake import REPLIED, woken  # noqa: E402
+from fedrec.flower.internals import REPLIED, woken  # noqa: E402
 
 
 class FakeState:
@@ -61,3 +61,26 @@ def test_stored_messages_and_replies_wake_their_waiters_until_the_exit(monkeypat
     assert InMemoryLinkState.store_message_res is res
     assert vce_api.add_messages_to_queue is handover
     REPLIED.clear()
+
+
+@pytest.mark.parametrize("why", ["version", "env"])
+def test_stock_flower_is_left_alone_with_one_warning(why, monkeypatch, caplog):
+    import flwr
+
+    from fedrec.flower import internals
+
+    if why == "version":
+        monkeypatch.setattr(flwr, "__version__", "1.99.0")
+    else:
+        monkeypatch.setenv(internals.STOCK_ENV, "1")
+    monkeypatch.setattr(internals, "_warned", set())
+    ins, handover = InMemoryLinkState.store_message_ins, vce_api.add_messages_to_queue
+    for _ in range(2):
+        with caplog.at_level("WARNING", logger="fedrec.flower"), woken():
+            assert InMemoryLinkState.store_message_ins is ins
+            assert vce_api.add_messages_to_queue is handover
+    warnings = [
+        r.getMessage() for r in caplog.records if "runs stock" in r.getMessage()
+    ]
+    assert len(warnings) == 1
+    assert ("1.99.0" in warnings[0]) if why == "version" else ("STOCK" in warnings[0])
