@@ -93,12 +93,13 @@ def test_item_knn_sums_over_the_last_ten_history_items():
 )
 def test_reference_run_by_hand(tmp_path, monkeypatch, method, val_ranks, test_ranks):
     # Prepare: no backbone may be loaded
-    from fedrec.models import causal_lm, text_encoder
+    from fedrec.models import causal_lm, text_encoder, text_features
 
     def refuse(*a, **k):
         raise AssertionError("a reference loaded a backbone")
 
     monkeypatch.setattr(text_encoder, "load_encoder", refuse)
+    monkeypatch.setattr(text_features, "load_encoder", refuse)  # its own binding
     monkeypatch.setattr(causal_lm, "load_causal_lm", refuse)
     # Execute
     summary = run_experiment(hand_cfg(method), tmp_path / "r", False, hand_data())
@@ -184,11 +185,11 @@ TINY = {
 def test_table_has_reference_rows_with_intervals(tmp_path):
     pytest.importorskip("transformers")
     pytest.importorskip("peft")
-    from fedrec import tables
+    from fedrec import intervals, tables
 
     # Execute: what `fedrec table` does
     rows = tables.run_all(tables.variants(config_from_raw(TINY)), 1, tmp_path, False)
-    got = tables.paired_intervals(rows, "fedavg", b=50)
+    got = intervals.paired_intervals(rows, "fedavg", b=50)
     text = tables.write_table(rows, tmp_path, "header", intervals=got)
     # Assert: one row each, in the backbone's block, with their run directories
     by = {r["method"]: r for r in rows}
@@ -222,9 +223,7 @@ def test_table_has_reference_rows_with_intervals(tmp_path):
         assert iv["diff"] == pytest.approx(point, abs=1e-12)
         assert iv["lo"] <= iv["diff"] <= iv["hi"] and iv["n_users"] == 40
         assert f"| text-encoder:tiny | {m} | 1 |" in text
-        assert (
-            tables.Intervals.cell(got, "text-encoder:tiny", m, "test_ndcg@10") in text
-        )
+        assert got.cell("text-encoder:tiny", m, "test_ndcg@10") in text
 
 
 def test_fedrec_table_with_reference_variants_only(tmp_path):

@@ -12,9 +12,10 @@ import pytest
 from fedrec import runs
 from fedrec.config import config_from_raw
 from fedrec.errors import ConfigError
+from fedrec.intervals import paired_intervals
 from fedrec.metrics import gauc, log_loss
 from fedrec.runs import Run
-from fedrec.tables import TOPK_MD, paired_intervals, sweep, variants, write_table
+from fedrec.tables import TOPK_MD, sweep, variants, write_table
 
 BASE = {
     "data": {"options": {"n_users": 20, "n_items": 30}},

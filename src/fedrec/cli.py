@@ -26,10 +26,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from fedrec import tables
+from fedrec import plots, tables
 from fedrec.config import ExperimentConfig, load_config
 from fedrec.data.fetch import DATASETS, ENV, cache_root, fetch
 from fedrec.errors import FedrecError
+from fedrec.intervals import paired_intervals as intervals_of
 from fedrec.procs import sigterm_exits
 from fedrec.references import REFERENCES
 from fedrec.registry import method_names
@@ -290,18 +291,16 @@ def _table(args: argparse.Namespace) -> None:
     if args.preset:
         header = f"Preset `{args.preset}`.\n\n{header}"
     header = f"{_made_by(args.argv)}\n\n{header}"
-    intervals = tables.paired_intervals(rows, versus[0])
+    intervals = intervals_of(rows, versus[0])
     for other in versus[1:]:
-        intervals.rows += tables.paired_intervals(rows, other).rows
+        intervals.rows += intervals_of(rows, other).rows
     print(tables.write_table(rows, args.out, header, intervals=intervals))
     if rows and rows[0].get("test_ndcg@10_clients") is not None:
         every_round = all("test" in c.eval.splits for _, c in runs)
-        tables.plot_curves(
-            rows, args.out, f"{'test' if every_round else 'val'}_ndcg@10"
-        )
-        tables.plot_clients(rows, args.out)
+        plots.plot_curves(rows, args.out, f"{'test' if every_round else 'val'}_ndcg@10")
+        plots.plot_clients(rows, args.out)
     else:
-        tables.plot_curves(rows, args.out)
+        plots.plot_curves(rows, args.out)
     print(f"results: {args.out}")
 
 
@@ -366,13 +365,13 @@ def _sweep(args: argparse.Namespace) -> None:
     shown = [r for r in rows if not r.get("grid")]
     labels = [r["value"] for r in shown]
     versus = _reference(args.versus, labels, labels[0])
-    intervals = tables.paired_intervals(shown, versus)
+    intervals = intervals_of(shown, versus)
     print(
         tables.write_table(
             shown, args.out, header, by="value", name="sweep", intervals=intervals
         )
     )
-    tables.plot_sweep(rows, args.out, args.key)
+    plots.plot_sweep(rows, args.out, args.key)
     print(f"results: {args.out}")
 
 

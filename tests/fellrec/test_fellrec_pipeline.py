@@ -168,13 +168,14 @@ def test_generative_prompt_swap_and_grounding():
 
 
 def test_topk_table_and_per_client_plot(tmp_path):
-    from fedrec import tables
+    from fedrec import plots, tables
+    from fedrec.intervals import paired_intervals
 
     cfg = config_from_raw(
         {**RAW, "variants": {"fedavg": {"method": {"name": "fedavg"}}, "fellrec": {}}}
     )
     rows = tables.run_all(tables.variants(cfg), 1, tmp_path, progress=False)
-    intervals = tables.paired_intervals(rows, "fellrec", b=50)
+    intervals = paired_intervals(rows, "fellrec", b=50)
     text = tables.write_table(rows, tmp_path, "header", intervals=intervals)
     assert "test_ndcg@10_client_std" in text and "test_auc" not in text
     assert "Δtest_ndcg@10 vs fellrec [95% CI]" in text
@@ -183,7 +184,7 @@ def test_topk_table_and_per_client_plot(tmp_path):
     assert r["method"] == "fedavg" and r["diff"] == pytest.approx(point, abs=1e-12)
     assert len(rows[0]["test_ndcg@10_clients"]) == 3
     assert rows[0]["backbone"] == "text-encoder:tiny" and rows[0]["split_k"] == 0
-    png = tables.plot_clients(rows, tmp_path)
+    png = plots.plot_clients(rows, tmp_path)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
