@@ -52,27 +52,30 @@ TOPK_SEED_VARIES = (
 )
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fedrec", description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
-    run = sub.add_parser("run", help="run one experiment")
-    run.add_argument("config", nargs="?", help="experiment TOML file")
-    run.add_argument(
+def _common(sp: argparse.ArgumentParser) -> None:
+    """``--set``, ``--quiet`` and ``--preset``, which ``run`` and ``table`` share."""
+    sp.add_argument(
         "--set",
         action="append",
         default=[],
         metavar="KEY=VALUE",
         help="override a config value, e.g. train.lr=0.01 (repeatable)",
     )
+    sp.add_argument("--quiet", action="store_true", help="no progress output")
+    sp.add_argument(
+        "--preset", metavar="NAME", help="apply the config's [presets] NAME first"
+    )
+
+
+def _run_parser(sub: Any) -> None:
+    run = sub.add_parser("run", help="run one experiment")
+    run.add_argument("config", nargs="?", help="experiment TOML file")
+    _common(run)
     run.add_argument(
         "--out", type=Path, help="run directory (default: run.out_dir/...)"
     )
     run.add_argument(
         "--resume", type=Path, metavar="RUN_DIR", help="continue a killed run"
-    )
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
-    run.add_argument(
-        "--preset", metavar="NAME", help="apply the config's [presets] NAME first"
     )
     run.add_argument(
         "--engine",
@@ -83,8 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--nodes", type=int, default=3, help="SuperNodes (--engine flower)"
     )
+
+
+def _table_parser(sub: Any) -> None:
     table = sub.add_parser("table", help="run several methods and seeds; write a table")
     table.add_argument("config", nargs="+", help="one or more experiment TOML files")
+    _common(table)
     table.add_argument(
         "--methods",
         nargs="+",
@@ -93,12 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     table.add_argument("--variants", nargs="+", help="only these variants")
     table.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1")
-    table.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     table.add_argument("--out", type=Path, default=Path("results/table"))
-    table.add_argument("--quiet", action="store_true", help="no line per finished run")
-    table.add_argument(
-        "--preset", metavar="NAME", help="apply the config's [presets] NAME first"
-    )
     table.add_argument(
         "--versus",
         metavar="NAME",
@@ -108,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
         "[method] name if it is a variant, else the first variant)",
     )
     table.add_argument("--reuse", action="store_true", help=REUSE_HELP)
+
+
+def _sweep_parser(sub: Any) -> None:
     sw = sub.add_parser("sweep", help="vary one config value; write a table and plot")
     sw.add_argument("config")
     sw.add_argument("--key", required=True, help="e.g. privacy.ldp_epsilon")
@@ -127,7 +132,9 @@ def _parser() -> argparse.ArgumentParser:
         "--tune-for", nargs="+", metavar="VALUE", help="swept values to tune (all)"
     )
     sw.add_argument("--versus", help="reference value of the intervals (the first)")
-    sub.add_parser("methods", help="list registered methods")
+
+
+def _data_parser(sub: Any) -> None:
     data = sub.add_parser("data", help="install the named datasets (data.name)")
     dsub = data.add_subparsers(dest="data_cmd", required=True)
     fe = dsub.add_parser(
@@ -146,6 +153,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     fe.add_argument("--force", action="store_true", help="replace an installed copy")
     dsub.add_parser("list", help="the datasets, their sources and install state")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fedrec", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    _run_parser(sub)
+    _table_parser(sub)
+    _sweep_parser(sub)
+    sub.add_parser("methods", help="list registered methods")
+    _data_parser(sub)
     return p
 
 
