@@ -26,6 +26,7 @@ import logging
 import resource
 import time
 import uuid
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -324,19 +325,19 @@ def _evaluate_round(fleet: Fleet, eng: Any, live: set[int], rnd: int) -> dict[st
         content = RecordDict({"received": part, "config": cfg})
         msgs.append(Message(content, fleet.host[p], "evaluate"))
     scores = fleet.collect(msgs, rnd, "evaluate")
-    return pooled_metrics(eng, scores.values())
+    return pooled_metrics(eng, [arrays(rep[STATS]) for rep in scores.values()])
 
 
-def pooled_metrics(eng: Any, replies: Any) -> dict[str, Any]:
+def pooled_metrics(eng: Any, stats: Iterable[dict[str, np.ndarray]]) -> dict[str, Any]:
     """``<split>_<metric>``: the task's metrics of the nodes' ``stats`` summed.
 
-    A record's entries are ``"<split>/<name>"``, the task's additive
-    statistics of the node's rows (fixed shapes, ``task.stat_shapes()``);
-    pooled by an elementwise sum over nodes, then ``task.metrics_from_stats``.
+    A node's ``stats`` entries are ``"<split>/<name>"``, the task's additive
+    statistics of its rows (fixed shapes, ``task.stat_shapes()``); pooled by
+    an elementwise sum over nodes, then ``task.metrics_from_stats``.
     """
     summed: dict[str, dict[str, np.ndarray]] = {}
-    for rep in replies:
-        for k, v in arrays(rep[STATS]).items():
+    for record in stats:
+        for k, v in record.items():
             split, _, name = k.partition("/")
             acc = summed.setdefault(split, {})
             acc[name] = acc[name] + v if name in acc else v

@@ -18,20 +18,23 @@ forward and backward cut into messages, one of each kind per node and step for
 all of its clients that have a batch then (the parts of
 :meth:`~fedrec.models.split.SplitModel.step`):
 
-- ``train.split_head`` (round, step, clients; at step 0 also each client's
-  node-side θ_i) — the node replies ``h_k`` (with mask and positions);
+- ``train.split_head`` (round, step, clients; at step 0 of a generative
+  round also each client's node-side θ_i) — the node replies ``h_k`` (with
+  mask and positions);
 - ``train.split_tail`` (``h_{L−1}``) — the loss on the node's own labels and
   ``∂loss/∂h_{L−1}``; the node keeps its tail gradients;
-- ``train.split_back`` (``∂loss/∂h_k``) — the head backward and the node's
-  optimiser step; a client's last step replies its node-side θ_i (its upload).
+- ``train.split_back`` (``∂loss/∂h_k``; the clients whose local phase ends
+  here) — the head backward and the node's optimiser step; those clients'
+  node-side θ_i come back (their uploads).
 
 The server steps each client's server-side θ_i with its own Adam state
 between the tail and the back message, recomputing its blocks' forward for the
 backward, so no graph is held across messages. A discriminative config's
 round first encodes each training client's item table under its θ_i (the
-local phase's stage 1, as in one process): ``train.split_enc_head`` /
-``train.split_enc_tail`` over the batches of :func:`encode_plan`; the node
-keeps the table in its scratch, and its tail messages' loss is the
+local phase's stage 1, as in one process): ``train.split_enc_head`` (its
+first message carries the clients' node-side θ_i) / ``train.split_enc_tail``
+over the batches of :func:`encode_plan`; the node keeps the table in its
+scratch, and its tail messages' loss is the
 temperature-scaled cross-entropy of the pooled sequence against it
 (:meth:`~fedrec.fl.seq.SeqRecTask.out_loss`).
 
@@ -39,7 +42,8 @@ temperature-scaled cross-entropy of the pooled sequence against it
 discriminative config encodes each client's item table and evaluated rows
 through the split, ``ENTRIES_PER_MESSAGE`` batches a message pair
 (``evaluate.split_enc_head`` / ``evaluate.split_enc_tail``; the node scores its
-rows against the table and replies their top-K metrics). A generative config
+rows against the table and replies the task's statistics of their top-K
+metrics). A generative config
 decodes each evaluated row's title greedily through the split, a message pair per
 token for all of a node's open rows: ``evaluate.split_gen_head`` (step 0 also
 carries each client's node-side θ_i; the node replies ``h_k`` of the row's
@@ -53,35 +57,58 @@ the others. A node keeps its KV caches (blocks ``[0, k)`` and ``L−1``) in its
 process and leaves them in its ``-kv`` store after each message, so a message
 served by another process (a deployed SuperNode starts one per message)
 restores them; where they are gone it rebuilds them from the prefix — the
-tokens of :meth:`~fedrec.models.split.SplitModel.greedy` either way. A tail message that
-finds a reported cache gone changes nothing and replies ``missing``; the server
-resends it with whole prefixes. When a node's rows are all done, its last
-reply holds their top-K metrics: the node grounds its titles to items itself
-(the frozen base model's last hidden states, as in one process) and the server
-pools.
+tokens of :meth:`~fedrec.models.split.SplitModel.greedy` either way. A tail
+message that finds a reported cache gone changes nothing and replies
+``missing``; the server resends it with whole prefixes. When a node's rows are
+all done, its last reply holds the task's statistics of their top-K metrics:
+the node grounds its titles to items itself (the frozen base model's last
+hidden states, as in one process) and the server pools.
 
 Between messages a node keeps each client's node-side parameters, pending
-gradients, moments, item tables and tokens in a scratch
-:class:`~fedrec.flower.store.NodeStore` (the run's, ``-split``), so any worker
-can serve any message and one model serves every client (adapters are swapped
-in). Not on Flower: per-client depths (``backbone.split_k_per_client``), LDP,
-and methods with private parameters (FELLRec has none).
+gradients, moments and item table, and each evaluated row's tokens, in its
+scratch (:class:`~fedrec.flower.split_scratch.Scratch`, saved in the run's
+``-split`` :class:`~fedrec.flower.store.NodeStore`), so any worker can serve
+any message and one model serves every client (adapters are swapped in). Not
+on Flower: per-client depths (``backbone.split_k_per_client``), LDP, and
+methods with private parameters (FELLRec has none).
+
+Where: each message kind is a request dataclass and a reply dataclass with
+named, typed fields, packed into Flower's records only in
+:mod:`fedrec.flower.split_wire` (e.g. ``train.split_tail``:
+:class:`~fedrec.flower.split_wire.TailRequest` →
+:class:`~fedrec.flower.split_wire.TailReply`). The server builds the requests
+(:mod:`fedrec.flower.split_server`; decoding:
+:mod:`fedrec.flower.split_server_decode`); a node serves each kind with its
+handler in :data:`fedrec.flower.split_node.HANDLERS` (training and encoding:
+:mod:`fedrec.flower.split_node_steps`). This module holds what both sides
+share.
 """
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
-from fedrec.errors import ConfigError, FedrecError
+from fedrec.errors import ConfigError
 from fedrec.fl.partition import PRIVATE
+from fedrec.fl.seq import GenRecTask, SeqRecTask, concat_scores
 from fedrec.fl.stacked import StackedAdam
 from fedrec.flower.runconfig import eval_splits
-from fedrec.models.split import SplitModel
+from fedrec.flower.split_scratch import params_of as params_of
+from fedrec.flower.split_scratch import put as put
+from fedrec.flower.split_scratch import scratch_of as scratch_of
+from fedrec.models.causal_lm import swapped_in
+from fedrec.models.split import Message, SplitModel
+
+if TYPE_CHECKING:
+    from transformers import DynamicCache
+
+    from fedrec.fl.simulate import EmbeddedEngine
 
 Tensors = dict[str, torch.Tensor]
 
@@ -101,22 +128,18 @@ class Sides:
     optimizer: str
 
 
-def uses_split(eng: Any) -> bool:
+def uses_split(eng: EmbeddedEngine) -> bool:
     """Whether ``eng`` trains a text backbone (either kind) through the split."""
-    from fedrec.fl.seq import SeqRecTask
-
     return isinstance(eng.task, SeqRecTask) and eng.model.split_k > 0
 
 
-def generative(eng: Any) -> bool:
+def generative(eng: EmbeddedEngine) -> bool:
     """Whether ``eng``'s backbone is a causal LM (recommends by decoding)."""
-    from fedrec.fl.seq import GenRecTask
-
     return isinstance(eng.task, GenRecTask)
 
 
 @functools.cache
-def sides(eng: Any) -> Sides:
+def sides(eng: EmbeddedEngine) -> Sides:
     """The split of ``eng``'s model; refuses what the Flower split cannot run."""
     why = (
         "backbone.split_k_per_client (one k for every client on Flower)"
@@ -146,7 +169,7 @@ def sides(eng: Any) -> Sides:
     )
 
 
-def node_side_only(eng: Any) -> int:
+def node_side_only(eng: EmbeddedEngine) -> int:
     """Free the server's blocks ``[k, L−1)`` of a discriminative node's model.
 
     FELLRec's flexible storage: a node keeps only its own layers in memory
@@ -208,14 +231,29 @@ def snapshot(params: dict[str, nn.Parameter]) -> Tensors:
     return {n: p.detach().clone() for n, p in params.items()}
 
 
-def cache_for(s: Sides) -> Any:
+def cache_for(s: Sides) -> DynamicCache:
     """An empty KV cache for the model's blocks (one side's, during decoding)."""
     from transformers import DynamicCache
 
     return DynamicCache(config=s.split.body.config)
 
 
-def rows_of(eng: Any, rnd: int, client: int, step: int) -> torch.Tensor:
+def server_blocks(
+    eng: EmbeddedEngine,
+    theta: Tensors,
+    up: Message,
+    cache: DynamicCache | None = None,
+) -> Message:
+    """The server's blocks ``[k, L−1)`` over ``up`` under a client's ``theta``.
+
+    ``theta``: the client's server-side parameters; no graph is kept (the
+    training step's backward runs the forward again).
+    """
+    with swapped_in(eng.model, theta), torch.no_grad():
+        return sides(eng).split.server(up, cache)
+
+
+def rows_of(eng: EmbeddedEngine, rnd: int, client: int, step: int) -> torch.Tensor:
     """Training rows of ``client``'s mini-batch ``step`` in round ``rnd``."""
     return torch.as_tensor(eng.client_plans(rnd, torch.tensor([client]))[0][step])
 
@@ -238,10 +276,12 @@ class Batch:
 ENTRIES_PER_MESSAGE = 8  # batches per encoding message: ≲ 100 MB for MiniLM
 
 
-def encode_plan(eng: Any, clients: list[int], splits: list[str]) -> list[Batch]:
+def encode_plan(
+    eng: EmbeddedEngine, clients: list[int], splits: list[str]
+) -> list[Batch]:
     """Every batch ``clients`` encode: per client its item chunks, then its rows.
 
-    In the order both sides number them (``"<i>/<field>"`` of ``hidden``);
+    In the order both sides number them (the entries of an encoding message);
     ``splits`` empty: the item tables only (a training round's stage 1).
     """
     n_chunks = len(eng.model.item_batches()[0])
@@ -254,54 +294,37 @@ def encode_plan(eng: Any, clients: list[int], splits: list[str]) -> list[Batch]:
     return out
 
 
-def eval_items(eng: Any, clients: list[int]) -> list[tuple[str, int, int]]:
-    """``(split, client, row)`` of every row ``clients`` evaluate.
+class EvalItem(NamedTuple):
+    """An evaluated row: its split, its client, its index in the split."""
 
-    In the order both sides number them (``"<i>/<field>"`` of ``hidden``).
+    split: str
+    client: int
+    row: int
+
+
+def eval_items(eng: EmbeddedEngine, clients: list[int]) -> list[EvalItem]:
+    """Every row ``clients`` evaluate.
+
+    In the order both sides number them (the entries of a decoding message).
     """
     return [
-        (split, c, int(r))
+        EvalItem(split, c, int(r))
         for split in eval_splits(eng)
         for c in clients
         for r in eng.task.eval_rows(split, c)
     ]
 
 
-# -------------------------------------------------- the wire and the scratch
-def hidden(record: Tensors, i: int) -> Tensors:
-    """``{field: tensor}`` of entry ``i`` of a ``hidden`` record (``"<i>/<field>"``)."""
-    head = f"{i}/"
-    return {k[len(head) :]: v for k, v in record.items() if k.startswith(head)}
+def stats_of(
+    eng: EmbeddedEngine, parts: dict[str, list[dict[str, np.ndarray]]]
+) -> dict[str, np.ndarray]:
+    """The ``stats`` (``"<split>/<name>"``) of per-split row metrics.
 
-
-def hidden_record(per_item: dict[int, Tensors]) -> Tensors:
-    """The ``hidden`` record of ``{i: {field: tensor}}``."""
-    return {f"{i}/{k}": v for i, t in per_item.items() for k, v in t.items()}
-
-
-def scratch_of(saved: Tensors, i: int, prefix: str = "p:") -> Tensors:
-    """Entry ``i``'s tensors (``"<i>|<prefix><name>"``) in a node's scratch.
-
-    Prefixes: ``p:`` a client's parameters, ``grad:`` its pending gradients,
-    ``opt:`` its optimiser state; ``tok:`` an evaluated row's tokens.
+    ``parts``: per split, chunks of :meth:`~fedrec.fl.seq.SeqRecTask.row_metrics`;
+    ``eng.task.stats`` of each split's rows: fixed-shape per-group sums.
     """
-    head = f"{i}|{prefix}"
-    return {k[len(head) :]: v for k, v in saved.items() if k.startswith(head)}
-
-
-def params_of(saved: Tensors, client: int) -> Tensors:
-    """Client ``client``'s node-side parameters in the scratch; refuses a gap."""
-    values = scratch_of(saved, client)
-    if not values:
-        raise FedrecError(
-            f"split: this node holds no state of client {client} mid-round "
-            "(restarted, or its store was removed); it sits the round out"
-        )
-    return values
-
-
-def put(saved: Tensors, i: int, values: Tensors, prefix: str = "p:") -> None:
-    """Replace entry ``i``'s ``prefix`` tensors in a node's scratch by ``values``."""
-    for k in [k for k in saved if k.startswith(f"{i}|{prefix}")]:
-        del saved[k]
-    saved.update({f"{i}|{prefix}{n}": t for n, t in values.items()})
+    return {
+        f"{split}/{k}": np.asarray(v)
+        for split, ps in parts.items()
+        for k, v in eng.task.stats(concat_scores(ps)).items()
+    }

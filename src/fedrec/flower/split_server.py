@@ -2,185 +2,287 @@
 
 :func:`train_round` and :func:`evaluate_round` replace the ServerApp's
 unsplit rounds for a config with ``backbone.split_k``; around them the run is
-the same (:mod:`fedrec.flower.server`).
+the same (:mod:`fedrec.flower.server`). They build the typed requests of
+:mod:`fedrec.flower.split_wire`, one per node and message kind, and read the
+typed replies (:class:`Link`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
-from fedrec.flower.mods import HIDDEN, STATS, UPLOADS
-from fedrec.flower.records import from_record, to_record
 from fedrec.flower.runconfig import eval_splits
 from fedrec.flower.server import Fleet, close_round, pooled_metrics
 from fedrec.flower.split import (
     ENTRIES_PER_MESSAGE,
+    Sides,
     Tensors,
-    cache_for,
     encode_plan,
-    eval_items,
     generative,
-    hidden,
-    hidden_record,
     optimise,
+    server_blocks,
     sides,
     snapshot,
+)
+from fedrec.flower.split_server_decode import decode
+from fedrec.flower.split_wire import (
+    BackRequest,
+    EncHeadRequest,
+    EncTailReply,
+    HeadRequest,
+    Hidden,
+    R,
+    Request,
+    TailRequest,
+    hidden_bytes,
 )
 from fedrec.models.causal_lm import swapped_in
 from fedrec.models.split import Message
 
+if TYPE_CHECKING:
+    from fedrec.fl.simulate import EmbeddedEngine
+
 log = logging.getLogger("fedrec.flower")
 
+# per partition: its clients and their node-side θ stacked (clients, ...)
+Nodes = dict[int, tuple[list[int], Tensors]]
 
-class _Link:
+
+class Link:
     """The server's end of one round's split messages; counts hidden-state bytes.
 
-    ``send(kind, {partition: (records, config)})`` sends one message per node
-    and returns ``{partition: reply}`` of the nodes that answered (a failed or
-    late node is logged by :meth:`~fedrec.flower.server.Fleet.collect` and
-    left out).
+    ``send(phase, {partition: request})`` sends one message per node and
+    returns the typed replies of those that answered; a failed or late node is
+    logged by :meth:`~fedrec.flower.server.Fleet.collect` and left out.
     """
 
-    def __init__(self, fleet: Fleet, rnd: int):
+    def __init__(self, fleet: Fleet, rnd: int) -> None:
         self.fleet, self.rnd = fleet, rnd
         self.bytes = 0  # hidden states and their gradients, both ways
 
-    def send(
-        self, kind: str, by_node: dict[int, tuple[dict[str, Tensors], dict[str, Any]]]
-    ) -> dict[int, Any]:
-        from flwr.app import ConfigRecord, RecordDict
-        from flwr.app import Message as FlwrMessage
+    def send(self, phase: str, requests: Mapping[int, Request[R]]) -> dict[int, R]:
+        """Send ``{partition: request}`` as ``<phase>`` messages; the replies.
 
+        ``{partition: reply}`` of the nodes that answered.
+        """
+        if not requests:
+            return {}
         msgs = []
-        for p, (records, cfg) in sorted(by_node.items()):
-            content = RecordDict({k: to_record(v) for k, v in records.items()})
-            content["config"] = ConfigRecord(
-                {**cfg, "round": self.rnd, "store": self.fleet.key}
+        for p in sorted(requests):
+            self.bytes += hidden_bytes(requests[p])
+            msgs.append(
+                requests[p].to_message(phase, self.fleet.host[p], self.fleet.key)
             )
-            self.bytes += sum(t.nbytes for t in records.get(HIDDEN, {}).values())
-            msgs.append(FlwrMessage(content, self.fleet.host[p], kind))
-        got = self.fleet.collect(msgs, self.rnd, kind)
-        for rep in got.values():
-            if HIDDEN in rep.array_records:
-                self.bytes += sum(t.nbytes for t in from_record(rep[HIDDEN]).values())
-        return got
+        got = self.fleet.collect(msgs, self.rnd, msgs[0].metadata.message_type)
+        replies = {p: requests[p].reply_of(content) for p, content in got.items()}
+        self.bytes += sum(hidden_bytes(r) for r in replies.values())
+        return replies
 
 
-def train_round(fleet: Fleet, eng: Any, live: set[int], rnd: int) -> dict[str, Any]:
+# ----------------------------------------------------------------- training
+def train_round(
+    fleet: Fleet, eng: EmbeddedEngine, live: set[int], rnd: int
+) -> dict[str, Any]:
     """The split's version of the ServerApp's ``_train_round``; the metrics.
 
     Clients of a node that fails are left out of the round from that step
     on (logged, ``failed_partitions``), as in the unsplit round.
     """
-    t0, s, parts = time.perf_counter(), sides(eng), fleet.parts
-    link = _Link(fleet, rnd)
+    t0 = time.perf_counter()
     clients = eng.sample(rnd)
-    ids = clients.tolist()
     received, _ = eng.client_params(clients)
-    plans = dict(zip(ids, eng.client_plans(rnd, clients), strict=True))
-    mine = {c: {n: received[n][i] for n in s.server} for i, c in enumerate(ids)}
-    node_side = {c: {n: received[n][i] for n in s.node} for i, c in enumerate(ids)}
-    opt: dict[int, Tensors] = {c: {} for c in ids}
-    loss_sum = dict.fromkeys(ids, 0.0)
-    failed = {p for p in range(parts) if p not in live}
-
-    def send(kind: str, step: int, active: list[int], records: Callable) -> dict:
-        """One message per node with active clients.
-
-        ``records(clients)``: the message's records for them. Returns
-        ``{partition: (reply, its clients)}`` of the nodes that answered.
-        """
-        by_node, of = {}, {}
-        for p in sorted({c % parts for c in active}):
-            cs = of[p] = [c for c in active if c % parts == p]
-            last = [c for c in cs if step == len(plans[c]) - 1]
-            by_node[p] = (records(cs), {"step": step, "clients": cs, "last": last})
-        got = link.send(f"train.{kind}", by_node)
-        failed.update(set(by_node) - set(got))
-        return {p: (rep, of[p]) for p, rep in got.items()}
-
-    def hidden_of(per_client: dict[int, Tensors]) -> Callable:
-        return lambda cs: {HIDDEN: hidden_record({c: per_client[c] for c in cs})}
-
-    def stacked(cs: list[int]) -> Tensors:
-        return {n: torch.stack([node_side[c][n] for c in cs]) for n in s.node}
-
+    run = _Training.start(fleet, eng, live, rnd, clients, received)
     if not generative(eng):  # stage 1: each training client's item table
-        tabled = [c for c in ids if plans[c] and c % parts not in failed]
-        nodes = {
-            p: (cs, stacked(cs))
-            for p in sorted({c % parts for c in tabled})
-            if (cs := [c for c in tabled if c % parts == p])
-        }
-        got = _encode(link, eng, "train", nodes, mine, [])
-        failed.update(set(nodes) - set(got))
-
-    for step in range(max((len(p) for p in plans.values()), default=0)):
-        active = [c for c in ids if len(plans[c]) > step and c % parts not in failed]
-
-        def start(cs: list[int], step: int = step) -> dict[str, Tensors]:
-            """Step 0: each client's node-side θ_i (unless stage 1 sent it)."""
-            return {"received": stacked(cs)} if not step and generative(eng) else {}
-
-        got = send("split_head", step, active, start)
-        ups = {
-            c: Message.of(hidden(from_record(rep[HIDDEN]), c))
-            for rep, cs in got.values()
-            for c in cs
-        }
-        active = [c for c in active if c in ups]
-        downs = {}
-        for c in active:
-            with swapped_in(eng.model, mine[c]), torch.no_grad():
-                downs[c] = s.split.server(ups[c]).tensors()
-        got = send("split_tail", step, active, hidden_of(downs))
-        grads: dict[int, Tensors] = {}
-        for rep, cs in got.values():
-            rec = from_record(rep[HIDDEN])
-            for c, loss in zip(cs, rep["metrics"]["losses"], strict=True):
-                loss_sum[c] += float(loss) * len(plans[c][step])
-                with swapped_in(eng.model, mine[c]):  # the forward again, with graph
-                    leaf, mid = s.split.server_forward(ups[c])
-                    g = s.split.server_backward(leaf, mid, Message(rec[f"{c}/tensor"]))
-                    opt[c] = optimise(s.server, opt[c], s.lr, s.optimizer)
-                    mine[c] = snapshot(s.server)
-                grads[c] = {"tensor": g.tensor}
-        active = [c for c in active if c in grads]
-        got = send("split_back", step, active, hidden_of(grads))
-        for rep, cs in got.values():
-            last = [c for c in cs if step == len(plans[c]) - 1]
-            if last:
-                new = from_record(rep[UPLOADS])
-                for i, c in enumerate(last):
-                    node_side[c] = {n: new[n][i] for n in s.node}
-    served = torch.tensor([c % parts not in failed for c in ids], dtype=torch.bool)
-    rows = {c: sum(len(b) for b in plans[c]) for c in ids}
-    losses = torch.tensor(
-        [loss_sum[c] / rows[c] if rows[c] else float("nan") for c in ids],
-        dtype=torch.float64,
+        run.item_tables()
+    for step in range(max((len(p) for p in run.plans.values()), default=0)):
+        run.step(step)
+    served, uploads, losses = run.outcome(list(received))
+    m = close_round(
+        eng, rnd, clients, served, uploads, received, losses, t0, run.failed
     )
-    whole = [{**node_side[c], **mine[c]} for c in ids]  # each client's trained θ_i
-    uploads = {n: torch.stack([t[n] for t in whole]) for n in received}
-    m = close_round(eng, rnd, clients, served, uploads, received, losses, t0, failed)
-    m.update(received_on_server=sorted(s.node), split_hidden_bytes=link.bytes)
+    m.update(received_on_server=sorted(run.s.node), split_hidden_bytes=run.link.bytes)
     return m
 
 
-def evaluate_round(fleet: Fleet, eng: Any, live: set[int], rnd: int) -> dict[str, Any]:
+@dataclass
+class _Training:
+    """One training round on the server, per sampled client ``c``.
+
+    ``plans[c]``: its mini-batches (row ids); ``mine[c]``: its server-side
+    θ_i, stepped; ``node_side[c]``: its node-side θ_i, as received and then
+    as uploaded; ``opt[c]``: its server side's Adam state; ``loss_sum[c]``:
+    its batch losses × rows; ``failed``: partitions out of the round.
+    """
+
+    eng: EmbeddedEngine
+    s: Sides
+    link: Link
+    parts: int
+    plans: dict[int, list[np.ndarray]]
+    mine: dict[int, Tensors]
+    node_side: dict[int, Tensors]
+    opt: dict[int, Tensors]
+    loss_sum: dict[int, float]
+    failed: set[int]
+
+    @classmethod
+    def start(
+        cls,
+        fleet: Fleet,
+        eng: EmbeddedEngine,
+        live: set[int],
+        rnd: int,
+        clients: torch.Tensor,
+        received: Tensors,
+    ) -> _Training:
+        """The round's start: ``received`` split into each client's two sides."""
+        s, ids = sides(eng), clients.tolist()
+        return cls(
+            eng,
+            s,
+            Link(fleet, rnd),
+            fleet.parts,
+            plans=dict(zip(ids, eng.client_plans(rnd, clients), strict=True)),
+            mine={c: {n: received[n][i] for n in s.server} for i, c in enumerate(ids)},
+            node_side={
+                c: {n: received[n][i] for n in s.node} for i, c in enumerate(ids)
+            },
+            opt={c: {} for c in ids},
+            loss_sum=dict.fromkeys(ids, 0.0),
+            failed={p for p in range(fleet.parts) if p not in live},
+        )
+
+    def by_node(self, clients: list[int]) -> dict[int, list[int]]:
+        """``{partition: its clients}`` of ``clients``, in their order."""
+        nodes = sorted({c % self.parts for c in clients})
+        return {p: [c for c in clients if c % self.parts == p] for p in nodes}
+
+    def stacked(self, clients: list[int]) -> Tensors:
+        """The node-side θ_i of ``clients``, stacked ``(clients, ...)``."""
+        return {
+            n: torch.stack([self.node_side[c][n] for c in clients]) for n in self.s.node
+        }
+
+    def last(self, clients: list[int], step: int) -> list[int]:
+        """Those of ``clients`` whose local phase ends with ``step``."""
+        return [c for c in clients if step == len(self.plans[c]) - 1]
+
+    def send(
+        self, active: list[int], request: Callable[[list[int]], Request[R]]
+    ) -> dict[int, tuple[R, list[int]]]:
+        """One message per node with ``active`` clients: ``request(its clients)``.
+
+        Returns ``{partition: (reply, its clients)}`` of the nodes that
+        answered; the others join ``failed``.
+        """
+        of = self.by_node(active)
+        got = self.link.send("train", {p: request(cs) for p, cs in of.items()})
+        self.failed.update(set(of) - set(got))
+        return {p: (rep, of[p]) for p, rep in got.items()}
+
+    def item_tables(self) -> None:
+        """Each training client's item table, encoded on its node under its θ_i."""
+        tabled = [
+            c for c in self.plans if self.plans[c] and c % self.parts not in self.failed
+        ]
+        nodes = {p: (cs, self.stacked(cs)) for p, cs in self.by_node(tabled).items()}
+        got = _encode(self.link, self.eng, "train", nodes, self.mine, [])
+        self.failed.update(set(nodes) - set(got))
+
+    def step(self, step: int) -> None:
+        """Mini-batch ``step`` of every client that has one, a message per part."""
+        active = [
+            c
+            for c, plan in self.plans.items()
+            if len(plan) > step and c % self.parts not in self.failed
+        ]
+        rnd, first = self.link.rnd, not step and generative(self.eng)
+
+        def head(cs: list[int]) -> HeadRequest:
+            theta = self.stacked(cs) if first else None  # else sent with the tables
+            return HeadRequest(round=rnd, step=step, clients=cs, received=theta)
+
+        ups = {
+            c: rep.hidden[c] for rep, cs in self.send(active, head).values() for c in cs
+        }
+        active = [c for c in active if c in ups]
+        downs = {c: server_blocks(self.eng, self.mine[c], ups[c]) for c in active}
+        tails = self.send(
+            active,
+            lambda cs: TailRequest(
+                round=rnd, step=step, clients=cs, hidden={c: downs[c] for c in cs}
+            ),
+        )
+        grads: Hidden = {}
+        for rep, cs in tails.values():
+            for c, loss in zip(cs, rep.losses, strict=True):
+                self.loss_sum[c] += float(loss) * len(self.plans[c][step])
+                grads[c] = self.server_backward(c, ups[c], rep.grads[c])
+        active = [c for c in active if c in grads]
+        self.back(step, active, grads)
+
+    def server_backward(self, c: int, up: Message, grad: Message) -> Message:
+        """Client ``c``'s ``∂loss/∂h_k`` from ``∂loss/∂h_{L−1}``; steps its θ_i.
+
+        The forward of the server's blocks runs again, with its graph.
+        """
+        s = self.s
+        with swapped_in(self.eng.model, self.mine[c]):
+            leaf, mid = s.split.server_forward(up)
+            g = s.split.server_backward(leaf, mid, grad)
+            self.opt[c] = optimise(s.server, self.opt[c], s.lr, s.optimizer)
+            self.mine[c] = snapshot(s.server)
+        return Message(g.tensor)
+
+    def back(self, step: int, active: list[int], grads: Hidden) -> None:
+        """``train.split_back``; keeps the uploads of the clients that end here."""
+
+        def back(cs: list[int]) -> BackRequest:
+            mine = {c: grads[c] for c in cs}
+            last = self.last(cs, step)
+            return BackRequest(
+                round=self.link.rnd, step=step, clients=cs, last=last, grads=mine
+            )
+
+        for rep, cs in self.send(active, back).values():
+            for i, c in enumerate(self.last(cs, step)):
+                self.node_side[c] = {n: rep.uploads[n][i] for n in self.s.node}
+
+    def outcome(self, names: list[str]) -> tuple[torch.Tensor, Tensors, torch.Tensor]:
+        """Per sampled client: served (bool), trained θ_i (``names``), mean loss."""
+        ids = list(self.plans)
+        served = [c % self.parts not in self.failed for c in ids]
+        rows = {c: sum(len(b) for b in self.plans[c]) for c in ids}
+        losses = torch.tensor(
+            [self.loss_sum[c] / rows[c] if rows[c] else float("nan") for c in ids],
+            dtype=torch.float64,
+        )
+        whole = [{**self.node_side[c], **self.mine[c]} for c in ids]
+        uploads = {n: torch.stack([t[n] for t in whole]) for n in names}
+        return torch.tensor(served, dtype=torch.bool), uploads, losses
+
+
+# --------------------------------------------------------------- evaluation
+def evaluate_round(
+    fleet: Fleet, eng: EmbeddedEngine, live: set[int], rnd: int
+) -> dict[str, Any]:
     """The split's version of the ServerApp's ``_evaluate_round``; the metrics.
 
     Every live node's clients score their evaluated rows through the split: a
     generative config decodes each row's title, a message pair per token
-    (:func:`_decode`); a discriminative one encodes item tables and rows
-    (:func:`_encode`). The nodes score and reduce their rows to the task's
-    statistics; the server sums them (:func:`~fedrec.flower.server.pooled_metrics`).
+    (:func:`~fedrec.flower.split_server_decode.decode`); a discriminative one
+    encodes item tables and rows (:func:`_encode`). The nodes score and reduce
+    their rows to the task's statistics; the server sums them
+    (:func:`~fedrec.flower.server.pooled_metrics`).
     """
-    s, parts, link = sides(eng), fleet.parts, _Link(fleet, rnd)
+    s, parts, link = sides(eng), fleet.parts, Link(fleet, rnd)
     all_ids = torch.arange(eng.fed.n_clients)
     nodes, server_side = {}, {}
     for p in sorted(live):
@@ -195,166 +297,54 @@ def evaluate_round(fleet: Fleet, eng: Any, live: set[int], rnd: int) -> dict[str
             nodes[p] = (cs, {n: theta[n] for n in s.node})
     extra = {}
     if generative(eng):
-        replies, extra["split_eval_cached_rows"] = _decode(
-            link, eng, nodes, server_side, rnd
-        )
+        stats, extra["split_eval_cached_rows"] = decode(link, eng, nodes, server_side)
     else:
         got = _encode(link, eng, "evaluate", nodes, server_side, eval_splits(eng))
-        replies = [r for rs in got.values() for r in rs if STATS in r.array_records]
-    return (
-        pooled_metrics(eng, replies) | extra | {"split_eval_hidden_bytes": link.bytes}
-    )
+        stats = [r.stats for rs in got.values() for r in rs if r.stats is not None]
+    return pooled_metrics(eng, stats) | extra | {"split_eval_hidden_bytes": link.bytes}
 
 
 def _encode(
-    link: _Link,
-    eng: Any,
-    kind: str,
-    nodes: dict[int, tuple[list[int], Tensors]],
+    link: Link,
+    eng: EmbeddedEngine,
+    phase: str,
+    nodes: Nodes,
     server_side: dict[int, Tensors],
     splits: list[str],
-) -> dict[int, list[Any]]:
+) -> dict[int, list[EncTailReply]]:
     """Encode each node's :func:`~fedrec.flower.split.encode_plan` through the split.
 
-    ``nodes``: ``{partition: (clients, their node-side θ stacked)}``;
     ``server_side``: each client's server-side θ_i. ``ENTRIES_PER_MESSAGE``
-    batches a message pair (``<kind>.split_enc_head``: ``h_k``; the server's
-    blocks; ``<kind>.split_enc_tail``: the node pools, keeps item tables and
+    batches a message pair (``<phase>.split_enc_head``: ``h_k``; the server's
+    blocks; ``<phase>.split_enc_tail``: the node pools, keeps item tables and
     scores rows). Returns the tail replies of every node that answered them all.
     """
-    s, per = sides(eng), ENTRIES_PER_MESSAGE
+    per = ENTRIES_PER_MESSAGE
     plans = {p: encode_plan(eng, cs, splits) for p, (cs, _) in nodes.items()}
-    out: dict[int, list[Any]] = {p: [] for p in nodes}
+    out: dict[int, list[EncTailReply]] = {p: [] for p in nodes}
     for first in range(0, max(map(len, plans.values()), default=0), per):
-        cfg = {
-            p: {
-                "step": first // per,
-                "clients": nodes[p][0],
-                "splits": splits,
-                "entries": [first, min(first + per, len(plans[p]))],
-            }
+        heads = {
+            p: EncHeadRequest(
+                round=link.rnd,
+                step=first // per,
+                clients=nodes[p][0],
+                splits=splits,
+                first=first,
+                end=min(first + per, len(plans[p])),
+                received=None if first else nodes[p][1],
+            )
             for p in out
             if first < len(plans[p])
         }
-        heads = link.send(
-            f"{kind}.split_enc_head",
-            {
-                p: ({} if first else {"received": nodes[p][1]}, c)
-                for p, c in cfg.items()
-            },
-        )
-        downs = {}
-        for p, rep in heads.items():
-            rec, mid = from_record(rep[HIDDEN]), {}
-            for i in range(*cfg[p]["entries"]):
-                with swapped_in(eng.model, server_side[plans[p][i].client]):
-                    with torch.no_grad():
-                        mid[i] = s.split.server(Message.of(hidden(rec, i))).tensors()
-            downs[p] = ({HIDDEN: hidden_record(mid)}, cfg[p])
-        tails = link.send(f"{kind}.split_enc_tail", downs)
-        for p in cfg:
-            if p in tails:
-                out[p].append(tails[p])
+        tails = {}
+        for p, rep in link.send(phase, heads).items():
+            theta = {i: server_side[plans[p][i].client] for i in heads[p].entries}
+            mid = {i: server_blocks(eng, theta[i], rep.hidden[i]) for i in theta}
+            tails[p] = heads[p].tail(mid)
+        got = link.send(phase, tails)
+        for p in heads:
+            if p in got:
+                out[p].append(got[p])
             else:  # failed (logged): out of this exchange
                 del out[p]
     return out
-
-
-def _decode(
-    link: _Link,
-    eng: Any,
-    nodes: dict[int, tuple[list[int], Tensors]],
-    server_side: dict[int, Tensors],
-    rnd: int,
-) -> tuple[list[Any], int]:
-    """Greedy decoding of every evaluated row, a message pair per token.
-
-    ``nodes``, ``server_side``: as for :func:`_encode`. Returns the replies
-    that hold a node's scores, and how many (row, token) tail steps found the
-    node's block ``L−1`` cache (those got only the newest position).
-    """
-    s = sides(eng)
-    items = {p: eval_items(eng, cs) for p, (cs, _) in nodes.items()}
-    still = {p: list(range(len(items[p]))) for p in nodes if items[p]}
-    scores = {}
-    # per (partition, row): the KV cache of the server's blocks, and h_{L−1}
-    # of the prefix so far (a node without its cache rebuilds block L−1 from
-    # it; a node that reports its cache gets only the newest position)
-    caches: dict[tuple[int, int], Any] = {}
-    done: dict[tuple[int, int], torch.Tensor | None] = {}
-    n_cached = 0
-    for step in range(eng.model.max_new_tokens):
-        if not still:
-            break
-        log.info(
-            "round %d evaluate: token %d/%d, %d rows decoding",
-            rnd,
-            step + 1,
-            eng.model.max_new_tokens,
-            sum(map(len, still.values())),
-        )
-
-        def config(p: int, step: int = step) -> dict[str, Any]:
-            return {"step": step, "clients": nodes[p][0], "open": still[p]}
-
-        heads = link.send(
-            "evaluate.split_gen_head",
-            {
-                p: ({"received": nodes[p][1]} if not step else {}, config(p))
-                for p in still
-            },
-        )
-        cached = {}  # per node: rows whose block L−1 cache the node holds
-        for p, rep in heads.items():
-            rec = from_record(rep[HIDDEN])
-            cached[p] = set(rep["metrics"]["tail_cached"])
-            n_cached += len(cached[p])
-            for i in still[p]:
-                if not step:
-                    caches[p, i], done[p, i] = cache_for(s), None
-                up = Message.of(hidden(rec, i))  # the newest positions' h_k
-                theta = server_side[items[p][i][1]]
-                with swapped_in(eng.model, theta), torch.no_grad():
-                    h = s.split.server(up, caches[p, i]).tensor
-                if done[p, i] is not None:
-                    h = torch.cat([done[p, i], h], 1)
-                done[p, i] = h
-
-        kind = "evaluate.split_gen_tail"
-        rows = {p: {i: done[p, i] for i in still[p]} for p in heads}
-        tails = link.send(
-            kind, {p: (_down(rows[p], cached[p]), config(p)) for p in rows}
-        )
-        again = [
-            p for p, rep in tails.items() if list(rep["metrics"].get("missing", []))
-        ]
-        if again:  # served by a process without the caches: the whole prefixes
-            tails |= link.send(
-                kind, {p: (_down(rows[p], set()), config(p)) for p in again}
-            )
-        for p in list(still):
-            rep = tails.get(p)
-            if rep is not None and list(rep["metrics"]["open"]):
-                still[p] = list(rep["metrics"]["open"])
-                continue
-            del still[p]  # done (its reply holds its scores) or failed (logged)
-            if rep is not None:
-                scores[p] = rep
-    return list(scores.values()), n_cached
-
-
-def _down(rows: dict[int, torch.Tensor], cached: set[int]) -> dict[str, Tensors]:
-    """The ``hidden`` record of a decoding tail message.
-
-    ``rows``: each open row's ``h_{L−1}`` of its whole prefix ``(1, n, d)``;
-    sent whole, or only the newest position for the rows in ``cached`` (the
-    node holds their block L−1 cache). The mask always spans the prefix.
-    """
-    out = {}
-    for i, h in rows.items():
-        n = h.shape[1]
-        pos = torch.arange(n)[None]
-        if i in cached:
-            h, pos = h[:, -1:], pos[:, -1:]
-        out[i] = Message(h, torch.ones(1, n, dtype=torch.long), pos).tensors()
-    return {HIDDEN: hidden_record(out)}
