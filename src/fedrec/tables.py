@@ -43,14 +43,8 @@ from fedrec.metrics.bootstrap import (
     replicate,
 )
 from fedrec.metrics.reducers import probability_bins
-from fedrec.runs import (
-    LOWER_IS_BETTER,
-    ROWS_FILE,
-    Run,
-    commit_label,
-    current_commit,
-    run_experiment,
-)
+from fedrec.rundir import LOWER_IS_BETTER, ROWS_FILE, commit_label, current_commit
+from fedrec.runs import Run, run_experiment
 
 log = logging.getLogger("fedrec")
 
@@ -427,7 +421,7 @@ def paired_intervals(
     a note says so.
     """
     topk = _is_topk(rows)
-    metrics = TOPK_INTERVAL_METRICS if topk else INTERVAL_METRICS
+    metrics: tuple[str, ...] = TOPK_INTERVAL_METRICS if topk else INTERVAL_METRICS
     if not topk and any("test_auc_new" in r for r in rows):
         metrics += ("test_auc_new",)
     out = Intervals(reference, metrics, b)
@@ -620,7 +614,8 @@ def plot_curves(
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5))
-    colours = plt.get_cmap("tab20").colors
+    tab20 = plt.get_cmap("tab20")
+    colours = [tab20(i) for i in range(20)]
     several = len({r.get("backbone") for r in rows}) > 1
     table = []
     for k, key in enumerate(
@@ -689,7 +684,7 @@ def sweep(
     base = cfg.to_dict()
     base.pop("variants")
     base.pop("presets")
-    plan = [(v, None) for v in values]
+    plan: list[tuple[str, str | None]] = [(v, None) for v in values]
     if tune is not None:
         plan += [(v, t) for v in (tune_for or values) for t in tune[1]]
     runs = []
@@ -769,7 +764,9 @@ def plot_sweep(
         for i, x in enumerate(xs):
             if not tuned and x in (0, math.inf):
                 style = "--" if x == 0 else ":"
-                ax.axhline(np.mean(ys[i]), ls=style, color="grey", label=f"{key} = {x}")
+                ax.axhline(
+                    float(np.mean(ys[i])), ls=style, color="grey", label=f"{key} = {x}"
+                )
     ax.legend()
     ax.set(xlabel=key, ylabel=metric, xscale="log")
     ax.grid(alpha=0.3)

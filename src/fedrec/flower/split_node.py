@@ -19,9 +19,9 @@ import numpy as np
 import torch
 
 from fedrec.fl.seq import concat_scores
-from fedrec.flower.client import store_of
 from fedrec.flower.growing_log import GrowingLog
 from fedrec.flower.mods import HIDDEN, STATS, UPLOADS
+from fedrec.flower.node import store_of
 from fedrec.flower.records import from_record, to_record
 from fedrec.flower.split import (
     Batch,

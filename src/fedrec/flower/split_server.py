@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
+from fedrec.flower.fleet import Fleet, close_round, pooled_metrics
 from fedrec.flower.mods import HIDDEN, STATS, UPLOADS
 from fedrec.flower.records import from_record, to_record
 from fedrec.flower.runconfig import eval_splits
-from fedrec.flower.server import Fleet, close_round, pooled_metrics
 from fedrec.flower.split import (
     ENTRIES_PER_MESSAGE,
     Tensors,

@@ -63,12 +63,13 @@ def woken() -> Iterator[None]:
             if not found:
                 stored.wait(0.1)  # 0.1 s: how soon a stop is noticed
 
-    InMemoryLinkState.store_message_ins = store_message_ins
-    InMemoryLinkState.store_message_res = store_message_res
+    # Flower's methods are replaced on purpose, and restored on the way out
+    InMemoryLinkState.store_message_ins = store_message_ins  # type: ignore[method-assign]
+    InMemoryLinkState.store_message_res = store_message_res  # type: ignore[method-assign]
     vce_api.add_messages_to_queue = add_messages_to_queue
     try:
         yield
     finally:
-        InMemoryLinkState.store_message_ins = store_ins
-        InMemoryLinkState.store_message_res = store_res
+        InMemoryLinkState.store_message_ins = store_ins  # type: ignore[method-assign]
+        InMemoryLinkState.store_message_res = store_res  # type: ignore[method-assign]
         vce_api.add_messages_to_queue = handover
