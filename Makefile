@@ -41,6 +41,7 @@ test-fast: $(STAMP)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/mypy src/fedrec
 
 clean:
 	rm -rf $(VENV) runs .cache .pytest_cache

@@ -29,7 +29,7 @@ from pathlib import Path
 from fedrec.build import build_engine
 from fedrec.config import load_config
 from fedrec.flower.simulation import run_flower_simulation
-from fedrec.runs import environment
+from fedrec.rundir import environment
 
 SETS = [
     "train.rounds=1",

@@ -10,7 +10,8 @@ import pytest
 
 from fedrec.config import config_from_raw
 from fedrec.data.dataset import InteractionData
-from fedrec.runs import ROWS_FILE, per_client_selection, run_experiment, summarise
+from fedrec.rundir import ROWS_FILE, per_client_selection, summarise
+from fedrec.runs import run_experiment
 
 
 def _entry(rnd: int, val: float, test: float, **extra: object) -> dict:

@@ -13,7 +13,8 @@ from fedrec.config import config_from_raw
 from fedrec.data.dataset import InteractionData
 from fedrec.data.splits import leave_one_out_split
 from fedrec.references import history_counts, item_cosine, item_popularity
-from fedrec.runs import ROWS_FILE, run_experiment
+from fedrec.rundir import ROWS_FILE
+from fedrec.runs import run_experiment
 
 # Three users, six items; in time order (leave-one-out: last = test, the one
 # before = validation, the rest train):

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from fedrec.config import config_from_raw
-from fedrec.runs import TIMING_KEYS, Run
+from fedrec.rundir import TIMING_KEYS
+from fedrec.runs import Run
 
 
 def _cfg(rounds: int = 4, initial: bool = False):

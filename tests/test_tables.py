@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from fedrec import runs
+from fedrec import rundir
 from fedrec.config import config_from_raw
 from fedrec.errors import ConfigError
 from fedrec.intervals import paired_intervals
@@ -127,12 +127,12 @@ def commit(monkeypatch):
     """Set the checkout's ``(commit, dirty)`` that runs record and tables compare."""
 
     def set_to(hash_: str, dirty: bool = False) -> None:
-        monkeypatch.setattr(runs, "git_state", lambda: (hash_, dirty))
-        runs.current_commit.cache_clear()  # read once per process otherwise
+        monkeypatch.setattr(rundir, "git_state", lambda: (hash_, dirty))
+        rundir.current_commit.cache_clear()  # read once per process otherwise
 
     set_to("a" * 40)
     yield set_to
-    runs.current_commit.cache_clear()
+    rundir.current_commit.cache_clear()
 
 
 def test_table_reuses_finished_runs_and_refuses_another_config(
@@ -234,7 +234,7 @@ def test_test_rows_follow_the_best_round_across_a_resume(tmp_path):
     with pytest.raises(Killed):
         Run.create(config_from_raw(raw), tmp_path / "r").execute(False, on_round=kill)
     summary = Run.resume(tmp_path / "r").execute(progress=False)
-    assert runs.rows_round(tmp_path / "r") == summary["best_round"]
+    assert rundir.rows_round(tmp_path / "r") == summary["best_round"]
 
 
 def _fake_run(path, best_round, rows, **summary):
@@ -324,7 +324,7 @@ def test_finish_run_records_the_commit(tmp_path, commit):
     Run.create(cfg, tmp_path / "r").execute(progress=False)
     lines = (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()
     commit("c" * 40, dirty=True)
-    summary = runs.finish_run(tmp_path / "f", cfg, [json.loads(x) for x in lines])
+    summary = rundir.finish_run(tmp_path / "f", cfg, [json.loads(x) for x in lines])
     assert summary["commit"] == "c" * 12 + "+dirty"
     saved = json.loads((tmp_path / "f" / "summary.json").read_text())
     assert saved["commit"] == summary["commit"]

@@ -7,11 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` on a sibling temporary file, then rename it to ``path``.
 
-    The temporary name keeps ``path``'s suffix (``np.save`` and ``savefig``
-    choose a format from it); parent directories are created.
+    What ``write`` returns is ignored. The temporary name keeps ``path``'s
+    suffix (``np.save`` and ``savefig`` choose a format from it); parent
+    directories are created.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from fedrec.config import ExperimentConfig
+import fedrec.methods  # noqa: F401  (registers the built-in methods build_strategy names)
 from fedrec.data import load_dataset
 from fedrec.data.dataset import InteractionData
 from fedrec.data.fetch import resolve_path
@@ -34,6 +34,7 @@ from fedrec.fl.strategy import Strategy
 from fedrec.fl.task import CTRTask
 from fedrec.pretrain import MODES, divide_users, foundation
 from fedrec.registry import build_strategy
+from fedrec.sections import ExperimentConfig
 
 if TYPE_CHECKING:
     from fedrec.fl.seq import SeqFedData
@@ -176,6 +177,7 @@ def build_seq_engine(
     fed = seq_fed_data(cfg, data, split, clients)
     samples = fed.samples
     model: torch.nn.Module
+    task_cls: type[SeqRecTask]
     if b.kind == "causal-lm":
         # BIGRec writes and grounds bare titles (fellrec.md §2.2)
         titles = [t or "unknown" for t in data.titles or data.item_text]

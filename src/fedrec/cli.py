@@ -31,10 +31,12 @@ from fedrec.config import ExperimentConfig, load_config
 from fedrec.data.fetch import DATASETS, ENV, cache_root, fetch
 from fedrec.errors import FedrecError
 from fedrec.intervals import paired_intervals as intervals_of
+from fedrec.launch import resume_run
+from fedrec.methods.rankings import REFERENCES
 from fedrec.procs import sigterm_exits
-from fedrec.references import REFERENCES
 from fedrec.registry import method_names
-from fedrec.runs import current_commit, resume_run, run_experiment, run_flower
+from fedrec.rundir import current_commit
+from fedrec.runs import run_experiment
 
 REUSE_HELP = (
     "keep finished runs made by another commit, a dirty tree or no recorded "
@@ -220,7 +222,8 @@ def _exit_now(e: BaseException) -> NoReturn:
     if isinstance(e, KeyboardInterrupt):
         code = 128 + signal.SIGINT
     else:
-        code = e.code if isinstance(e.code, int) else 1
+        status = e.code if isinstance(e, SystemExit) else None
+        code = status if isinstance(status, int) else 1
     names = ", ".join(t.name for t in _waiting_threads())
     print(f"fedrec: stopped (exit {code}); not waiting for: {names}", file=sys.stderr)
     logging.shutdown()
@@ -240,7 +243,9 @@ def _run(args: argparse.Namespace) -> None:
         if not args.config:
             raise FedrecError("give a CONFIG file or --resume RUN_DIR")
         cfg = load_config(args.config, args.set, args.preset)
-        if args.engine == "flower":
+        if args.engine == "flower":  # an optional extra: imported when asked for
+            from fedrec.flower.simulation import run_flower
+
             summary = run_flower(cfg, args.out, args.nodes)
         else:
             summary = run_experiment(cfg, args.out, progress=not args.quiet)

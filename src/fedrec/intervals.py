@@ -26,7 +26,7 @@ from fedrec.metrics.bootstrap import (
     replicate,
 )
 from fedrec.metrics.reducers import probability_bins
-from fedrec.runs import ROWS_FILE
+from fedrec.rundir import ROWS_FILE
 
 INTERVAL_METRICS = ("test_auc", "test_gauc")
 TOPK_INTERVAL_METRICS = ("test_ndcg@10", "test_recall@10")

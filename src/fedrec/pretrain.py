@@ -33,13 +33,13 @@ import torch
 import torch.nn.functional as F
 
 from fedrec.atomic import atomic_write
-from fedrec.config import ExperimentConfig, PretrainConfig, UsersConfig
 from fedrec.data.dataset import InteractionData
 from fedrec.data.fetch import cache_root
 from fedrec.data.splits import divide_open_private, temporal_ratio_split
 from fedrec.errors import DataError
 from fedrec.metrics import auc
 from fedrec.models.ctr_mlp import CTRModel
+from fedrec.sections import ExperimentConfig, PretrainConfig, UsersConfig
 
 log = logging.getLogger("fedrec")
 MODES = ("pretrain", "pretrain-kd")
@@ -142,7 +142,7 @@ def _key(cfg: ExperimentConfig, mode: str) -> str:
     d = cfg.data
     where = d.path or (str(cache_root() / d.name) if d.name else "")
     files = sorted(Path(where).glob("*")) if where and Path(where).is_dir() else []
-    deps = {
+    deps: dict[str, Any] = {
         "files": [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files],
         "mode": mode,
         "kind": d.kind,

@@ -24,7 +24,10 @@ item i) and :math:`R_u` the last ``KNN_LAST`` (10) items of a sample's history
 Ties go to the lower item id and seen items are masked, as for every method.
 A table declares them as variants, ``[variants.popularity] method = { name =
 "popularity" }``; :func:`run_reference` writes their run directory like a
-trained method's: one entry, ``round = 0``, validation and test metrics.
+trained method's: one entry, ``round = 0``, validation and test metrics. Their
+names are registered as methods by :mod:`fedrec.methods.rankings`, so that
+configs validate; this module, which builds the data and writes the run
+directory, sits above the methods and the builder.
 """
 
 from __future__ import annotations
@@ -35,25 +38,24 @@ import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from scipy import sparse
 
-from fedrec.atomic import atomic_write
+from fedrec.build import load_data, make_split, seq_fed_data
 from fedrec.data.dataset import InteractionData
 from fedrec.data.splits import Split
 from fedrec.errors import ConfigError
-from fedrec.registry import register_method
-
-if TYPE_CHECKING:
-    from fedrec.config import ExperimentConfig
-    from fedrec.fl.seq import SeqRecTask
+from fedrec.fl.seq import SeqRecTask, concat_scores
+from fedrec.methods.rankings import REFERENCES
+from fedrec.rundir import environment, finish_run, write_json, write_rows
+from fedrec.sections import ExperimentConfig
 
 log = logging.getLogger("fedrec")
-REFERENCES = ("popularity", "item-knn")
 KNN_LAST = 10  # history items an item-kNN score sums over
 CHUNK = 1024  # samples scored at once: (CHUNK, I) scores
 
@@ -129,8 +131,6 @@ def evaluate(
     per-row values come from ``task.row_metrics`` (seen items masked) and the
     metrics, per-client values included, from ``task.metrics_from_stats``.
     """
-    from fedrec.fl.seq import concat_scores
-
     fed = task.fed
     rows = np.concatenate(
         [task.eval_rows(split, c) for c in range(fed.n_clients)] or [np.zeros(0, int)]
@@ -157,12 +157,6 @@ def run_reference(
     validation and test metrics with their per-client values, ``commit``) and
     ``test_rows.npz`` (round 0), as a trained run has. Returns the summary.
     """
-    from datetime import datetime
-
-    from fedrec.build import load_data, make_split, seq_fed_data
-    from fedrec.fl.seq import SeqRecTask
-    from fedrec.runs import ROWS_FILE, environment, finish_run, write_json
-
     name = cfg.method["name"]
     if cfg.backbone.kind == "ctr":
         raise ConfigError(f"method {name!r} ranks items: it needs a top-K backbone")
@@ -203,9 +197,7 @@ def run_reference(
         metrics, rows = evaluate(rank, task, part)
         entry.update({f"{part}_{k}": v for k, v in metrics.items()})
         if part == "test":  # per-user values, for the table's intervals
-            atomic_write(
-                run_dir / ROWS_FILE, lambda p, r=rows: np.savez(p, round=0, **r)
-            )
+            write_rows(run_dir, 0, rows)
     entry["eval_s"] = time.perf_counter() - t1
     entry["round_s"] = time.perf_counter() - t0
     entry["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -228,22 +220,3 @@ def run_reference(
         time.perf_counter() - t0,
     )
     return summary
-
-
-@dataclass
-class NoOptions:
-    """No options."""
-
-
-class Reference:
-    """A reference ranking is not a federated method: it has no engine."""
-
-    def __init__(self, config: NoOptions) -> None:
-        raise ConfigError(
-            "popularity and item-knn are reference rankings without training: "
-            "run them with `fedrec run` or `fedrec table` on the embedded engine"
-        )
-
-
-for _name in REFERENCES:
-    register_method(_name, NoOptions, Reference)

@@ -2,6 +2,13 @@
 
 Names are lowercase, unique and validated at registration (after PEFT's
 ``register_peft_method``); ``get_method`` fails with the list of known names.
+
+The registry is a table and nothing more: it imports no method. Each method
+module registers itself when imported, and importing :mod:`fedrec.methods`
+imports the built-in ones. The modules that read method names —
+:mod:`fedrec.config` (validating ``[method]``), :mod:`fedrec.build` (building
+the strategy) and the CLI — import :mod:`fedrec.methods` first, so the
+dependency points one way: methods → registry, never back.
 """
 
 from __future__ import annotations
@@ -12,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fedrec.errors import ConfigError
+from fedrec.fl.strategy import Strategy
 
 
 @dataclass(frozen=True)
@@ -20,13 +28,13 @@ class MethodSpec:
 
     name: str
     config_cls: type
-    strategy_cls: type
+    strategy_cls: type[Strategy]
 
 
 _METHODS: dict[str, MethodSpec] = {}
 
 
-def register_method(name: str, config_cls: type, strategy_cls: type) -> None:
+def register_method(name: str, config_cls: type, strategy_cls: type[Strategy]) -> None:
     """Register a method; raises ``ValueError`` on a bad or duplicate name."""
     if not re.fullmatch(r"[a-z][a-z0-9_-]*[a-z0-9]", name):
         raise ValueError(f"method name {name!r} must be lowercase [a-z0-9_-]")
@@ -38,9 +46,7 @@ def register_method(name: str, config_cls: type, strategy_cls: type) -> None:
 
 
 def get_method(name: str) -> MethodSpec:
-    """Look up a method by name, importing the built-in methods first."""
-    import fedrec.methods  # noqa: F401  (registers the built-ins)
-
+    """Look up a registered method by name."""
     try:
         return _METHODS[name]
     except KeyError:
@@ -50,12 +56,10 @@ def get_method(name: str) -> MethodSpec:
 
 def method_names() -> list[str]:
     """Names of every registered method."""
-    import fedrec.methods  # noqa: F401
-
     return sorted(_METHODS)
 
 
-def build_strategy(method: dict[str, Any]) -> Any:
+def build_strategy(method: dict[str, Any]) -> Strategy:
     """Instantiate the strategy for a validated ``method`` config table."""
     spec = get_method(method["name"])
     params = {k: v for k, v in method.items() if k != "name"}

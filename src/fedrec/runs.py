@@ -1,248 +1,46 @@
-"""Run an experiment and keep its run directory.
+"""Run an experiment on the embedded engine and keep its run directory.
 
-A run directory holds:
-
-- ``config.json``: the resolved, validated config (what ``--resume`` reads);
-- ``env.json``: seed, command, Python/library versions, threads, the git
-  commit and whether tracked files differed from it (``git_commit``,
-  ``git_dirty``) when the run started;
-- ``metrics.jsonl``: one JSON line per round (with ``eval.initial``, first
-  the untrained model's, ``round = -1``);
-- ``checkpoint.pt``: the state after the last finished round (written
-  atomically: a kill never leaves half a file);
-- ``summary.json``: the best round by validation metric, its test metrics and
-  ``commit``, the code that finished the run (:func:`current_commit`);
-- ``test_rows.npz``: the per-row test outputs of the best validation round
-  (``round``: that round; CTR ``users``, ``labels``, ``probs``; top-K ``user``,
-  ``client`` and one array per metric), for paired bootstrap intervals;
-- ``metrics.png``: the metrics per round.
+The files of a run directory are :mod:`fedrec.rundir`'s. A reference ranking
+(``popularity``, ``item-knn``) is scored instead of trained
+(:func:`fedrec.references.run_reference`). Flower runs are
+:mod:`fedrec.flower.simulation`'s; :mod:`fedrec.launch` continues a run on
+the engine it started on.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
-import os
-import platform
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from fedrec.atomic import atomic_write
 from fedrec.build import build_engine, load_checkpoint
-from fedrec.config import ExperimentConfig, config_from_raw
+from fedrec.config import config_from_raw
 from fedrec.data.dataset import InteractionData
-from fedrec.errors import CheckpointError, ConfigError, FedrecError
+from fedrec.errors import CheckpointError
 from fedrec.fl.simulate import EmbeddedEngine
+from fedrec.references import REFERENCES, run_reference
+from fedrec.rundir import (
+    current_commit,
+    environment,
+    jsonable,
+    plot_history,
+    rows_round,
+    summarise,
+    write_json,
+    write_metrics,
+    write_rows,
+)
+from fedrec.sections import ExperimentConfig
 
 log = logging.getLogger("fedrec")
-TIMING_KEYS = ("train_s", "eval_s", "round_s", "clients_per_s", "peak_rss_mb")
-LOWER_IS_BETTER = ("logloss",)
-ROWS_FILE = "test_rows.npz"
-
-
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (NaN written as null, ±inf as ``"inf"``/``"-inf"``)."""
-    text = json.dumps(_jsonable(obj), indent=2, allow_nan=False)
-    atomic_write(path, lambda p: p.write_text(text + "\n"))
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else str(obj)
-    if isinstance(obj, np.generic):
-        return _jsonable(obj.item())
-    return obj
-
-
-def environment(cfg: ExperimentConfig) -> dict[str, Any]:
-    """Versions and machine facts recorded with every run."""
-    versions = {}
-    for pkg in (
-        "torch",
-        "numpy",
-        "pandas",
-        "scikit-learn",
-        "flwr",
-        "transformers",
-        "peft",
-    ):
-        try:
-            versions[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            pass
-    commit, dirty = git_state()
-    return {
-        "seed": cfg.run.seed,
-        "command": sys.argv,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "versions": versions,
-        "git_commit": commit,
-        "git_dirty": dirty,
-        "started": datetime.now().isoformat(timespec="seconds"),
-    }
-
-
-def git_state() -> tuple[str, bool]:
-    """The checkout's commit and whether the package's code differs from it.
-
-    Dirty: a tracked file under the package's directory (``src/fedrec``) is
-    changed, or an untracked one is there — what a run computes. Results,
-    configs (each run keeps its own in ``config.json``) and docs written
-    while runs go do not count. ``("", False)`` outside a git checkout (an
-    installed package).
-    """
-
-    def git(*args: str) -> str:
-        try:
-            done = subprocess.run(
-                ["git", *args],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                cwd=Path(__file__).parent,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return ""
-        return done.stdout.strip() if done.returncode == 0 else ""
-
-    commit = git("rev-parse", "HEAD")
-    if not commit:
-        return "", False
-    return commit, bool(git("status", "--porcelain", "--", "."))
-
-
-def commit_label(commit: str, dirty: bool) -> str:
-    """``<12-digit hash>``, ``+dirty`` appended for a dirty tree; ``""`` without git."""
-    return f"{commit[:12]}{'+dirty' if dirty else ''}" if commit else ""
-
-
-@functools.cache
-def current_commit() -> str:
-    """:func:`commit_label` of the code this process runs.
-
-    Read once, when a process first asks: the code a process runs is what it
-    imported when it started, whatever is committed or edited while it runs.
-    """
-    return commit_label(*git_state())
-
-
-def summarise(history: list[dict[str, Any]], cfg: ExperimentConfig) -> dict[str, Any]:
-    """Best round by validation ``select_metric``; the test metrics at that round.
-
-    Ties go to the earliest round, so the untrained model (round ``-1``, with
-    ``eval.initial``) is selected unless a trained round validates strictly
-    better. ``rounds`` counts trained rounds; the upload and throughput
-    figures are theirs, ``wall_s`` and ``peak_rss_mb`` include every entry.
-    """
-    metric = cfg.eval.select_metric
-    key = f"val_{metric}"
-    scored = [
-        h for h in history if key in h and h[key] is not None and math.isfinite(h[key])
-    ]
-    if not scored:
-        return {"rounds": len(history), "select_metric": key}
-    sign = 1 if metric in LOWER_IS_BETTER else -1
-    best = min(scored, key=lambda h: (sign * h[key], h["round"]))
-    out: dict[str, Any] = {
-        "method": cfg.method["name"],
-        "seed": cfg.run.seed,
-        "rounds": sum(h["round"] >= 0 for h in history),
-        "select_metric": key,
-        "best_round": best["round"],
-        "ldp_protects": cfg.privacy.protects,
-    }
-    out.update(
-        {f"best_{k}": v for k, v in best.items() if k.startswith(("val_", "test_"))}
-    )
-    out.update({k: v for k, v in best.items() if k.startswith("test_")})
-    if cfg.eval.select == "per_client":
-        out.update(per_client_selection(history, metric))
-    trained = [h for h in history if h["round"] >= 0]
-    if trained:
-        out["upload_bytes_per_round"] = float(
-            np.mean([h["upload_bytes_per_client"] * h["clients"] for h in trained])
-        )
-        out["upload_bytes_per_client"] = trained[-1]["upload_bytes_per_client"]
-        out["clients_per_s"] = float(np.mean([h["clients_per_s"] for h in trained]))
-    out["wall_s"] = float(sum(h["round_s"] + h.get("test_eval_s", 0) for h in history))
-    out["peak_rss_mb"] = max(h["peak_rss_mb"] for h in history)
-    return out
-
-
-def per_client_selection(history: list[dict[str, Any]], metric: str) -> dict[str, Any]:
-    """Each client keeps its own best round by its validation ``metric``.
-
-    For every client c, r_c = argmax_r val_<metric>_clients[r][c] (earliest on
-    ties); its test values of Recall@10 and NDCG@10 at r_c are averaged over
-    clients weighted by their test users (= the mean over all test users).
-    Returns ``test_<m>_per_client_selection`` and the rounds ``selected_rounds``.
-    """
-    key = f"val_{metric}_clients"
-    if not history or key not in history[0]:
-        raise ConfigError(f"eval.select = 'per_client' needs per-client {key}")
-    n = len(history[0][key])
-    at = {h["round"]: h for h in history}  # round -1: the untrained model
-    rounds = []
-    for c in range(n):
-        vals = [(h[key][c], -h["round"]) for h in history if h[key][c] is not None]
-        rounds.append(-max(vals)[1] if vals else history[-1]["round"])
-    out: dict[str, Any] = {"selected_rounds": rounds}
-    for m in ("recall@10", "ndcg@10"):
-        vals, weights = [], []
-        for c, r in enumerate(rounds):
-            v = at[r].get(f"test_{m}_clients", [None] * n)[c]
-            w = at[r].get("test_users_clients", [0] * n)[c]
-            if v is not None and w:
-                vals.append(v)
-                weights.append(w)
-        out[f"test_{m}_per_client_selection"] = (
-            float(np.average(vals, weights=weights)) if vals else math.nan
-        )
-    return out
-
-
-def plot_history(history: list[dict[str, Any]], path: Path, title: str) -> None:
-    """Loss and AUC per round, one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rounds = [h["round"] for h in history]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.4))
-    a.plot(rounds, [h.get("train_loss", math.nan) for h in history], marker="o")
-    a.set(xlabel="round", ylabel="train loss", title=title)
-    keys = [
-        f"{s}_{m}"
-        for m in ("auc", "gauc", "recall@10", "ndcg@10")
-        for s in ("val", "test")
-    ]
-    for key in [k for k in keys if any(k in h for h in history)]:
-        b.plot(rounds, [h.get(key, math.nan) for h in history], marker=".", label=key)
-    b.set(xlabel="round", ylabel="metric")
-    if b.lines:
-        b.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda p: fig.savefig(p, format="png", dpi=100))
-    plt.close(fig)
 
 
 class Run:
@@ -371,7 +169,7 @@ class Run:
                 self.dir / "checkpoint.pt", lambda p: torch.save(eng.state_dict(), p)
             )
         with open(self.dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(_jsonable(m)) + "\n")
+            f.write(json.dumps(jsonable(m)) + "\n")
         if "test" not in self.cfg.eval.splits:
             self._keep_if_best(rnd)
         if on_round:
@@ -384,14 +182,11 @@ class Run:
     def _save_test_rows(self, rnd: int) -> None:
         """``test_rows.npz``: the last test evaluation's per-row outputs, at ``rnd``.
 
-        Nothing when the engine keeps no per-row outputs (``last_rows``).
+        Nothing when the last test evaluation kept no rows (``last_rows``).
         """
-        rows = getattr(self.engine, "last_rows", {}).get("test")
+        rows = self.engine.last_rows.get("test")
         if rows:
-            arrays = {k: np.asarray(v) for k, v in rows.items()}
-            atomic_write(
-                self.dir / ROWS_FILE, lambda p: np.savez(p, round=rnd, **arrays)
-            )
+            write_rows(self.dir, rnd, rows)
 
     def _keep_if_best(self, rnd: int) -> None:
         """Keep the aggregated state of the best validation round (``best.pt``)."""
@@ -410,16 +205,14 @@ class Run:
         For ``eval.splits`` without ``"test"``: the same numbers as testing
         every round, at the cost of one evaluation. Tested again when the test
         metrics are there but ``test_rows.npz`` is not of that round (a kill
-        between the two), if the engine keeps per-row outputs.
+        between the two).
         """
         eng = self.engine
         best = summarise(eng.history, self.cfg).get("best_round")
         entry = next((h for h in eng.history if h["round"] == best), None)
         if entry is None:
             return
-        if "test_eval_s" in entry and (
-            not hasattr(eng, "last_rows") or rows_round(self.dir) == best
-        ):
+        if "test_eval_s" in entry and rows_round(self.dir) == best:
             return
         state = load_checkpoint(self.dir / "best.pt")
         final = {"server": eng.server, "store": eng.store.state_dict()}
@@ -428,89 +221,10 @@ class Run:
         t0 = time.perf_counter()
         entry.update({f"test_{k}": v for k, v in eng.evaluate("test").items()})
         entry["test_eval_s"] = time.perf_counter() - t0
-        self._save_test_rows(best)
+        self._save_test_rows(int(entry["round"]))
         eng.server = final["server"]
         eng.store.load_state_dict(final["store"])
         self._rewrite_metrics()
-
-
-def rows_round(run_dir: Path) -> int | None:
-    """The round of ``run_dir``'s ``test_rows.npz``; ``None`` without one."""
-    try:
-        with np.load(run_dir / ROWS_FILE) as f:
-            return int(f["round"])
-    except (FileNotFoundError, KeyError, ValueError, OSError):
-        return None
-
-
-def write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    """``metrics.jsonl``: one line per round so far (rewritten atomically)."""
-    lines = "".join(json.dumps(_jsonable(h)) + "\n" for h in history)
-    atomic_write(run_dir / "metrics.jsonl", lambda p: p.write_text(lines))
-
-
-def finish_run(
-    run_dir: Path, cfg: ExperimentConfig, history: list[dict[str, Any]], **extra: Any
-) -> dict[str, Any]:
-    """Metrics, ``summary.json`` and the plot of a finished run; its summary."""
-    write_metrics(run_dir, history)
-    summary = summarise(history, cfg)
-    summary.update(run_dir=str(run_dir), commit=current_commit(), **extra)
-    write_json(run_dir / "summary.json", summary)
-    plot_history(history, run_dir / "metrics.png", cfg.run.name)
-    return summary
-
-
-def run_flower(
-    cfg: ExperimentConfig,
-    run_dir: Path | None = None,
-    nodes: int = 3,
-    resume: bool = False,
-) -> dict[str, Any]:
-    """Run ``cfg`` on Flower's simulation engine; its summary.
-
-    The ServerApp keeps the run directory (the embedded engine's files, a
-    checkpoint after every round); ``resume`` continues a killed run there.
-    """
-    from fedrec.flower.server import check_run_dir
-    from fedrec.flower.simulation import run_flower_simulation
-
-    if run_dir is None:
-        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_dir = (
-            Path(cfg.run.out_dir) / f"{cfg.run.name}-flower-s{cfg.run.seed}-{stamp}"
-        )
-    check_run_dir(run_dir, resume)
-    stopped = (
-        "the Flower run stopped before its last round; continue it with "
-        f"`fedrec run --resume {run_dir}`"
-    )
-    try:
-        run_flower_simulation(cfg, nodes, run_dir, resume)
-    except FedrecError:
-        raise
-    except Exception as e:  # the ServerApp died: its checkpoint stays
-        raise FedrecError(f"{stopped} ({type(e).__name__}: {e})") from e
-    if not (run_dir / "summary.json").exists():
-        raise FedrecError(stopped)
-    return json.loads((run_dir / "summary.json").read_text())
-
-
-def resume_run(run_dir: Path, progress: bool = True) -> dict[str, Any]:
-    """Continue the run in ``run_dir`` on the engine it started on."""
-    try:
-        env = json.loads((run_dir / "env.json").read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        env = {}
-    if env.get("engine") not in ("flower", "reference"):
-        return Run.resume(run_dir).execute(progress)
-    cfg_path = run_dir / "config.json"
-    cfg = config_from_raw(json.loads(cfg_path.read_text()), str(cfg_path))
-    if env["engine"] == "reference":  # seconds: scored again
-        from fedrec.references import run_reference
-
-        return run_reference(cfg, run_dir)
-    return run_flower(cfg, run_dir, int(env["min-nodes"]), resume=True)
 
 
 def run_experiment(
@@ -524,8 +238,6 @@ def run_experiment(
     A reference ranking (``popularity``, ``item-knn``) is scored instead
     (:func:`fedrec.references.run_reference`): no engine, one entry.
     """
-    from fedrec.references import REFERENCES, run_reference
-
     if cfg.method["name"] in REFERENCES:
         return run_reference(cfg, run_dir, data)
     t0 = time.perf_counter()

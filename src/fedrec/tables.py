@@ -33,13 +33,8 @@ from fedrec.config import ExperimentConfig, apply_overrides, config_from_raw
 from fedrec.data.dataset import InteractionData
 from fedrec.errors import ConfigError
 from fedrec.intervals import Intervals, is_topk, write_intervals
-from fedrec.runs import (
-    LOWER_IS_BETTER,
-    Run,
-    commit_label,
-    current_commit,
-    run_experiment,
-)
+from fedrec.rundir import LOWER_IS_BETTER, commit_label, current_commit
+from fedrec.runs import Run, run_experiment
 
 log = logging.getLogger("fedrec")
 
@@ -374,7 +369,7 @@ def sweep(
     base = cfg.to_dict()
     base.pop("variants")
     base.pop("presets")
-    plan = [(v, None) for v in values]
+    plan: list[tuple[str, str | None]] = [(v, None) for v in values]
     if tune is not None:
         plan += [(v, t) for v in (tune_for or values) for t in tune[1]]
     runs = []

@@ -207,7 +207,7 @@ def test_fellrec_through_the_split_trains_to_the_same_state(kind):
 
 
 def test_per_client_selection_by_hand():
-    from fedrec.runs import per_client_selection
+    from fedrec.rundir import per_client_selection
 
     hist = [  # two clients, three rounds
         {

@@ -22,7 +22,8 @@ def test_killed_flower_run_resumes_to_the_uninterrupted_metrics(
     tmp_path, monkeypatch, small_raw
 ):
     from fedrec.flower import server as S
-    from fedrec.runs import resume_run, run_flower
+    from fedrec.flower.simulation import run_flower
+    from fedrec.launch import resume_run
 
     monkeypatch.setenv("FEDREC_NODE_STORE", str(tmp_path / "nodes"))
     cfg = config_from_raw(small_raw())  # FedPA

@@ -22,6 +22,7 @@ import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from fedrec.errors import DataError
 
@@ -56,7 +57,7 @@ class Dataset:
     """
 
     name: str
-    kind: str
+    kind: Literal["kuaishou", "recbole", "csv"]
     files: dict[str, str | None]
     source: str
     base_url: str = ""

@@ -199,7 +199,9 @@ def load_csv(
         label = (rating >= label_threshold).astype(np.float32)
     else:
         label = np.ones(len(df), np.float32)
-    ufeat, unames, ifeat, inames, titles = None, [], None, [], None
+    ufeat, ifeat, titles = None, None, None
+    unames: list[str] = []
+    inames: list[str] = []
     if user_features is not None:
         ufeat, unames, _ = _features(Path(user_features), sep, user_ids)
     if item_features is not None:

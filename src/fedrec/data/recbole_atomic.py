@@ -139,7 +139,9 @@ def load_recbole(
         label = (rating >= label_threshold).astype(np.float32)
     item_raw = column(df, "item_id", inter, "id")
     item_path, user_path = root / f"{dataset}.item", root / f"{dataset}.user"
-    ifeat, inames, ufeat, unames = None, [], None, []
+    ifeat, ufeat = None, None
+    inames: list[str] = []
+    unames: list[str] = []
     titles: list[str] | None = None
     texts: list[str] | None = None
     if item_path.is_file():

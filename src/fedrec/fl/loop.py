@@ -12,11 +12,11 @@ import math
 import numpy as np
 import torch
 
-from fedrec.fl.task import Params, Penalty
+from fedrec.fl.protocols import LocalTrainer, Params, Penalty, RowScorer
 
 
 def train_loop(
-    task: object,
+    task: LocalTrainer,
     params: Params,
     received: Params,
     plans: list[list[np.ndarray]],
@@ -29,6 +29,8 @@ def train_loop(
 
     ``clients`` (ids) lets a task that depends on who the client is (e.g. its
     own split depth) be told before each client's local phase (``set_client``).
+    A client with batches starts its phase with ``task.begin_local``, whose
+    state every step's ``task.loss`` gets.
     """
     C = len(plans)
     out = {n: p.clone() for n, p in params.items()}
@@ -40,16 +42,14 @@ def train_loop(
         lrs = {n: lr[n] if isinstance(lr, dict) else lr for n in p}
         opt = opt_cls([{"params": [t], "lr": lrs[n]} for n, t in p.items()])
         total, count = 0.0, 0
-        if clients is not None and hasattr(task, "set_client"):
+        if clients is not None:
             task.set_client(clients[c])
-        begin = getattr(task, "begin_local", None)
-        state = begin(p) if begin is not None and plans[c] else None
+        state = task.begin_local(p) if plans[c] else None
         for batch in plans[c]:
             rows = torch.as_tensor(batch)
             mask = torch.ones(len(batch))
             opt.zero_grad()
-            args = (p, rows, mask) if state is None else (p, rows, mask, state)
-            data_loss = task.loss(*args)  # type: ignore[attr-defined]
+            data_loss = task.loss(p, rows, mask, state)
             obj = data_loss + (penalty(p, r) if penalty is not None else 0.0)
             obj.backward()
             opt.step()
@@ -64,10 +64,10 @@ def train_loop(
 
 @torch.no_grad()
 def predict_loop(
-    task: object, params: Params, segments: list[np.ndarray]
+    scorer: RowScorer, params: Params, segments: list[np.ndarray]
 ) -> list[torch.Tensor]:
-    """Scores of each client's rows, client by client."""
+    """Scores of each client's rows, client by client (a ``PredictRows``)."""
     return [
-        task.predict({n: t[c] for n, t in params.items()}, torch.as_tensor(s))  # type: ignore[attr-defined]
+        scorer.predict({n: t[c] for n, t in params.items()}, torch.as_tensor(s))
         for c, s in enumerate(segments)
     ]

@@ -23,8 +23,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from fedrec.config import PrivacyConfig
-from fedrec.fl.task import Params
+from fedrec.fl.protocols import Params
+from fedrec.sections import PrivacyConfig
 
 log = logging.getLogger("fedrec")
 
@@ -39,10 +39,15 @@ class ModContext:
 
 
 class UploadMod(Protocol):
-    """The middleware protocol."""
+    """The middleware protocol: a transform of the uploads, and its privacy cost."""
 
     def __call__(self, uploads: Params, received: Params, ctx: ModContext) -> Params:
         """Transform the stacked uploads."""
+        ...
+
+    @property
+    def epsilon_per_round(self) -> float:
+        """ε one upload spends (0: a mod that claims no privacy cost)."""
         ...
 
 
@@ -95,10 +100,9 @@ class LaplaceLDP:
         C = len(ctx.clients)
         delta = {n: uploads[n] - received[n] for n in names}
         if self.epsilon > 0:
-            l1 = sum(
-                d.reshape(C, -1).abs().sum(1, dtype=torch.float64)
-                for d in delta.values()
-            )
+            l1 = torch.zeros(C, dtype=torch.float64)
+            for d in delta.values():
+                l1 = l1 + d.reshape(C, -1).abs().sum(1, dtype=torch.float64)
             factor = torch.clamp(self.clip / l1.clamp(min=1e-30), max=1.0)
             delta = {
                 n: d * factor.to(d.dtype).view(-1, *[1] * (d.dim() - 1))

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +27,7 @@ from fedrec.data.sequences import Samples
 from fedrec.data.splits import Split
 from fedrec.errors import DataError
 from fedrec.fl.clients import SPLITS, ClientIndex, client_csr
-from fedrec.fl.task import Params
+from fedrec.fl.protocols import Chunks, Params, PredictRows
 from fedrec.metrics import client_stats, topk_metrics
 from fedrec.metrics.reducers import group_sums
 from fedrec.models.causal_lm import GenerativeRecommender, prompt, swapped_in
@@ -83,6 +82,14 @@ class SeqFedData(ClientIndex):
     def client_attribute(self, attr: str) -> np.ndarray:
         """Group attributes need one-user clients; these clients are user groups."""
         raise DataError(f"group attribute {attr!r}: FELLRec clients are user groups")
+
+    def attribute_column(self, attr: str) -> np.ndarray:
+        """Group attributes are not read here (see :meth:`client_attribute`)."""
+        raise DataError(f"group attribute {attr!r}: FELLRec clients are user groups")
+
+
+def _detached(params: Params) -> Params:
+    return {n: p.detach() for n, p in params.items()}
 
 
 def concat_scores(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
@@ -146,9 +153,9 @@ class SeqRecTask:
             self._tables[key] = self.model.encode_items(self._on(params))
         return self._tables[key]
 
-    def begin_local(self, params: Params) -> torch.Tensor:
+    def begin_local(self, params: Params) -> torch.Tensor | None:
         """Stage 1: the item table is re-encoded once per local phase."""
-        return self.item_table({n: p.detach() for n, p in params.items()})
+        return self.item_table(_detached(params))
 
     def loss(
         self,
@@ -163,7 +170,7 @@ class SeqRecTask:
         """
         ids, am = self.inputs(rows)
         e = functional_call(self.model, self._on(params), (ids, am))  # (b, d)
-        table = state if state is not None else self.begin_local(params)
+        table = state if state is not None else self.item_table(_detached(params))
         rho = params.get("log_scale", self.model.log_scale)
         return self._item_ce(e, rows, mask, table, rho)
 
@@ -270,14 +277,16 @@ class SeqRecTask:
 
     @torch.no_grad()
     def client_scores(
-        self, split: str, chunks: Iterable[tuple[torch.Tensor, Params]], train: Any
+        self, split: str, chunks: Chunks, predict: PredictRows
     ) -> dict[str, np.ndarray]:
         """Per-user top-K metrics of every client in ``chunks``, with user ids.
 
         ``{"user": (n,), "client": (n,), "<metric>@<k>": (n,)}`` over the
         evaluated users (``client``: the user's group, see
         :class:`SeqFedData`). Local: on Flower each node calls this for its own
-        clients and sends only their :meth:`stats`.
+        clients and sends only their :meth:`stats`. Items are ranked with
+        :meth:`scores`, client by client: ``predict`` (the engine's batched
+        row prediction) is not used.
         """
         s = self.fed.samples[split]
         parts = []
@@ -318,7 +327,7 @@ class SeqRecTask:
     def stat_shapes(self) -> dict[str, tuple[int, ...]]:
         """Names and shapes of :meth:`stats`: ``(G,)`` each, G user groups."""
         g = (self.fed.n_groups,)
-        out = {"users": g}
+        out: dict[str, tuple[int, ...]] = {"users": g}
         for m in self.metric_names():
             out |= {f"{m}.sum": g, f"{m}.n": g}
         return out
@@ -367,14 +376,6 @@ class SeqRecTask:
             if m in ("recall@10", "ndcg@10"):
                 out |= _client_spread(m, total, n, users)
         return out
-
-    def evaluate(
-        self, split: str, chunks: Iterable[tuple[torch.Tensor, Params]], train: Any
-    ) -> dict[str, Any]:
-        """``metrics_from_stats(stats(client_scores(...)))`` (one process)."""
-        return self.metrics_from_stats(
-            self.stats(self.client_scores(split, chunks, train))
-        )
 
 
 def _client_spread(

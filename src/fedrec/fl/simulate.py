@@ -23,6 +23,7 @@ from the checkpoint of round t continues exactly as an uninterrupted run.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import resource
@@ -33,16 +34,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedrec.config import ExperimentConfig
-from fedrec.fl.clients import FedData, client_batches
+from fedrec.fl.clients import client_batches
 from fedrec.fl.guards import accept_updates
-from fedrec.fl.loop import train_loop
+from fedrec.fl.loop import predict_loop, train_loop
 from fedrec.fl.mods import ModContext, build_mods
 from fedrec.fl.partition import FROZEN, PRIVATE, Partition
-from fedrec.fl.stacked import train_stacked
+from fedrec.fl.protocols import Chunks, ClientData, Params, PredictRows, Task
+from fedrec.fl.stacked import predict_stacked, train_stacked
 from fedrec.fl.store import ClientStore
 from fedrec.fl.strategy import RoundContext, Strategy
-from fedrec.fl.task import Params
+from fedrec.sections import ExperimentConfig
 
 log = logging.getLogger("fedrec")
 EVAL_CHUNK = 1024
@@ -84,7 +85,8 @@ class EmbeddedEngine:
     model
         The model; its parameters give every client's initial values.
     task
-        Loss and prediction for one client (e.g. :class:`~fedrec.fl.task.CTRTask`).
+        Loss and evaluation for one client (a :class:`~fedrec.fl.protocols.Task`,
+        e.g. :class:`~fedrec.fl.task.CTRTask`).
     strategy
         The algorithm.
     """
@@ -92,9 +94,9 @@ class EmbeddedEngine:
     def __init__(
         self,
         cfg: ExperimentConfig,
-        fed: FedData,
+        fed: ClientData,
         model: torch.nn.Module,
-        task: Any,
+        task: Task,
         strategy: Strategy,
     ) -> None:
         self.cfg, self.fed, self.model, self.task, self.strategy = (
@@ -189,19 +191,28 @@ class EmbeddedEngine:
         lrs = {n: self.strategy.learning_rate(n, tc.lr_at(rnd)) for n in params}
         if not params:  # nothing trainable (e.g. the pre-trained model as is)
             losses = torch.full((len(clients),), math.nan, dtype=torch.float64)
+        elif tc.engine == "stacked":
+            params, losses = train_stacked(
+                self.task,
+                params,
+                received,
+                plans,
+                lrs,
+                tc.optimizer,
+                penalty,
+                max_rows=tc.max_rows_per_bucket,
+                min_rows=tc.min_rows_per_bucket,
+            )
         else:
-            if tc.engine == "stacked":
-                train, extra = (
-                    train_stacked,
-                    {
-                        "max_rows": tc.max_rows_per_bucket,
-                        "min_rows": tc.min_rows_per_bucket,
-                    },
-                )
-            else:
-                train, extra = train_loop, {"clients": clients.tolist()}
-            params, losses = train(
-                self.task, params, received, plans, lrs, tc.optimizer, penalty, **extra
+            params, losses = train_loop(
+                self.task,
+                params,
+                received,
+                plans,
+                lrs,
+                tc.optimizer,
+                penalty,
+                clients=clients.tolist(),
             )
         uploads = {n: params[n] for n in self.partition.uploaded}
         if mods:
@@ -228,7 +239,8 @@ class EmbeddedEngine:
         losses: torch.Tensor,
     ) -> torch.Tensor:
         """Guard the updates, keep accepted private state, aggregate; accepted mask."""
-        ok, reasons = torch.ones(len(clients), dtype=torch.bool), []
+        ok = torch.ones(len(clients), dtype=torch.bool)
+        reasons: list[str] = []
         if uploads and self.mods:  # every upload spends ε, accepted or not
             self.participation[clients] += 1
         if uploads or private:
@@ -312,9 +324,28 @@ class EmbeddedEngine:
                 received, private = self.client_params(cids)
                 yield cids, {**received, **private}
 
-        rows = self.task.client_scores(split, chunks(), self.cfg.train)
+        rows = self.client_scores(split, chunks())
         self.last_rows[split] = rows
         return self.task.metrics_from_stats(self.task.stats(rows))
+
+    def client_scores(self, split: str, chunks: Chunks) -> dict[str, np.ndarray]:
+        """The task's per-row scores of the clients in ``chunks``, on ``split``.
+
+        With this engine's batched prediction (:meth:`predict_rows`); a Flower
+        node calls it for the clients it hosts.
+        """
+        return self.task.client_scores(split, chunks, self.predict_rows())
+
+    def predict_rows(self) -> PredictRows:
+        """How many clients' rows are scored at once: stacked, or one by one."""
+        tc = self.cfg.train
+        if tc.engine == "stacked":
+            return functools.partial(
+                predict_stacked,
+                max_rows=tc.max_rows_per_bucket,
+                min_rows=tc.min_rows_per_bucket,
+            )
+        return predict_loop
 
     def needs_initial(self) -> bool:
         """Whether the untrained model is still to be evaluated (``eval.initial``)."""
@@ -369,9 +400,7 @@ class EmbeddedEngine:
 
         ``per_round``: the ε of one upload instead.
         """
-        eps = [
-            m.epsilon_per_round for m in self.mods if hasattr(m, "epsilon_per_round")
-        ]
+        eps = [m.epsilon_per_round for m in self.mods]
         if not eps:
             return 0.0
         return sum(eps) * (1.0 if per_round else float(self.participation.max()))

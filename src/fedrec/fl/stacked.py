@@ -25,7 +25,7 @@ import torch
 from torch.func import vmap
 
 from fedrec.fl.clients import buckets_by_length, pad_segments
-from fedrec.fl.task import Params, Penalty
+from fedrec.fl.protocols import LocalTrainer, Params, Penalty, RowScorer
 
 
 class StackedAdam:
@@ -108,7 +108,7 @@ def _per_client(values: list[float], p: torch.Tensor) -> torch.Tensor:
 
 
 def train_stacked(
-    task: object,
+    task: LocalTrainer,
     params: Params,
     received: Params,
     plans: list[list[np.ndarray]],
@@ -123,7 +123,8 @@ def train_stacked(
     Parameters
     ----------
     task
-        A task with ``loss(params, rows, mask)`` for one client.
+        A task whose ``loss(params, rows, mask)`` for one client ``vmap``s
+        (no local-phase state: the stacked engine runs CTR tasks).
     params
         Trainable tensors ``(C, ...)``; updated in place and returned.
     received
@@ -140,8 +141,10 @@ def train_stacked(
         (:func:`~fedrec.fl.clients.buckets_by_length`).
     """
 
-    def objective(p: Params, r: Params, rows: torch.Tensor, mask: torch.Tensor):
-        data_loss = task.loss(p, rows, mask)  # type: ignore[attr-defined]
+    def objective(
+        p: Params, r: Params, rows: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        data_loss = task.loss(p, rows, mask)
         extra = penalty(p, r) if penalty is not None else 0.0
         return data_loss + extra, data_loss
 
@@ -185,14 +188,17 @@ def train_stacked(
 
 @torch.no_grad()
 def predict_stacked(
-    task: object,
+    scorer: RowScorer,
     params: Params,
     segments: list[np.ndarray],
     max_rows: int = 65536,
     min_rows: int = 0,
 ) -> list[torch.Tensor]:
-    """Scores of each client's rows under its own params ``(C, ...)``."""
-    fn = vmap(task.predict)  # type: ignore[attr-defined]
+    """Scores of each client's rows under its own params ``(C, ...)``.
+
+    With ``max_rows``/``min_rows`` bound (``functools.partial``), a ``PredictRows``.
+    """
+    fn = vmap(scorer.predict)
     out: list[torch.Tensor] = [torch.empty(0)] * len(segments)
     for b in buckets_by_length(
         np.array([len(s) for s in segments]), max_rows, min_rows

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from fedrec.fl.task import Params
+from fedrec.fl.protocols import Params
 
 
 class ClientStore:

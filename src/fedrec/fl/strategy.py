@@ -26,12 +26,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from fedrec.config import ModelConfig
 from fedrec.data.dataset import InteractionData
 from fedrec.fl.clients import FedData
 from fedrec.fl.partition import SHARED, Partition
-from fedrec.fl.task import Params, Penalty
+from fedrec.fl.protocols import Params, Penalty
 from fedrec.models.ctr_mlp import CTRModel
+from fedrec.sections import ModelConfig
 
 
 @dataclass

@@ -5,13 +5,11 @@ A task is written for ONE client (no client dimension); the stacked engine
 the model code exists once. Its evaluation is three steps both engines share:
 per-row ``client_scores`` (local), their additive ``stats`` (fixed shapes
 ``stat_shapes()``: what a Flower node sends) and ``metrics_from_stats`` of the
-stats summed over nodes.
+stats summed over nodes. What an engine asks of a task is the protocol
+:class:`~fedrec.fl.protocols.Task`; a task imports no engine.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable, Iterable
-from typing import Any
 
 import numpy as np
 import torch
@@ -20,9 +18,12 @@ from torch import nn
 from torch.func import functional_call
 
 from fedrec.fl.clients import FedData
-
-Params = dict[str, torch.Tensor]
-Penalty = Callable[[Params, Params], torch.Tensor]
+from fedrec.fl.protocols import Chunks, Params, PredictRows
+from fedrec.metrics.reducers import (
+    CTR_STAT_SHAPES,
+    ctr_metrics_from_stats,
+    ctr_stats,
+)
 
 
 class CTRTask:
@@ -52,15 +53,29 @@ class CTRTask:
         self.fed = fed
         self.slices = dict(slices or {})
 
+    def set_client(self, cid: int) -> None:
+        """Every client computes alike: nothing to switch."""
+
+    def begin_local(self, params: Params) -> None:
+        """Nothing to prepare for a local phase."""
+        return None
+
     def logits(self, params: Params, rows: torch.Tensor) -> torch.Tensor:
         """Logits ``(b,)`` of rows ``(b,)`` under ``params``."""
         users, items = self.fed.users[rows], self.fed.items[rows]
         return functional_call(self.model, params, (users, items))
 
     def loss(
-        self, params: Params, rows: torch.Tensor, mask: torch.Tensor
+        self,
+        params: Params,
+        rows: torch.Tensor,
+        mask: torch.Tensor,
+        state: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Masked mean BCE over rows ``(b,)`` with ``mask`` ``(b,)`` in {0, 1}."""
+        """Masked mean BCE over rows ``(b,)`` with ``mask`` ``(b,)`` in {0, 1}.
+
+        ``state`` is unused (:meth:`begin_local` prepares nothing).
+        """
         logit = self.logits(params, rows)
         y = self.fed.labels[rows].to(logit.dtype)
         bce = F.binary_cross_entropy_with_logits(logit, y, reduction="none")
@@ -72,32 +87,20 @@ class CTRTask:
 
     @torch.no_grad()
     def client_scores(
-        self, split: str, chunks: Iterable[tuple[torch.Tensor, Params]], train: Any
+        self, split: str, chunks: Chunks, predict: PredictRows
     ) -> dict[str, np.ndarray]:
         """``probs``, ``labels``, ``users`` ``(n,)`` of the clients' rows in ``split``.
 
-        ``chunks`` yields ``(client ids (C,), params (C, ...))``; the stacked
-        engine predicts a chunk at once, the loop engine client by client. On
-        Flower each node calls this for its own clients and sends only their
-        :meth:`stats`: the rows stay on the node.
+        ``chunks`` yields ``(client ids (C,), params (C, ...))``; ``predict``
+        is the engine's batched prediction (the stacked engine predicts a chunk
+        at once, the loop engine client by client). On Flower each node calls
+        this for its own clients and sends only their :meth:`stats`: the rows
+        stay on the node.
         """
-        from fedrec.fl.loop import predict_loop
-        from fedrec.fl.stacked import predict_stacked
-
         probs, rows = [torch.zeros(0, dtype=torch.float64)], [np.zeros(0, np.int64)]
         for cids, params in chunks:
             segs = [self.fed.client_rows(split, c) for c in cids.tolist()]
-            if train.engine == "stacked":
-                scores = predict_stacked(
-                    self,
-                    params,
-                    segs,
-                    train.max_rows_per_bucket,
-                    train.min_rows_per_bucket,
-                )
-            else:
-                scores = predict_loop(self, params, segs)
-            probs.extend(s.double() for s in scores)
+            probs.extend(s.double() for s in predict(self, params, segs))
             rows.extend(segs)
         r = torch.as_tensor(np.concatenate(rows))
         users = self.fed.users[r].numpy()
@@ -110,8 +113,6 @@ class CTRTask:
 
     def stat_shapes(self) -> dict[str, tuple[int, ...]]:
         """Names and shapes of :meth:`stats` (fixed: no row or user count in them)."""
-        from fedrec.metrics.reducers import CTR_STAT_SHAPES
-
         out = dict(CTR_STAT_SHAPES)
         for name in self.slices:
             out |= {f"{name}.{k}": v for k, v in CTR_STAT_SHAPES.items()}
@@ -126,9 +127,8 @@ class CTRTask:
         :mod:`fedrec.metrics.reducers`. Statistics of disjoint rows pool by a
         sum (a user's rows never span two nodes).
         """
-        from fedrec.metrics.reducers import ctr_stats
 
-        def of(keep: np.ndarray) -> dict[str, np.ndarray]:
+        def of(keep: np.ndarray | slice) -> dict[str, np.ndarray]:
             return ctr_stats(
                 scores["labels"][keep], scores["probs"][keep], scores["users"][keep]
             )
@@ -146,8 +146,6 @@ class CTRTask:
         and ``gauc_<slice>`` for each slice with rows. ``{}`` when no row was
         evaluated.
         """
-        from fedrec.metrics.reducers import ctr_metrics_from_stats
-
         out = ctr_metrics_from_stats({k: v for k, v in stats.items() if "." not in k})
         for name in self.slices:
             part = {
@@ -158,15 +156,3 @@ class CTRTask:
             m = ctr_metrics_from_stats(part)
             out |= {f"{k}_{name}": m[k] for k in ("auc", "gauc") if k in m}
         return out
-
-    def evaluate(
-        self, split: str, chunks: Iterable[tuple[torch.Tensor, Params]], train: Any
-    ) -> dict[str, float]:
-        """Pooled CTR metrics over every client's rows, each under its own params.
-
-        Through the same reducers as the Flower server:
-        ``metrics_from_stats(stats(client_scores(...)))``.
-        """
-        return self.metrics_from_stats(
-            self.stats(self.client_scores(split, chunks, train))
-        )

@@ -31,9 +31,9 @@ from typing import Any
 import torch
 from flwr.clientapp import ClientApp
 
-from fedrec.errors import FedrecError
 from fedrec.flower.mods import STATS, UPLOADS, upload_mods, wire_audit
-from fedrec.flower.records import from_record, to_record
+from fedrec.flower.node import hosted, partition, store_of
+from fedrec.flower.records import config_int, config_ints, from_record, to_record
 from fedrec.flower.runconfig import engine_for, eval_splits, raw_of
 from fedrec.flower.store import NodeStore
 
@@ -71,35 +71,6 @@ def _app_of(key: str, raw: dict[str, Any] | None) -> FedrecClientApp:
     if key not in _APPS:
         _APPS[key] = _build(key, raw)
     return _APPS[key]
-
-
-def partition(context: Any) -> tuple[int, int]:
-    """(partition-id, num-partitions) of this SuperNode."""
-    nc = context.node_config
-    if "partition-id" not in nc or "num-partitions" not in nc:
-        raise FedrecError(
-            "start each SuperNode with --node-config "
-            "'partition-id=<i> num-partitions=<n>'"
-        )
-    return int(nc["partition-id"]), int(nc["num-partitions"])
-
-
-def hosted(context: Any, n_clients: int) -> torch.Tensor:
-    """The clients this node hosts, in bank-row order."""
-    p, parts = partition(context)
-    return torch.arange(p, n_clients, parts)
-
-
-def store_of(msg: Any, context: Any, suffix: str = "") -> NodeStore:
-    """The node's store for the run of ``msg`` (the server sends its key).
-
-    ``suffix`` names another store of the same run (``"-split"``: the split's
-    scratch).
-    """
-    cfg = msg.content["config"] if "config" in msg.content else {}
-    return NodeStore.of(
-        context, partition(context)[0], str(cfg.get("store", "")), suffix
-    )
 
 
 def node_queries(app: Any) -> None:
@@ -169,8 +140,8 @@ def _build(key: str, raw: dict[str, Any] | None) -> FedrecClientApp:
     def train(msg: Message, context: Context) -> Message:
         start = time.perf_counter()
         eng, cfg = engine_of(context), msg.content["config"]
-        rnd, store = int(cfg["round"]), store_of(msg, context)
-        clients = torch.as_tensor(list(cfg["clients"]), dtype=torch.long)
+        rnd, store = config_int(cfg["round"]), store_of(msg, context)
+        clients = torch.as_tensor(config_ints(cfg["clients"]), dtype=torch.long)
         mine = bank(store, rnd, context, eng)
         slots = clients // partition(context)[1]
         # every hosted client, in row order (full participation): the whole bank
@@ -197,13 +168,13 @@ def _build(key: str, raw: dict[str, Any] | None) -> FedrecClientApp:
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        eng, rnd = engine_of(context), int(msg.content["config"]["round"])
+        eng, rnd = engine_of(context), config_int(msg.content["config"]["round"])
         mine = hosted(context, eng.fed.n_clients)
         private = bank(store_of(msg, context), rnd + 1, context, eng)
         params = {**from_record(msg.content["received"]), **private}
         out = {}
         for split in eval_splits(eng):
-            rows = eng.task.client_scores(split, [(mine, params)], eng.cfg.train)
+            rows = eng.client_scores(split, [(mine, params)])
             out.update({f"{split}/{k}": v for k, v in eng.task.stats(rows).items()})
         return Message(content=RecordDict({STATS: to_record(out)}), reply_to=msg)
 

@@ -13,7 +13,7 @@ In flwr 1.41's simulation both ends of a message poll for it:
   link state every 100 ms (``vce_api.add_messages_to_queue``), so each
   broadcast waits 0–100 ms before any node sees it;
 - the ServerApp sees replies only by polling the grid
-  (:meth:`~fedrec.flower.server.Fleet.collect`), so a round ends up to a poll
+  (:meth:`~fedrec.flower.fleet.Fleet.collect`), so a round ends up to a poll
   interval after its last reply was stored.
 
 Inside :func:`woken` the link state's ``store_message_ins`` wakes the loop
@@ -108,12 +108,13 @@ def woken() -> Iterator[None]:
             if not found:
                 stored.wait(0.1)  # 0.1 s: how soon a stop is noticed
 
-    InMemoryLinkState.store_message_ins = store_message_ins
-    InMemoryLinkState.store_message_res = store_message_res
+    # Flower's methods are replaced on purpose, and restored on the way out
+    InMemoryLinkState.store_message_ins = store_message_ins  # type: ignore[method-assign]
+    InMemoryLinkState.store_message_res = store_message_res  # type: ignore[method-assign]
     vce_api.add_messages_to_queue = add_messages_to_queue
     try:
         yield
     finally:
-        InMemoryLinkState.store_message_ins = store_ins
-        InMemoryLinkState.store_message_res = store_res
+        InMemoryLinkState.store_message_ins = store_ins  # type: ignore[method-assign]
+        InMemoryLinkState.store_message_res = store_res  # type: ignore[method-assign]
         vce_api.add_messages_to_queue = handover

@@ -74,10 +74,10 @@ def write_parts(fd: int, parts: list[bytes | memoryview], offset: int) -> int:
 def _raw(t: torch.Tensor) -> memoryview:
     """The bytes of ``t`` in row-major order (a view when it is contiguous)."""
     try:  # the common case, one call: a contiguous CPU tensor numpy can view
-        return memoryview(t.numpy()).cast("B")
+        return memoryview(t.numpy().data).cast("B")
     except (TypeError, RuntimeError):  # grad, bfloat16, a device, strides, neg
         t = t.detach().cpu().resolve_neg().contiguous()
-        return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+        return t.reshape(-1).view(torch.uint8).numpy().data
 
 
 @functools.lru_cache(maxsize=256)
@@ -90,7 +90,7 @@ def _layout(sig: tuple[Any, ...]) -> tuple[bytes, list[bytes]]:
     return _META_LEN.pack(len(head)) + head, pads
 
 
-def unpack(body: bytearray) -> dict[str, torch.Tensor]:
+def unpack(body: bytearray | memoryview) -> dict[str, torch.Tensor]:
     """Tensors viewing packed ``body`` (writable, no copies).
 
     Through numpy where the dtype has one: ``torch.from_numpy`` of a numpy
@@ -164,7 +164,7 @@ def _is_packed(record: Any) -> bool:
 _Entry = tuple[str, torch.dtype, Any, list[int], int, int]
 
 
-def _meta(body: bytes | bytearray) -> list[_Entry]:
+def _meta(body: bytes | bytearray | memoryview) -> list[_Entry]:
     """``(name, dtype, numpy dtype, shape, numel, offset)`` of each tensor."""
     (n,) = _META_LEN.unpack_from(body)
     return _parse(bytes(body[_META_LEN.size : _META_LEN.size + n]))
@@ -186,3 +186,17 @@ def _numpy_dtype(dt: torch.dtype) -> Any:
         return torch.empty(0, dtype=dt).numpy().dtype
     except TypeError:
         return None
+
+
+def config_int(value: object) -> int:
+    """An int of a message's ``ConfigRecord`` (Flower types any record value)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"expected an int in the message config, got {value!r}")
+    return value
+
+
+def config_ints(value: object) -> list[int]:
+    """A list of ints of a message's ``ConfigRecord``."""
+    if not isinstance(value, list):
+        raise TypeError(f"expected a list of ints in the message config, got {value!r}")
+    return [config_int(v) for v in value]

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import sys
 import warnings
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fedrec.config import ExperimentConfig
+from fedrec.errors import FedrecError
 from fedrec.flower.apps import flower_apps
 from fedrec.flower.internals import woken
 from fedrec.flower.runconfig import flower_config
+from fedrec.flower.server import check_run_dir
+from fedrec.sections import ExperimentConfig
 
 
 def run_flower_simulation(
@@ -43,19 +47,51 @@ def run_flower_simulation(
     server_app, client_app = flower_apps(cfg.to_dict(), num_nodes, history, out, resume)
     b = cfg.backbone
     one_actor = b.kind == "causal-lm" and b.split_k > 0
+    cpus = (os.cpu_count() or 1) if one_actor else 1
     with woken(), quiet_flower():  # woken: messages handed over when stored
         try:
             run_simulation(
                 server_app=server_app,
                 client_app=client_app,
                 num_supernodes=num_nodes,
-                backend_config={
-                    "client_resources": {"num_cpus": os.cpu_count() if one_actor else 1}
-                },
+                backend_config={"client_resources": {"num_cpus": cpus}},
             )
         finally:
             shutdown_ray()
     return history
+
+
+def run_flower(
+    cfg: ExperimentConfig,
+    run_dir: Path | None = None,
+    nodes: int = 3,
+    resume: bool = False,
+) -> dict[str, Any]:
+    """Run ``cfg`` on Flower's simulation engine, keeping a run directory; its summary.
+
+    The ServerApp keeps the run directory (the embedded engine's files, a
+    checkpoint after every round); ``resume`` continues a killed run there.
+    """
+    if run_dir is None:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = (
+            Path(cfg.run.out_dir) / f"{cfg.run.name}-flower-s{cfg.run.seed}-{stamp}"
+        )
+    check_run_dir(run_dir, resume)
+    stopped = (
+        "the Flower run stopped before its last round; continue it with "
+        f"`fedrec run --resume {run_dir}`"
+    )
+    try:
+        run_flower_simulation(cfg, nodes, run_dir, resume)
+    except FedrecError:
+        raise
+    except Exception as e:  # the ServerApp died: its checkpoint stays
+        raise FedrecError(f"{stopped} ({type(e).__name__}: {e})") from e
+    if not (run_dir / "summary.json").exists():
+        raise FedrecError(stopped)
+    summary: dict[str, Any] = json.loads((run_dir / "summary.json").read_text())
+    return summary
 
 
 def shutdown_ray() -> None:

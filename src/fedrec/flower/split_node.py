@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, cast
 import numpy as np
 import torch
 
-from fedrec.flower.client import store_of
 from fedrec.flower.growing_log import GrowingLog
+from fedrec.flower.node import store_of
 from fedrec.flower.split import (
     EvalItem,
     Sides,

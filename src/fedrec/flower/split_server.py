@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from fedrec.flower.fleet import Fleet, close_round, pooled_metrics
 from fedrec.flower.runconfig import eval_splits
-from fedrec.flower.server import Fleet, close_round, pooled_metrics
 from fedrec.flower.split import (
     ENTRIES_PER_MESSAGE,
     Sides,
@@ -60,7 +60,7 @@ class Link:
 
     ``send(phase, {partition: request})`` sends one message per node and
     returns the typed replies of those that answered; a failed or late node is
-    logged by :meth:`~fedrec.flower.server.Fleet.collect` and left out.
+    logged by :meth:`~fedrec.flower.fleet.Fleet.collect` and left out.
     """
 
     def __init__(self, fleet: Fleet, rnd: int) -> None:
@@ -280,7 +280,7 @@ def evaluate_round(
     (:func:`~fedrec.flower.split_server_decode.decode`); a discriminative one
     encodes item tables and rows (:func:`_encode`). The nodes score and reduce
     their rows to the task's statistics; the server sums them
-    (:func:`~fedrec.flower.server.pooled_metrics`).
+    (:func:`~fedrec.flower.fleet.pooled_metrics`).
     """
     s, parts, link = sides(eng), fleet.parts, Link(fleet, rnd)
     all_ids = torch.arange(eng.fed.n_clients)

@@ -103,7 +103,9 @@ class NodeStore:
         path = self.files[newest]
         try:
             body = bytearray(length)
-            if os.preadv(self._fds[newest], [body], _HEADER.size) != length:
+            fd = self._fds[newest]
+            assert fd is not None  # _generations opened every file it read
+            if os.preadv(fd, [body], _HEADER.size) != length:
                 raise ValueError(f"body shorter than {length} bytes")
             tensors = unpack(body)
         except Exception as e:  # a truncated or foreign file
@@ -164,12 +166,13 @@ class NodeStore:
     def _generations(self) -> list[tuple[int, int]]:
         out = []
         for i, path in enumerate(self.files):
-            if self._fds[i] is None:
+            fd = self._fds[i]
+            if fd is None:
                 try:
-                    self._fds[i] = os.open(path, os.O_RDWR)
+                    fd = self._fds[i] = os.open(path, os.O_RDWR)
                 except FileNotFoundError:
                     out.append((0, 0))
                     continue
-            head = os.pread(self._fds[i], _HEADER.size, 0)
+            head = os.pread(fd, _HEADER.size, 0)
             out.append(_HEADER.unpack(head) if len(head) == _HEADER.size else (0, 0))
         return out

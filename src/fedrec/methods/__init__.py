@@ -1,6 +1,5 @@
 """Built-in methods; importing this package registers them."""
 
-from fedrec import references  # noqa: F401  (registers popularity, item-knn)
 from fedrec.methods import (  # noqa: F401
     baselines,
     centralised,
@@ -10,4 +9,5 @@ from fedrec.methods import (  # noqa: F401
     fedprox,
     fellrec,
     local,
+    rankings,
 )

@@ -17,13 +17,13 @@ from typing import Literal
 
 from torch import nn
 
-from fedrec.config import ModelConfig
 from fedrec.data.dataset import InteractionData
 from fedrec.fl.partition import FROZEN, PRIVATE, SHARED
 from fedrec.fl.strategy import Strategy
 from fedrec.methods.fedavg import FedAvg, FedAvgConfig
 from fedrec.models.adapted_ctr import AdaptedCTRModel
 from fedrec.registry import register_method
+from fedrec.sections import ModelConfig
 
 
 @dataclass
@@ -48,17 +48,18 @@ class FedPer(FedAvg):
 
 
 @dataclass
-class FedAvgLoRAConfig:
-    """LoRA rank, alpha and init of the one shared adapter."""
+class FedAvgLoRAConfig(FedAvgConfig):
+    """LoRA rank, alpha and init of the one shared adapter (and FedAvg's weights)."""
 
     rank: int = 4
     alpha: float = 1.0
     lora_init: Literal["lora", "zeros"] = "lora"
-    weighted: bool = True
 
 
 class FedAvgLoRA(FedAvg):
     """One shared LoRA per layer, FedAvg-ed; the base stays frozen."""
+
+    config: FedAvgLoRAConfig
 
     def build_model(self, data: InteractionData, cfg: ModelConfig) -> nn.Module:
         """The CTR model with one ``"shared"`` LoRA per layer, inside the ReLU."""
@@ -68,10 +69,10 @@ class FedAvgLoRA(FedAvg):
             cfg.dim,
             cfg.layers,
             adapters=["shared"],
-            rank=c.rank,  # type: ignore[attr-defined]
+            rank=c.rank,
             alpha=c.alpha,
             lora_init=c.lora_init,
-            fusion="lora",  # type: ignore[attr-defined]
+            fusion="lora",
         )
 
     def partition_rules(self) -> list[tuple[str, str]]:

@@ -26,12 +26,12 @@ import torch
 from scipy.special import logit
 from torch import nn
 
-from fedrec.config import ModelConfig
 from fedrec.data.dataset import InteractionData
 from fedrec.fl.clients import FedData
 from fedrec.fl.partition import FROZEN
 from fedrec.fl.strategy import Strategy
 from fedrec.registry import register_method
+from fedrec.sections import ModelConfig
 
 PSEUDO_ROWS = 10.0
 
@@ -52,6 +52,10 @@ class RateModel(nn.Module):
     the linear score (Σ_f w_f logit q_f(v_if)); ``w_u`` and ``b`` scalars.
     No parameter: nothing trains, uploads or aggregates.
     """
+
+    user_logit: torch.Tensor  # buffers
+    item_logit: torch.Tensor
+    coef: torch.Tensor
 
     def __init__(self, n_users: int, n_items: int) -> None:
         super().__init__()
@@ -85,7 +89,7 @@ class UserPrior(Strategy):
         """``user_logit = logit p_u``, coefficients (1, 0)."""
         users, _, labels, prior = train_rows(fed)
         p = smoothed_rates(users, labels, fed.data.n_users, prior)
-        model.user_logit.copy_(torch.as_tensor(logit(p)))
+        rate_model(model).user_logit.copy_(torch.as_tensor(logit(p)))
 
 
 class LogReg(UserPrior):
@@ -115,9 +119,17 @@ class LogReg(UserPrior):
         x = np.column_stack([user_x[users], item_x[items]])
         lr = LogisticRegression(C=1.0, max_iter=1000).fit(x, labels)
         w = lr.coef_[0]
-        model.user_logit.copy_(torch.as_tensor(user_x))
-        model.item_logit.copy_(torch.as_tensor(item_x @ w[1:]))
-        model.coef.copy_(torch.tensor([w[0], lr.intercept_[0]]))
+        rates = rate_model(model)
+        rates.user_logit.copy_(torch.as_tensor(user_x))
+        rates.item_logit.copy_(torch.as_tensor(item_x @ w[1:]))
+        rates.coef.copy_(torch.tensor([w[0], lr.intercept_[0]]))
+
+
+def rate_model(model: nn.Module) -> RateModel:
+    """``model`` as the :class:`RateModel` these strategies build and fit."""
+    if not isinstance(model, RateModel):
+        raise TypeError(f"expected the RateModel of build_model, got {type(model)}")
+    return model
 
 
 def train_rows(fed: FedData) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:

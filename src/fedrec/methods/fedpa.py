@@ -24,13 +24,13 @@ from typing import Literal
 import torch
 from torch import nn
 
-from fedrec.config import ModelConfig
 from fedrec.data.dataset import InteractionData
 from fedrec.errors import ConfigError
 from fedrec.fl.partition import FROZEN, PRIVATE, SHARED, group_role
 from fedrec.fl.strategy import RoundContext, Strategy
 from fedrec.models.adapted_ctr import AdaptedCTRModel
 from fedrec.registry import register_method
+from fedrec.sections import ModelConfig
 
 
 @dataclass

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from fedrec.errors import ConfigError
-from fedrec.fl.task import Params, Penalty
+from fedrec.fl.protocols import Params, Penalty
 from fedrec.methods.fedavg import FedAvg, FedAvgConfig
 from fedrec.registry import register_method
 
@@ -37,9 +37,10 @@ class FedProx(FedAvg):
         mu = self.config.mu
 
         def prox(params: Params, received: Params) -> torch.Tensor:
-            return (
-                0.5 * mu * sum(((params[n] - received[n]) ** 2).sum() for n in received)
-            )
+            total = torch.zeros(())
+            for n in received:
+                total = total + ((params[n] - received[n]) ** 2).sum()
+            return 0.5 * mu * total
 
         return prox
 

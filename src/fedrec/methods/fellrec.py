@@ -30,8 +30,8 @@ import torch
 
 from fedrec.errors import ConfigError
 from fedrec.fl.partition import Partition
+from fedrec.fl.protocols import Params
 from fedrec.fl.strategy import RoundContext, Strategy
-from fedrec.fl.task import Params
 from fedrec.registry import register_method
 
 

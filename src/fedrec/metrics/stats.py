@@ -3,6 +3,7 @@ r"""Aggregates over users and clients that ignore undefined (NaN) entries."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -31,8 +32,8 @@ def mean_ignore_nan(per_user: ArrayLike) -> float:
 
 
 def client_stats(
-    values: Mapping[str | int, float] | ArrayLike,
-    weights: Mapping[str | int, float] | ArrayLike | None = None,
+    values: Mapping[Any, float] | ArrayLike,
+    weights: Mapping[Any, float] | ArrayLike | None = None,
 ) -> dict[str, float]:
     r"""Summary of one metric across clients (fairness view).
 

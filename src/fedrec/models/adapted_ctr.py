@@ -21,6 +21,7 @@ pre-trained CTR checkpoint loads as is): ``lora.{l}.{adapter}.A|B`` and
 from __future__ import annotations
 
 import math
+from typing import cast
 
 import torch
 from torch import nn
@@ -86,7 +87,7 @@ class AdaptedCTRModel(CTRModel):
     ) -> None:
         super().__init__(*args, **base)  # type: ignore[arg-type]
         self.adapters, self.fusion = list(adapters), fusion
-        dims = [(m.in_features, m.out_features) for m in self.mlp]
+        dims = self.layer_dims
         gate_dim = gate_dim or [8, 4][: len(dims)] + [4] * (len(dims) - 2)
         if len(gate_dim) != len(dims):
             raise ValueError(f"gate_dim needs {len(dims)} widths, got {gate_dim}")
@@ -105,13 +106,16 @@ class AdaptedCTRModel(CTRModel):
         )
         with torch.no_grad():
             for gate in self.gates:
-                gate[2].bias[0] += gate_frozen_bias
+                cast(nn.Linear, cast(nn.Sequential, gate)[2]).bias[0] += (
+                    gate_frozen_bias
+                )
 
     def forward(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         """Logits ``(B,)`` for user and item codes ``(B,)``."""
         h = self.embed(users, items)  # (B, D_0)
         for i, layer in enumerate(self.mlp):
-            outs = [ad(h) for ad in self.lora[i].values()]  # K-1 × (B, D_{l+1})
+            adapters = cast(nn.ModuleDict, self.lora[i]).values()
+            outs = [ad(h) for ad in adapters]  # K-1 × (B, D_{l+1})
             if self.fusion == "lora":
                 h = torch.relu(layer(h) + sum(outs))
                 continue

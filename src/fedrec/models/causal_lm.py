@@ -32,6 +32,7 @@ import hashlib
 import importlib.util
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -40,6 +41,9 @@ from torch import nn
 from fedrec.atomic import atomic_write
 from fedrec.models.peft_lora import NoDropout
 from fedrec.models.split import SplitModel, WireMeter, wired_forward
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 SMOLLM2 = "smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -105,7 +109,7 @@ def smollm2_dir(cache_dir: str = ".cache/models") -> Path:
     return out
 
 
-def tiny_tokenizer(texts: list[str], vocab_size: int = 2000) -> object:
+def tiny_tokenizer(texts: list[str], vocab_size: int = 2000) -> PreTrainedTokenizerBase:
     """A word-level tokenizer whose vocabulary is the texts' words and symbols.
 
     Built, not trained, so that two builds from the same texts are identical.
@@ -129,7 +133,7 @@ def tiny_tokenizer(texts: list[str], vocab_size: int = 2000) -> object:
 
 def load_causal_lm(
     path: str, titles: list[str], seed: int = 0, cache_dir: str = ".cache/models"
-) -> tuple[nn.Module, object]:
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """(model, tokenizer) for ``"smollm2"``, ``"tiny"`` or a local causal-LM dir."""
     from transformers import (
         AutoModelForCausalLM,
@@ -196,7 +200,7 @@ class GenerativeRecommender(NoDropout):
     def __init__(
         self,
         lm: nn.Module,
-        tokenizer: object,
+        tokenizer: PreTrainedTokenizerBase,
         titles: list[str],
         max_len: int = 512,
         max_new_tokens: int = 32,
@@ -205,7 +209,9 @@ class GenerativeRecommender(NoDropout):
     ) -> None:
         super().__init__()
         self.emb_cache = emb_cache
-        self.lm, self.tok, self.titles = lm, tokenizer, titles
+        # a HF causal LM, PEFT-wrapped or not: generate, get_decoder, adapters
+        self.lm: Any = lm
+        self.tok, self.titles = tokenizer, titles
         self.max_len, self.max_new_tokens, self.num_beams = (
             max_len,
             max_new_tokens,
@@ -225,19 +231,19 @@ class GenerativeRecommender(NoDropout):
         pad id is the same id).
         """
         tok = self.tok
-        tok.padding_side = "left" if left_pad else "right"  # type: ignore[attr-defined]
-        tok.truncation_side = "left"  # type: ignore[attr-defined]
+        tok.padding_side = "left" if left_pad else "right"
+        tok.truncation_side = "left"
         if eos:
-            end = tok.eos_token_id  # type: ignore[attr-defined]
-            ids = tok(texts, truncation=True, max_length=self.max_len - 1)  # type: ignore[operator]
+            end = tok.eos_token_id
+            ids = tok(texts, truncation=True, max_length=self.max_len - 1)
             ids = {"input_ids": [t + [end] for t in ids["input_ids"]]}
-            enc = tok.pad(ids, padding=True, return_tensors="pt")  # type: ignore[attr-defined]
+            enc = tok.pad(ids, padding=True, return_tensors="pt")
         else:
             enc = tok(
                 texts,
                 return_tensors="pt",
                 padding=True,
-                truncation=True,  # type: ignore[operator]
+                truncation=True,
                 max_length=self.max_len,
             )
         dev = next(self.lm.parameters()).device
@@ -278,7 +284,7 @@ class GenerativeRecommender(NoDropout):
         sorted by token count so that a chunk pads little; rows come back in
         the input order.
         """
-        lengths = [len(t) for t in self.tok(texts)["input_ids"]]  # type: ignore[operator]
+        lengths = [len(t) for t in self.tok(texts)["input_ids"]]
         order = np.argsort(lengths, kind="stable")
         lm = self.lm.get_base_model() if hasattr(self.lm, "get_base_model") else self.lm
         decoder = lm.get_decoder()
@@ -303,9 +309,9 @@ class GenerativeRecommender(NoDropout):
             if path is not None and path.exists():
                 self._item_emb = torch.load(path, map_location="cpu")
             else:
-                self._item_emb = self.last_hidden(self.titles)
+                emb = self._item_emb = self.last_hidden(self.titles)
                 if path is not None:
-                    atomic_write(path, lambda p: torch.save(self._item_emb.cpu(), p))
+                    atomic_write(path, lambda p: torch.save(emb.cpu(), p))
         return self._item_emb
 
     def _emb_cache_path(self) -> Path | None:
@@ -349,16 +355,16 @@ class GenerativeRecommender(NoDropout):
                 do_sample=False,
                 num_beams=self.num_beams,
                 max_new_tokens=self.max_new_tokens,
-                pad_token_id=self.tok.pad_token_id,  # type: ignore[attr-defined]
+                pad_token_id=self.tok.pad_token_id,
             )
             new = out[:, ids.shape[1] :].tolist()
         return self.titles_of(new)
 
     def titles_of(self, generated: list[list[int]]) -> list[str]:
         """The title each list of generated token ids spells (:func:`title_in`)."""
-        eos = self.tok.eos_token_id  # type: ignore[attr-defined]
+        eos = self.tok.eos_token_id
         cut = [t[: t.index(eos)] if eos in t else t for t in generated]
-        text = self.tok.batch_decode(cut, skip_special_tokens=True)  # type: ignore[attr-defined]
+        text = self.tok.batch_decode(cut, skip_special_tokens=True)
         return [title_in(t) for t in text]
 
     def scores(self, histories: list[np.ndarray]) -> torch.Tensor:

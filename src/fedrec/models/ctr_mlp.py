@@ -42,6 +42,9 @@ class CTRModel(nn.Module):
         Hidden widths D_1, ..., D_L.
     """
 
+    user_x: torch.Tensor  # buffers: offset codes ``(U, F_u)`` / ``(I, F_i)``
+    item_x: torch.Tensor
+
     def __init__(
         self,
         user_x: np.ndarray,
@@ -57,9 +60,9 @@ class CTRModel(nn.Module):
         self.user_emb = nn.Embedding(sum(user_cards), dim)
         self.item_emb = nn.Embedding(sum(item_cards), dim)
         widths = [(len(user_cards) + len(item_cards)) * dim, *layers]
-        self.mlp = nn.ModuleList(
-            nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True)
-        )
+        #: ``(in, out)`` widths of each hidden layer of :attr:`mlp`
+        self.layer_dims = list(zip(widths[:-1], widths[1:], strict=True))
+        self.mlp = nn.ModuleList(nn.Linear(a, b) for a, b in self.layer_dims)
         self.head = nn.Linear(widths[-1], 1)
 
     @classmethod

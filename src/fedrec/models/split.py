@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,9 +62,17 @@ class Message:
         return cls(tensors["tensor"], get("attention_mask"), get("position_ids"))
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
+def _unwrap(model: nn.Module) -> Any:
+    """The HF model under a PEFT wrapper (its attributes depend on the architecture)."""
     base = getattr(model, "base_model", None)  # PEFT: PeftModel.base_model.model
     return base.model if base is not None and hasattr(base, "model") else model
+
+
+def _grad(leaf: torch.Tensor) -> torch.Tensor:
+    """The gradient a backward pass left in ``leaf``."""
+    if leaf.grad is None:
+        raise RuntimeError("the backward pass did not reach the split's leaf")
+    return leaf.grad
 
 
 class SplitModel:
@@ -80,9 +89,13 @@ class SplitModel:
     def __init__(self, model: nn.Module, k: int) -> None:
         m = _unwrap(model)
         self.causal = hasattr(m, "lm_head")
-        self.body = m.model if self.causal else m
-        self.head_module = m.lm_head if self.causal else None
-        self.layers = self.body.layers if self.causal else self.body.encoder.layer
+        # Llama-like (layers, rotary_emb, embed_tokens, norm) or BERT-like
+        # (encoder.layer, embeddings): what is read of it depends on `causal`
+        self.body: Any = m.model if self.causal else m
+        self.head_module: nn.Module | None = m.lm_head if self.causal else None
+        self.layers: nn.ModuleList = (
+            self.body.layers if self.causal else self.body.encoder.layer
+        )
         L = len(self.layers)
         if not 1 <= k <= L - 2:
             raise ValueError(f"k = {k}: need 1 <= k <= L-2 = {L - 2}")
@@ -92,11 +105,11 @@ class SplitModel:
     def _context(
         self,
         h: torch.Tensor,
-        mask: torch.Tensor,
+        mask: torch.Tensor | None,
         pos: torch.Tensor | None,
         cache: object | None = None,
         first: int = 0,
-    ) -> dict:
+    ) -> dict[str, Any]:
         from transformers.masking_utils import (
             create_bidirectional_mask,
             create_causal_mask,
@@ -130,7 +143,7 @@ class SplitModel:
         first: int,
         last: int,
         h: torch.Tensor,
-        mask: torch.Tensor,
+        mask: torch.Tensor | None,
         pos: torch.Tensor | None,
         cache: object | None = None,
     ) -> torch.Tensor:
@@ -183,7 +196,7 @@ class SplitModel:
         )
         if last:
             h = h[:, -1:]
-        if self.causal:
+        if self.head_module is not None:  # causal: the LM head's logits
             return self.head_module(self.body.norm(h))
         return h
 
@@ -218,14 +231,14 @@ class SplitModel:
         leaf = down.tensor.detach().requires_grad_(True)
         loss = loss_fn(self.client_tail(Message(leaf, *_context(down))))
         loss.backward()  # labels never leave the client
-        return loss.detach(), Message(leaf.grad)
+        return loss.detach(), Message(_grad(leaf))
 
     def server_backward(
         self, leaf: torch.Tensor, out: Message, grad: Message
     ) -> Message:
         """Server: backward through its blocks; ``∂loss/∂h_k``, the message down."""
         out.tensor.backward(grad.tensor)
-        return Message(leaf.grad)
+        return Message(_grad(leaf))
 
     def head_backward(
         self, ids: torch.Tensor, mask: torch.Tensor, grad: Message
@@ -315,13 +328,13 @@ class _Wire(torch.autograd.Function):
     """Identity in the graph that counts a hidden state forwards, its gradient back."""
 
     @staticmethod
-    def forward(ctx, h: torch.Tensor, meter: WireMeter, extra: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, h: torch.Tensor, meter: WireMeter, extra: int) -> torch.Tensor:
         ctx.meter = meter
         meter.up += h.numel() * h.element_size() + extra
         return h.view_as(h)
 
     @staticmethod
-    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         ctx.meter.down += g.numel() * g.element_size()
         return g, None, None
 

@@ -21,6 +21,7 @@ an adapter swapped out and back in give identical outputs.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,13 +30,16 @@ from torch import nn
 from fedrec.models.peft_lora import NoDropout
 from fedrec.models.split import SplitModel, WireMeter, wired_forward
 
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
 MINILM = "minilm"
 TINY = "tiny"
 
 
 def load_encoder(
     path: str, texts: list[str], seed: int = 0
-) -> tuple[nn.Module, object]:
+) -> tuple[nn.Module, PreTrainedTokenizerBase]:
     """(encoder, tokenizer) for ``path``: ``"minilm"``, ``"tiny"`` or a local HF dir."""
     from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel
 
@@ -64,7 +68,7 @@ def load_encoder(
     return model.eval(), tok  # dropout off (see TextSeqRecommender)
 
 
-def tiny_tokenizer(texts: list[str], vocab_size: int = 1000) -> object:
+def tiny_tokenizer(texts: list[str], vocab_size: int = 1000) -> PreTrainedTokenizerBase:
     """A word-level BERT-style tokenizer whose vocabulary is the texts' words.
 
     Built, not trained: the vocabulary is the sorted set of lower-cased words and
@@ -125,7 +129,7 @@ class TextSeqRecommender(NoDropout):
     def __init__(
         self,
         encoder: nn.Module,
-        tokenizer: object,
+        tokenizer: PreTrainedTokenizerBase,
         item_texts: list[str],
         max_len: int = 512,
         item_max_tokens: int = 32,
@@ -139,13 +143,13 @@ class TextSeqRecommender(NoDropout):
         self.log_scale = nn.Parameter(
             torch.zeros(()), requires_grad=learn_temperature
         )  # ρ = log(τ₀/τ), ()
-        self.cls_id = tokenizer.cls_token_id  # type: ignore[attr-defined]
-        self.sep_id = tokenizer.sep_token_id  # type: ignore[attr-defined]
-        self.pad_id = tokenizer.pad_token_id  # type: ignore[attr-defined]
+        self.cls_id = tokenizer.cls_token_id
+        self.sep_id = tokenizer.sep_token_id
+        self.pad_id = tokenizer.pad_token_id
         enc = tokenizer(
             item_texts,
             add_special_tokens=False,
-            truncation=True,  # type: ignore[operator]
+            truncation=True,
             max_length=item_max_tokens,
         )
         self.item_tokens = [np.array(t, dtype=np.int64) for t in enc["input_ids"]]

@@ -52,6 +52,7 @@ class FeatureSeqRecommender(nn.Module):
         window: int = 10,
     ) -> None:
         super().__init__()
+        self.features: torch.Tensor
         self.register_buffer("features", features.float())  # (I, D)
         self.window = window
         self.proj = nn.Linear(features.shape[1], dim)
