@@ -37,7 +37,7 @@ from fedrec.registry import build_strategy
 from fedrec.sections import ExperimentConfig
 
 if TYPE_CHECKING:
-    from fedrec.fl.seq import SeqFedData
+    from fedrec.fl.seq import SeqFedData, SeqRecTask
 
 log = logging.getLogger("fedrec")
 
@@ -155,12 +155,6 @@ def build_seq_engine(
     cfg: ExperimentConfig, data: InteractionData, split: Split, strategy: Strategy
 ) -> EmbeddedEngine:
     """FELLRec's setting: user-group clients, an LLM-based recommender."""
-    from fedrec.fl.seq import FeatureSeqRecTask, GenRecTask, SeqRecTask
-    from fedrec.models.causal_lm import GenerativeRecommender, load_causal_lm
-    from fedrec.models.peft_lora import add_lora
-    from fedrec.models.text_encoder import TextSeqRecommender, load_encoder
-    from fedrec.models.text_features import FeatureSeqRecommender, item_text_features
-
     if cfg.eval.new_users:
         raise ConfigError(
             "eval.new_users applies to CTR tasks (one client per user); "
@@ -175,60 +169,15 @@ def build_seq_engine(
     b = cfg.backbone
     clients = strategy.clients or cfg.data.clients
     fed = seq_fed_data(cfg, data, split, clients)
-    samples = fed.samples
-    model: torch.nn.Module
-    task_cls: type[SeqRecTask]
-    if b.kind == "causal-lm":
-        # BIGRec writes and grounds bare titles (fellrec.md §2.2)
-        titles = [t or "unknown" for t in data.titles or data.item_text]
-        lm, tok = load_causal_lm(b.path or "smollm2", titles, cfg.run.seed)
-        model = GenerativeRecommender(
-            lm,
-            tok,
-            titles,
-            b.max_len,
-            b.max_new_tokens,
-            b.num_beams,
-            emb_cache=".cache/item-embeddings" if b.path != "tiny" else None,
-        )
-        torch.manual_seed(cfg.run.seed)  # one LoRA init, shared by every client
-        model = add_lora(model, b.lora_rank, b.lora_alpha)
-        task_cls = GenRecTask
-    elif b.kind == "text-features":
-        texts = [t or "unknown" for t in data.item_text]
-        features = item_text_features(b.path or "minilm", texts, b.item_max_tokens)
-        torch.manual_seed(cfg.run.seed)  # one tower init, shared by every client
-        model = FeatureSeqRecommender(
-            features, b.tower_dim, b.tower_layers, b.tower_heads, b.window
-        )
-        task_cls = FeatureSeqRecTask
-    else:
-        # the encoder reads "title (year) genres" where the data has them
-        texts = [t or "unknown" for t in data.item_text]
-        encoder, tok = load_encoder(b.path or "minilm", texts, cfg.run.seed)
-        model = TextSeqRecommender(
-            encoder,
-            tok,
-            texts,
-            b.max_len,
-            b.item_max_tokens,
-            b.temperature,
-            learn_temperature=b.learn_temperature,
-        )
-        if b.finetune == "lora":
-            torch.manual_seed(cfg.run.seed)  # one LoRA init, shared by every client
-            model = add_lora(model, b.lora_rank, b.lora_alpha)
-        task_cls = SeqRecTask
     log.info(
         "%s: %s samples, %d clients (%s), client train sizes %s",
         data.source,
-        {k: len(v) for k, v in samples.items()},
+        {k: len(v) for k, v in fed.samples.items()},
         fed.n_clients,
         clients,
         fed.sizes("train").tolist(),
     )
-    model.split_k = b.split_k
-    task = task_cls(model, fed, cfg.eval.max_samples, cfg.run.seed)
+    model, task = seq_model_and_task(cfg, data, fed)
     if b.split_k_per_client:
         if len(b.split_k_per_client) != fed.n_clients:
             raise ConfigError(
@@ -240,6 +189,57 @@ def build_seq_engine(
     task.device = torch.device(cfg.train.device)
     model.to(task.device)  # the base model computes there; the state stays
     return eng
+
+
+def seq_model_and_task(
+    cfg: ExperimentConfig, data: InteractionData, fed: SeqFedData
+) -> tuple[torch.nn.Module, SeqRecTask]:
+    """The backbone ``cfg.backbone.kind`` names, and the task that trains it."""
+    from fedrec.fl.seq import FeatureSeqRecTask, GenRecTask
+    from fedrec.fl.seq import SeqRecTask as TextTask
+    from fedrec.models.causal_lm import GenerativeRecommender, load_causal_lm
+    from fedrec.models.peft_lora import add_lora
+    from fedrec.models.text_encoder import TextSeqRecommender, load_encoder
+    from fedrec.models.text_features import FeatureSeqRecommender, item_text_features
+
+    b, seed, budget = cfg.backbone, cfg.run.seed, cfg.eval.max_samples
+    texts = [t or "unknown" for t in data.item_text or []]
+    if b.kind == "causal-lm":
+        # BIGRec writes and grounds bare titles (fellrec.md §2.2)
+        titles = [t or "unknown" for t in data.titles or data.item_text or []]
+        lm, tok = load_causal_lm(b.path or "smollm2", titles, seed)
+        cache = ".cache/item-embeddings" if b.path != "tiny" else None
+        gen = GenerativeRecommender(
+            lm, tok, titles, b.max_len, b.max_new_tokens, b.num_beams, emb_cache=cache
+        )
+        torch.manual_seed(seed)  # one LoRA init, shared by every client
+        gen = add_lora(gen, b.lora_rank, b.lora_alpha)
+        gen.split_k = b.split_k
+        return gen, GenRecTask(gen, fed, budget, seed)
+    if b.kind == "text-features":
+        features = item_text_features(b.path or "minilm", texts, b.item_max_tokens)
+        torch.manual_seed(seed)  # one tower init, shared by every client
+        tower = FeatureSeqRecommender(
+            features, b.tower_dim, b.tower_layers, b.tower_heads, b.window
+        )
+        # FeatureSeqRecTask narrows SeqRecTask.model (a text encoder) to the tower
+        return tower, FeatureSeqRecTask(tower, fed, budget, seed)  # type: ignore[arg-type]
+    # the encoder reads "title (year) genres" where the data has them
+    encoder, tok = load_encoder(b.path or "minilm", texts, seed)
+    enc = TextSeqRecommender(
+        encoder,
+        tok,
+        texts,
+        b.max_len,
+        b.item_max_tokens,
+        b.temperature,
+        learn_temperature=b.learn_temperature,
+    )
+    if b.finetune == "lora":
+        torch.manual_seed(seed)  # one LoRA init, shared by every client
+        enc = add_lora(enc, b.lora_rank, b.lora_alpha)
+    enc.split_k = b.split_k
+    return enc, TextTask(enc, fed, budget, seed)
 
 
 def seq_fed_data(

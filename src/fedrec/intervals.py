@@ -100,7 +100,7 @@ def paired_intervals(
     a note says so.
     """
     topk = is_topk(rows)
-    metrics = TOPK_INTERVAL_METRICS if topk else INTERVAL_METRICS
+    metrics: tuple[str, ...] = TOPK_INTERVAL_METRICS if topk else INTERVAL_METRICS
     if not topk and any("test_auc_new" in r for r in rows):
         metrics += ("test_auc_new",)
     out = Intervals(reference, metrics, b)

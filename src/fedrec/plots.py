@@ -78,7 +78,8 @@ def plot_curves(
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(9, 5))
-    colours = plt.get_cmap("tab20").colors
+    tab20 = plt.get_cmap("tab20")
+    colours = [tab20(i) for i in range(20)]
     several = len({r.get("backbone") for r in rows}) > 1
     table = []
     for k, key in enumerate(
@@ -159,7 +160,9 @@ def plot_sweep(
         for i, x in enumerate(xs):
             if not tuned and x in (0, math.inf):
                 style = "--" if x == 0 else ":"
-                ax.axhline(np.mean(ys[i]), ls=style, color="grey", label=f"{key} = {x}")
+                ax.axhline(
+                    float(np.mean(ys[i])), ls=style, color="grey", label=f"{key} = {x}"
+                )
     ax.legend()
     ax.set(xlabel=key, ylabel=metric, xscale="log")
     ax.grid(alpha=0.3)

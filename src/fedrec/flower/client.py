@@ -92,7 +92,7 @@ def node_queries(app: Any) -> None:
 
 
 def _build(key: str, raw: dict[str, Any] | None) -> FedrecClientApp:
-    from flwr.app import Context, Message, MetricRecord, RecordDict
+    from flwr.app import Context, Message
 
     from fedrec.flower import split_node
     from fedrec.flower.split import node_side_only
@@ -123,59 +123,74 @@ def _build(key: str, raw: dict[str, Any] | None) -> FedrecClientApp:
     audit = wire_audit(shared, stat_shapes)
     app = FedrecClientApp(key, raw, mods=[audit, upload_mods(engine_of)])
 
-    def bank(store: NodeStore, at_most: int, context: Context, eng: Any):
-        """Private tensors of the node's clients, one row per hosted client.
-
-        As saved by round ``at_most - 1`` (see :mod:`fedrec.flower.store`).
-        """
-        stored = store.load(at_most)
-        if stored is None:  # every client starts from the model
-            return eng.store.get(hosted(context, eng.fed.n_clients))
-        return stored
-
     node_queries(app)
     split_node.register(app, engine_of)  # a config with backbone.split_k
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        start = time.perf_counter()
-        eng, cfg = engine_of(context), msg.content["config"]
-        rnd, store = config_int(cfg["round"]), store_of(msg, context)
-        clients = torch.as_tensor(config_ints(cfg["clients"]), dtype=torch.long)
-        mine = bank(store, rnd, context, eng)
-        slots = clients // partition(context)[1]
-        # every hosted client, in row order (full participation): the whole bank
-        whole = all(len(b) == len(slots) for b in mine.values()) and torch.equal(
-            slots, torch.arange(len(slots))
-        )
-        private = mine if whole else {n: b[slots] for n, b in mine.items()}
-        received = from_record(msg.content["received"])
-        t0 = time.perf_counter()
-        uploads, private, losses = eng.client_update(
-            rnd, clients, received, private, mods=False
-        )
-        compute_s = time.perf_counter() - t0
-        # the private state stays on this node (new tensors: the store may
-        # hand out its cached ones, never changed in place)
-        if not whole:
-            private = {n: b.index_put((slots,), private[n]) for n, b in mine.items()}
-        store.save(private, generation=rnd + 1)
-        content = RecordDict({UPLOADS: to_record(uploads)})
-        metrics = {"losses": losses.tolist(), "compute_s": compute_s}
-        metrics["node_s"] = time.perf_counter() - start  # handler, all but the mods
-        content["metrics"] = MetricRecord(metrics)
-        return Message(content=content, reply_to=msg)
+        return _train(engine_of(context), msg, context)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        eng, rnd = engine_of(context), config_int(msg.content["config"]["round"])
-        mine = hosted(context, eng.fed.n_clients)
-        private = bank(store_of(msg, context), rnd + 1, context, eng)
-        params = {**from_record(msg.content["received"]), **private}
-        out = {}
-        for split in eval_splits(eng):
-            rows = eng.client_scores(split, [(mine, params)])
-            out.update({f"{split}/{k}": v for k, v in eng.task.stats(rows).items()})
-        return Message(content=RecordDict({STATS: to_record(out)}), reply_to=msg)
+        return _evaluate(engine_of(context), msg, context)
 
     return app
+
+
+def _bank(store: NodeStore, at_most: int, context: Any, eng: Any) -> dict[str, Any]:
+    """Private tensors of the node's clients, one row per hosted client.
+
+    As saved by round ``at_most - 1`` (see :mod:`fedrec.flower.store`).
+    """
+    stored = store.load(at_most)
+    if stored is None:  # every client starts from the model
+        return eng.store.get(hosted(context, eng.fed.n_clients))
+    return stored
+
+
+def _train(eng: Any, msg: Any, context: Any) -> Any:
+    """A train message: the sampled hosted clients' update; private state kept."""
+    from flwr.app import Message, MetricRecord, RecordDict
+
+    start = time.perf_counter()
+    cfg = msg.content["config"]
+    rnd, store = config_int(cfg["round"]), store_of(msg, context)
+    clients = torch.as_tensor(config_ints(cfg["clients"]), dtype=torch.long)
+    mine = _bank(store, rnd, context, eng)
+    slots = clients // partition(context)[1]
+    # every hosted client, in row order (full participation): the whole bank
+    whole = all(len(b) == len(slots) for b in mine.values()) and torch.equal(
+        slots, torch.arange(len(slots))
+    )
+    private = mine if whole else {n: b[slots] for n, b in mine.items()}
+    received = from_record(msg.content["received"])
+    t0 = time.perf_counter()
+    uploads, private, losses = eng.client_update(
+        rnd, clients, received, private, mods=False
+    )
+    compute_s = time.perf_counter() - t0
+    # the private state stays on this node (new tensors: the store may
+    # hand out its cached ones, never changed in place)
+    if not whole:
+        private = {n: b.index_put((slots,), private[n]) for n, b in mine.items()}
+    store.save(private, generation=rnd + 1)
+    content = RecordDict({UPLOADS: to_record(uploads)})
+    metrics = {"losses": losses.tolist(), "compute_s": compute_s}
+    metrics["node_s"] = time.perf_counter() - start  # handler, all but the mods
+    content["metrics"] = MetricRecord(metrics)
+    return Message(content=content, reply_to=msg)
+
+
+def _evaluate(eng: Any, msg: Any, context: Any) -> Any:
+    """An evaluate message: the hosted clients' statistics of every split."""
+    from flwr.app import Message, RecordDict
+
+    rnd = config_int(msg.content["config"]["round"])
+    mine = hosted(context, eng.fed.n_clients)
+    private = _bank(store_of(msg, context), rnd + 1, context, eng)
+    params = {**from_record(msg.content["received"]), **private}
+    out = {}
+    for split in eval_splits(eng):
+        rows = eng.client_scores(split, [(mine, params)])
+        out.update({f"{split}/{k}": v for k, v in eng.task.stats(rows).items()})
+    return Message(content=RecordDict({STATS: to_record(out)}), reply_to=msg)

@@ -88,7 +88,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -128,9 +128,28 @@ class Sides:
     optimizer: str
 
 
+def seq_task(eng: EmbeddedEngine) -> SeqRecTask:
+    """``eng``'s task as the sequential (FELLRec) task the split runs."""
+    task = eng.task
+    if not isinstance(task, SeqRecTask):
+        raise ConfigError("the FELLRec split runs sequential (top-K) configs only")
+    return task
+
+
+def recommender(eng: EmbeddedEngine) -> Any:
+    """``eng``'s text recommender, a text encoder's or a causal LM's.
+
+    Typed ``Any`` on purpose: the split calls the methods of whichever kind
+    :func:`generative` says it is (``item_batches``/``pool`` or
+    ``prompt_texts``/``ground``), and both kinds share ``split_k`` and
+    ``backbone_attr``.
+    """
+    return eng.model
+
+
 def uses_split(eng: EmbeddedEngine) -> bool:
     """Whether ``eng`` trains a text backbone (either kind) through the split."""
-    return isinstance(eng.task, SeqRecTask) and eng.model.split_k > 0
+    return isinstance(eng.task, SeqRecTask) and int(recommender(eng).split_k) > 0
 
 
 def generative(eng: EmbeddedEngine) -> bool:
@@ -143,7 +162,7 @@ def sides(eng: EmbeddedEngine) -> Sides:
     """The split of ``eng``'s model; refuses what the Flower split cannot run."""
     why = (
         "backbone.split_k_per_client (one k for every client on Flower)"
-        if eng.task.split_ks
+        if seq_task(eng).split_ks
         else "privacy (LDP)"
         if eng.mods
         else "private parameters"
@@ -154,10 +173,10 @@ def sides(eng: EmbeddedEngine) -> Sides:
     )
     if why:
         raise ConfigError(f"the FELLRec split over Flower does not support {why}")
-    backbone = getattr(eng.model, eng.model.backbone_attr)
-    split = SplitModel(backbone, eng.model.split_k)
+    backbone = getattr(eng.model, recommender(eng).backbone_attr)
+    split = SplitModel(backbone, recommender(eng).split_k)
     on_server = split.server_parameters()
-    named = dict(eng.model.named_parameters())
+    named = dict(recommender(eng).named_parameters())
     up = eng.partition.uploaded
     tc = eng.cfg.train
     return Sides(
@@ -284,13 +303,13 @@ def encode_plan(
     In the order both sides number them (the entries of an encoding message);
     ``splits`` empty: the item tables only (a training round's stage 1).
     """
-    n_chunks = len(eng.model.item_batches()[0])
+    n_chunks = len(recommender(eng).item_batches()[0])
     out = []
     for c in clients:
         out += [Batch(c, "items", j) for j in range(n_chunks)]
         for split in splits:
-            n = len(eng.task.eval_rows(split, c))
-            out += [Batch(c, split, b) for b in range(0, n, eng.task.batch)]
+            n = len(seq_task(eng).eval_rows(split, c))
+            out += [Batch(c, split, b) for b in range(0, n, seq_task(eng).batch)]
     return out
 
 
@@ -311,7 +330,7 @@ def eval_items(eng: EmbeddedEngine, clients: list[int]) -> list[EvalItem]:
         EvalItem(split, c, int(r))
         for split in eval_splits(eng)
         for c in clients
-        for r in eng.task.eval_rows(split, c)
+        for r in seq_task(eng).eval_rows(split, c)
     ]
 
 
@@ -321,10 +340,10 @@ def stats_of(
     """The ``stats`` (``"<split>/<name>"``) of per-split row metrics.
 
     ``parts``: per split, chunks of :meth:`~fedrec.fl.seq.SeqRecTask.row_metrics`;
-    ``eng.task.stats`` of each split's rows: fixed-shape per-group sums.
+    ``seq_task(eng).stats`` of each split's rows: fixed-shape per-group sums.
     """
     return {
         f"{split}/{k}": np.asarray(v)
         for split, ps in parts.items()
-        for k, v in eng.task.stats(concat_scores(ps)).items()
+        for k, v in seq_task(eng).stats(concat_scores(ps)).items()
     }

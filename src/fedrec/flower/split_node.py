@@ -34,6 +34,8 @@ from fedrec.flower.split import (
     Tensors,
     cache_for,
     eval_items,
+    recommender,
+    seq_task,
     sides,
     stats_of,
 )
@@ -161,8 +163,8 @@ def _row_head(
     them, else (step 0, or no cache) over the whole prefix, rebuilding it.
     """
     eng, s = node.eng, node.sides
-    history = eng.task.fed.samples[item.split].history[item.row]
-    ids, _ = eng.model.encode(eng.model.prompt_texts([history]))  # (1, P)
+    history = seq_task(eng).fed.samples[item.split].history[item.row]
+    ids, _ = recommender(eng).encode(recommender(eng).prompt_texts([history]))  # (1, P)
     seq = torch.cat([ids, ids[:, :0] if tokens is None else tokens], 1)
     n = seq.shape[1]
     head, start = caches.get("head"), n - 1
@@ -198,8 +200,8 @@ def gen_tail(node: Node, req: GenTailRequest) -> GenTailReply:
         nxt = _next_token(node, caches[i], req.hidden[i], params)  # (1, 1)
         new = scratch.tokens.get(i, torch.zeros(1, 0).long())
         scratch.tokens[i] = torch.cat([new, nxt], 1)
-        if int(nxt) != eng.model.tok.eos_token_id:
-            if req.step + 1 < eng.model.max_new_tokens:
+        if int(nxt) != recommender(eng).tok.eos_token_id:
+            if req.step + 1 < recommender(eng).max_new_tokens:
                 still.append(i)
     node.save(scratch)
     if not still:  # decoding done: no caches to keep
@@ -213,7 +215,7 @@ def gen_tail(node: Node, req: GenTailRequest) -> GenTailReply:
 
 def _lost(h: Message, caches: RowCaches, last: int) -> bool:
     """Whether ``h`` is the newest position only, but block ``last``'s cache is gone."""
-    n = h.attention_mask.shape[1]
+    n = h.length
     return h.tensor.shape[1] < n and not _holds(caches.get("tail"), last, n)
 
 
@@ -222,9 +224,9 @@ def _next_token(
 ) -> torch.Tensor:
     """The greedy next token ``(1, 1)`` of a row from its ``h_{L−1}``."""
     s = node.sides
-    n, tail = h.attention_mask.shape[1], caches.get("tail")
+    n, tail = h.length, caches.get("tail")
     if _holds(tail, s.split.L - 1, n):
-        h = Message(h.tensor[:, -1:], h.attention_mask, h.position_ids[:, -1:])
+        h = h.newest()
     else:  # no cache in this process: block L−1 over the whole prefix
         tail = caches["tail"] = cache_for(s)
     with swapped_in(node.eng.model, params), torch.no_grad():
@@ -324,14 +326,15 @@ def _persist(kv: GrowingLog, root: Path) -> None:
                 done = {}
             for layer, lay in enumerate(cache.layers):
                 keys = getattr(lay, "keys", None)
-                if keys is None or not keys.numel():
+                values = getattr(lay, "values", None)
+                if keys is None or values is None or not keys.numel():
                     continue
                 n, start = keys.shape[-2], done.get(layer, 0)
                 start = start if start <= n else 0
                 if n > start:
                     k = KvEntry(rnd, i, side, layer, "k")
                     new[k.name] = (start, keys[..., start:, :])
-                    new[k._replace(part="v").name] = (start, lay.values[..., start:, :])
+                    new[k._replace(part="v").name] = (start, values[..., start:, :])
                     done[layer] = n
             _SAVED[(r, rnd, i, side)] = (cache, done)
     kv.append(new)
@@ -383,7 +386,7 @@ def _scores(eng: EmbeddedEngine, scratch: Scratch, items: list[EvalItem]) -> Sta
     :meth:`~fedrec.fl.seq.SeqRecTask.client_scores` scores in one process;
     the per-row metrics stay here.
     """
-    titles = eng.model.titles_of(
+    titles = recommender(eng).titles_of(
         [scratch.tokens[i][0].tolist() for i in range(len(items))]
     )
     chunks: dict[tuple[str, int], list[int]] = {}
@@ -391,10 +394,10 @@ def _scores(eng: EmbeddedEngine, scratch: Scratch, items: list[EvalItem]) -> Sta
         chunks.setdefault((item.split, item.client), []).append(i)
     parts: dict[str, list[dict[str, np.ndarray]]] = {}
     for (split, _), mine in chunks.items():
-        for b in range(0, len(mine), eng.task.batch):
-            idx = mine[b : b + eng.task.batch]
+        for b in range(0, len(mine), seq_task(eng).batch):
+            idx = mine[b : b + seq_task(eng).batch]
             rows = np.asarray([items[i].row for i in idx])
-            scores = eng.model.ground([titles[i] for i in idx])
-            metrics = eng.task.row_metrics(split, rows, scores)
+            scores = recommender(eng).ground([titles[i] for i in idx])
+            metrics = seq_task(eng).row_metrics(split, rows, scores)
             parts.setdefault(split, []).append(metrics)
     return stats_of(eng, parts)

@@ -20,7 +20,9 @@ from fedrec.flower.split import (
     Batch,
     encode_plan,
     optimise,
+    recommender,
     rows_of,
+    seq_task,
     snapshot,
     stats_of,
 )
@@ -50,7 +52,7 @@ def train_head(node: Node, req: HeadRequest) -> HiddenReply:
     eng, split = node.eng, node.sides.split
     scratch, out = node.scratch(req.clients, req.received), {}
     for c in req.clients:
-        ids, mask = eng.task.inputs(rows_of(eng, req.round, c, req.step))
+        ids, mask = seq_task(eng).inputs(rows_of(eng, req.round, c, req.step))
         with swapped_in(eng.model, scratch.client(c).params):
             out[c] = split.head_forward(ids, mask)
     return HiddenReply(hidden=out)
@@ -61,11 +63,11 @@ def train_tail(node: Node, req: TailRequest) -> TailReply:
     eng, s = node.eng, node.sides
     scratch, grads, losses = node.load(), {}, []
     for c in req.clients:
-        ids, mask = eng.task.inputs(rows := rows_of(eng, req.round, c, req.step))
+        ids, mask = seq_task(eng).inputs(rows := rows_of(eng, req.round, c, req.step))
         mine = scratch.client(c)
 
         def loss_fn(out, rows=rows, ids=ids, mask=mask, table=mine.table):
-            return eng.task.out_loss(out, rows, ids, mask, table)
+            return seq_task(eng).out_loss(out, rows, ids, mask, table)
 
         with swapped_in(eng.model, mine.params):
             loss, grad = s.split.tail_backward(req.hidden[c], loss_fn)
@@ -83,7 +85,7 @@ def train_back(node: Node, req: BackRequest) -> BackReply:
     eng, s = node.eng, node.sides
     scratch = node.load()
     for c in req.clients:
-        ids, mask = eng.task.inputs(rows_of(eng, req.round, c, req.step))
+        ids, mask = seq_task(eng).inputs(rows_of(eng, req.round, c, req.step))
         mine = scratch.client(c)
         with swapped_in(eng.model, mine.params):
             for n, p in s.node.items():
@@ -128,14 +130,14 @@ def enc_tail(node: Node, req: EncTailRequest) -> EncTailReply:
         b, (_, mask) = plan[i], _tokens(eng, plan[i])
         mine = scratch.client(b.client)
         with swapped_in(eng.model, mine.params), torch.no_grad():
-            e = eng.model.pool(split.client_tail(req.hidden[i]), mask)
+            e = recommender(eng).pool(split.client_tail(req.hidden[i]), mask)
         if b.split == "items":
             _keep_chunk(eng, mine, b.index, e)
             continue
-        rows = eng.task.eval_rows(b.split, b.client)[b.index : b.index + len(e)]
+        rows = seq_task(eng).eval_rows(b.split, b.client)[b.index : b.index + len(e)]
         scores = e @ mine.item_table(b.client).T
         parts.setdefault(b.split, []).append(
-            eng.task.row_metrics(b.split, rows, scores)
+            seq_task(eng).row_metrics(b.split, rows, scores)
         )
     node.save(scratch)
     return EncTailReply(stats=stats_of(eng, parts) if parts else None)
@@ -146,17 +148,18 @@ def _keep_chunk(
 ) -> None:
     """Keep pooled item chunk ``j`` ``(chunk, d)``; the last one makes the table."""
     mine.item_chunks[j] = e
-    n_chunks = len(eng.model.item_batches()[0])
+    n_chunks = len(recommender(eng).item_batches()[0])
     if j == n_chunks - 1:  # the client's table is complete
         chunks = [mine.item_chunks[x] for x in range(n_chunks)]
-        mine.table = eng.model.in_item_order(chunks)
+        mine.table = recommender(eng).in_item_order(chunks)
         mine.item_chunks = {}
 
 
 def _tokens(eng: EmbeddedEngine, b: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and mask of encoding batch ``b`` (a :class:`Batch`)."""
     if b.split == "items":
-        return eng.model.item_batches()[0][b.index]
-    rows = eng.task.eval_rows(b.split, b.client)[b.index : b.index + eng.task.batch]
-    history = eng.task.fed.samples[b.split].history
-    return eng.model.sequence_tokens([history[r] for r in rows])
+        return recommender(eng).item_batches()[0][b.index]
+    task = seq_task(eng)
+    rows = task.eval_rows(b.split, b.client)[b.index : b.index + task.batch]
+    history = task.fed.samples[b.split].history
+    return recommender(eng).sequence_tokens([history[r] for r in rows])

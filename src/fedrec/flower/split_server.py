@@ -253,6 +253,7 @@ class _Training:
 
         for rep, cs in self.send(active, back).values():
             for i, c in enumerate(self.last(cs, step)):
+                assert rep.uploads is not None  # a client's last step uploads
                 self.node_side[c] = {n: rep.uploads[n][i] for n in self.s.node}
 
     def outcome(self, names: list[str]) -> tuple[torch.Tensor, Tensors, torch.Tensor]:

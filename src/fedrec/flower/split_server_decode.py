@@ -20,6 +20,7 @@ from fedrec.flower.split import (
     Tensors,
     cache_for,
     eval_items,
+    recommender,
     server_blocks,
     sides,
 )
@@ -46,14 +47,14 @@ def decode(
     ``L−1`` cache (those got only the newest position).
     """
     run = _Decoding(link, eng, nodes, server_side)
-    for step in range(eng.model.max_new_tokens):
+    for step in range(recommender(eng).max_new_tokens):
         if not run.still:
             break
         log.info(
             "round %d evaluate: token %d/%d, %d rows decoding",
             link.rnd,
             step + 1,
-            eng.model.max_new_tokens,
+            recommender(eng).max_new_tokens,
             sum(map(len, run.still.values())),
         )
         run.token(step)

@@ -49,6 +49,7 @@ Hidden = dict[int, Message]  # entry (client, batch or row) -> its hidden state
 Stats = dict[str, np.ndarray]  # "<split>/<name>" -> a statistic, fixed shape
 # a plain field's value: a ConfigRecord's (requests) or a MetricRecord's (replies)
 Plain = int | float | list[int] | list[float] | list[str]
+MetricValue = int | float | list[int] | list[float]  # what a MetricRecord holds
 
 
 # ------------------------------------------------------ where a field goes
@@ -141,8 +142,8 @@ class Reply:
         from flwr.app import MetricRecord
 
         content, plain = _pack(self)
-        if plain:
-            content[METRICS] = MetricRecord(plain)
+        if plain:  # replies carry numbers and lists of numbers only
+            content[METRICS] = MetricRecord(cast(dict[str, MetricValue], plain))
         return content
 
     @classmethod

@@ -37,6 +37,18 @@ class Message:
     position_ids: torch.Tensor | None = None
 
     @property
+    def length(self) -> int:
+        """Positions of the prefix it belongs to (the attention mask's width)."""
+        if self.attention_mask is None:
+            raise ValueError("a message without an attention mask has no prefix")
+        return self.attention_mask.shape[1]
+
+    def newest(self) -> Message:
+        """The newest position only; the mask still spans the prefix."""
+        pos = None if self.position_ids is None else self.position_ids[:, -1:]
+        return Message(self.tensor[:, -1:], self.attention_mask, pos)
+
+    @property
     def nbytes(self) -> int:
         """Bytes of every tensor in the message."""
         ts = [

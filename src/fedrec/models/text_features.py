@@ -43,6 +43,8 @@ class FeatureSeqRecommender(nn.Module):
         ``L``, the longest history read (the newest ``L`` items).
     """
 
+    split_k: int = 0  # never split: config validation refuses backbone.split_k
+
     def __init__(
         self,
         features: torch.Tensor,
