@@ -40,7 +40,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff check src tests bench recipes
 	$(VENV)/bin/mypy src/fedrec
 
 clean:
