@@ -15,8 +15,7 @@ table`` runs these same steps; copy this file to change one of them.
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,10 @@ from fedrec.config import ExperimentConfig, load_config
 from fedrec.runs import summarise
 from fedrec.tables import variants
 
+sys.path.insert(0, str(Path(__file__).parent))
+from common import evaluated, table, with_seed  # noqa: E402  (recipes/common.py)
+
 METRICS = ("test_recall@10", "test_ndcg@10", "test_ndcg@10_client_std")
-
-
-def evaluated(eng: Any, entry: dict[str, Any]) -> dict[str, Any]:
-    """``entry`` with validation and test metrics, each client under its own model."""
-    for split in ("val", "test"):
-        entry |= {f"{split}_{k}": v for k, v in eng.evaluate(split).items()}
-    return entry | {"round_s": 0.0, "peak_rss_mb": 0.0}
 
 
 def one_run(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -55,26 +50,6 @@ def one_run(cfg: ExperimentConfig) -> dict[str, Any]:
     return summarise(history, cfg)  # the best round by val, ties to the earliest
 
 
-def with_seed(cfg: ExperimentConfig, seed: int) -> ExperimentConfig:
-    """``cfg`` with another seed (it varies every random choice of a run)."""
-    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, seed=seed))
-
-
-def table(rows: list[dict[str, Any]]) -> str:
-    """Markdown: mean ± std over seeds of :data:`METRICS` per variant."""
-    lines = ["| variant | seeds | " + " | ".join(METRICS) + " |"]
-    lines.append("|---" * (len(METRICS) + 2) + "|")
-    for label in dict.fromkeys(r["variant"] for r in rows):
-        rs = [r for r in rows if r["variant"] == label]
-        cells = []
-        for m in METRICS:
-            xs = [r[m] for r in rs]
-            sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
-            cells.append(f"{statistics.mean(xs):.4f} ± {sd:.4f}")
-        lines.append(f"| {label} | {len(rs)} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     """Run every variant × seed; write ``table.md`` under ``--out``."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -93,8 +68,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             print(label, "seed", seed)
             rows.append(one_run(with_seed(cfg, seed)) | {"variant": label})
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "table.md").write_text(table(rows))
-    print(table(rows))
+    (args.out / "table.md").write_text(table(rows, METRICS))
+    print(table(rows, METRICS))
     return rows
 
 

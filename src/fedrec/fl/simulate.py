@@ -191,29 +191,16 @@ class EmbeddedEngine:
         lrs = {n: self.strategy.learning_rate(n, tc.lr_at(rnd)) for n in params}
         if not params:  # nothing trainable (e.g. the pre-trained model as is)
             losses = torch.full((len(clients),), math.nan, dtype=torch.float64)
-        elif tc.engine == "stacked":
-            params, losses = train_stacked(
-                self.task,
-                params,
-                received,
-                plans,
-                lrs,
-                tc.optimizer,
-                penalty,
-                max_rows=tc.max_rows_per_bucket,
-                min_rows=tc.min_rows_per_bucket,
-            )
         else:
-            params, losses = train_loop(
-                self.task,
-                params,
-                received,
-                plans,
-                lrs,
-                tc.optimizer,
-                penalty,
-                clients=clients.tolist(),
-            )
+            common = (self.task, params, received, plans, lrs, tc.optimizer, penalty)
+            if tc.engine == "stacked":
+                params, losses = train_stacked(
+                    *common,
+                    max_rows=tc.max_rows_per_bucket,
+                    min_rows=tc.min_rows_per_bucket,
+                )
+            else:
+                params, losses = train_loop(*common, clients=clients.tolist())
         uploads = {n: params[n] for n in self.partition.uploaded}
         if mods:
             uploads = self.apply_mods(rnd, clients, uploads, received)
