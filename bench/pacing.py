@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from fedrec.flower import server  # noqa: E402
+from fedrec.flower import fleet  # noqa: E402
 from fedrec.flower.internals import STOCK_ENV  # noqa: E402
 from fedrec.flower.pacing import COARSE, ReplyPacer  # noqa: E402
 from fedrec.runs import current_commit  # noqa: E402
@@ -47,14 +47,14 @@ class Backoff(ReplyPacer):
 
 def one_run(clients: int, rounds: int, paced: bool, woken: bool) -> float:
     """Median ``train_s`` of rounds 1.. of one Flower simulation."""
-    server.ReplyPacer = ReplyPacer if paced else Backoff  # type: ignore[misc]
+    fleet.ReplyPacer = ReplyPacer if paced else Backoff  # type: ignore[misc]
     os.environ.pop(STOCK_ENV, None)
     if not woken:
         os.environ[STOCK_ENV] = "1"
     try:
         history = flower_rounds(config(clients, rounds), nodes=10, echo=False)
     finally:
-        server.ReplyPacer = ReplyPacer  # type: ignore[misc]
+        fleet.ReplyPacer = ReplyPacer  # type: ignore[misc]
         os.environ.pop(STOCK_ENV, None)
     return statistics.median(h["train_s"] for h in history if h["round"] > 0)
 
