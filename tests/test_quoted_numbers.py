@@ -301,6 +301,9 @@ def auc3(method: str, std: bool = False) -> Callable[[Any], str]:
     return quote
 
 
+GEN_TABLE = "results/fellrec-ml100k-generative-fewshot/table.csv"
+GEN_CI = "results/fellrec-ml100k-generative-fewshot/intervals.csv"
+GEN_CURVE = "results/fellrec-ml100k-generative-fewshot/val_ndcg@10_per_round.csv"
 FELLREC_TABLE = "results/fellrec-ml100k/table.csv"
 FELLREC_CI = "results/fellrec-ml100k/intervals.csv"
 FELLREC_BALANCE = "results/fellrec-ml100k/balance.json"
@@ -420,6 +423,46 @@ CLAIMS: list[Claim] = [
         "docs/fellrec.md",
         FEATURES_BALANCE,
         lambda d: f"weights down to {d['range']['heat'][0]:.3f}",
+    ),
+    # docs/fellrec.md: the generative backbone's few-shot table
+    *(
+        Claim("docs/fellrec.md", GEN_TABLE, ndcg4(m))
+        for m in ("zero-shot", "fedavg", "popularity")
+    ),
+    *(
+        Claim("docs/fellrec.md", GEN_CI, delta(m, "test_ndcg@10"))
+        for m in ("fedavg", "popularity")
+    ),
+    *(
+        Claim(
+            "docs/fellrec.md",
+            GEN_TABLE,
+            lambda rows, m=m, w=w: f"{w} {mean_of(rows, 'wall_s', method=m):.0f} s",
+        )
+        for m, w in (("fedavg", "took"), ("zero-shot", "row"))
+    ),
+    Claim(
+        "docs/fellrec.md",
+        GEN_TABLE,
+        lambda rows: f"{sum(float(r['wall_s']) for r in rows) / 60:.0f} min (the runs'",
+    ),
+    *(
+        Claim(
+            "docs/fellrec.md",
+            GEN_CURVE,
+            lambda rows, m=m, r=r, label=label: "{} {:.4f}".format(
+                label,
+                next(
+                    float(x["val_ndcg@10"])
+                    for x in rows
+                    if (x["method"], x["round"]) == (m, r)
+                ),
+            ),
+        )
+        for m, r, label in (
+            ("fedavg", "-1", "scores val NDCG@10"),
+            ("fedavg", "0", "model scores"),
+        )
     ),
     # docs/fellrec.md: the MiniLM + LoRA table and its balance log
     *(Claim("docs/fellrec.md", FELLREC_TABLE, ndcg4(m)) for m in ("fedavg", "fellrec")),
