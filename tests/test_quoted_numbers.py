@@ -264,6 +264,7 @@ def _more_than_double(d: dict) -> str:
 
 
 B = "bench/README.md"
+PACING = "bench/results/pacing.json"
 ENGINE, FEDPA = "bench/results/engine.json", "bench/results/fedpa.json"
 SPLIT = "bench/results/split.json"
 SFR = "bench/results/split_flower_real.json"
@@ -624,6 +625,48 @@ CLAIMS: list[Claim] = [
             )
             + f" and {_zs(d, 'title_year_genres', '0.5')['masked_ce']:.2f} at 0.5"
             + f" (a model that knows nothing: {d['uniform_masked_ce']:.2f})"
+        ),
+    ),
+    # bench/README.md: pacing.json
+    Claim(B, PACING, command),
+    *(
+        Claim(
+            B,
+            PACING,
+            lambda d, i=i, label=label: (
+                "| {} | {:.4f} s | {:.4f} s | {:+.1f}% |".format(
+                    label,
+                    d["summary"][i]["paced_train_s"],
+                    d["summary"][i]["backoff_train_s"],
+                    100 * d["summary"][i]["gain"],
+                )
+            ),
+        )
+        for i, label in ((0, "woken (default)"), (1, "stock"))
+    ),
+    Claim(
+        B,
+        PACING,
+        lambda d: (
+            "saves {:.0f}% of a round's time (per repeat {:+.0f}% to {:+.0f}%)".format(
+                100 * d["summary"][1]["gain"],
+                *sorted(
+                    100 * (b / a - 1)
+                    for a, b in zip(
+                        d["summary"][1]["paced_runs"],
+                        d["summary"][1]["backoff_runs"],
+                        strict=True,
+                    )
+                )[:: len(d["summary"][1]["paced_runs"]) - 1],
+            )
+        ),
+    ),
+    Claim(
+        B,
+        PACING,
+        lambda d: "spread, {:.2f}–{:.2f} s)".format(
+            min(d["summary"][0]["paced_runs"] + d["summary"][0]["backoff_runs"]),
+            max(d["summary"][0]["paced_runs"] + d["summary"][0]["backoff_runs"]),
         ),
     ),
     # bench/README.md: engine.json
